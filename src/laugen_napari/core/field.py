@@ -1,0 +1,338 @@
+"""The anatomy-informed displacement field and its kinds.
+
+A :class:`UnitField` is the displacement that moves the boundary of the selected labels by at
+most 1 mm: the Gaussian-blurred binary mask (sigma in mm, so anisotropic voxels are handled per
+axis), differentiated with the real voxel spacing and scaled so that its largest displacement is
+exactly 1 mm. Sampling the image at ``x + z * F(x)`` with ``z > 0`` grows the structure by at most
+``z`` mm; ``z < 0`` shrinks it. This follows the anatomy-informed augmentation of Kovacs et al.
+(MICCAI 2023), which LAUGEN builds on, with the field normalised so that magnitudes are in mm.
+
+The field is exactly zero farther than the blur's support (``truncate`` sigmas) from the
+structure, so it is stored only inside a region of interest (``roi``) of the volume; everything
+outside the ROI does not move and needs no resampling.
+
+Arrays are (Z, Y, X); vectors have their components in the same (z, y, x) order; spacing is in mm
+per axis.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .device import resolve_device
+
+Spacing = tuple[float, float, float]
+TRUNCATE = 4.0  # Gaussian support in sigmas, as scipy.ndimage.gaussian_filter
+
+
+def _length(vectors: torch.Tensor) -> torch.Tensor:
+    """Euclidean length over the first axis of a (3, ...) tensor (faster than ``norm(dim=0)``)."""
+    return (vectors[0] ** 2 + vectors[1] ** 2 + vectors[2] ** 2).sqrt()
+
+
+@dataclass(frozen=True)
+class UnitField:
+    """A displacement field in mm that is non-zero only inside ``roi``.
+
+    Attributes:
+        shape: the full volume's shape (Z, Y, X) in voxels.
+        spacing: voxel size (z, y, x) in mm.
+        roi: the box (three slices) of the volume outside which the field is zero.
+        mm: tensor (3, d, h, w): the displacement (z, y, x components, mm) inside ``roi``.
+    """
+
+    shape: tuple[int, int, int]
+    spacing: Spacing
+    roi: tuple[slice, slice, slice]
+    mm: torch.Tensor
+
+    @property
+    def device(self) -> torch.device:
+        return self.mm.device
+
+    @property
+    def max_mm(self) -> float:
+        """Largest displacement length in mm (1 for a unit field)."""
+        return float(_length(self.mm).max()) if self.mm.numel() else 0.0
+
+    def voxels(self) -> torch.Tensor:
+        """The displacement inside ``roi`` in voxels per axis, shape (3, d, h, w)."""
+        s = torch.tensor(self.spacing, dtype=self.mm.dtype, device=self.mm.device).view(3, 1, 1, 1)
+        return self.mm / s
+
+    def dense(self) -> np.ndarray:
+        """The field over the whole volume as a numpy array (3, Z, Y, X) in mm."""
+        out = np.zeros((3,) + tuple(self.shape), np.float32)
+        out[(slice(None),) + self.roi] = self.mm.cpu().numpy()
+        return out
+
+    def normalised(self) -> "UnitField":
+        """This field scaled so that its largest displacement is 1 mm, ROI shrunk to its support."""
+        norm = _length(self.mm)
+        peak = float(norm.max()) if norm.numel() else 0.0
+        if not math.isfinite(peak) or peak <= 0.0:
+            raise ValueError("the displacement field is zero everywhere: nothing would move")
+        nz = torch.nonzero(norm > 0)
+        lo = nz.min(0).values.tolist()
+        hi = (nz.max(0).values + 1).tolist()
+        # keep one voxel of zeros around the support so that finite differences see the edge
+        lo = [max(0, a - 1) for a in lo]
+        hi = [min(n, b + 1) for n, b in zip(norm.shape, hi)]
+        inner = tuple(slice(a, b) for a, b in zip(lo, hi))
+        roi = tuple(slice(r.start + s.start, r.start + s.stop) for r, s in zip(self.roi, inner))
+        return UnitField(self.shape, self.spacing, roi, (self.mm[(slice(None),) + inner] / peak).contiguous())
+
+
+def gaussian_kernel(sigma_vox: float, truncate: float = TRUNCATE) -> np.ndarray:
+    """1D Gaussian kernel with ``sigma_vox`` voxels, radius ``int(truncate*sigma+0.5)``, sum 1
+    (the same kernel as ``scipy.ndimage.gaussian_filter``)."""
+    radius = int(truncate * sigma_vox + 0.5)
+    if sigma_vox <= 0 or radius == 0:
+        return np.ones(1, np.float64)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (x / sigma_vox) ** 2)
+    return k / k.sum()
+
+
+def gaussian_blur(volume: torch.Tensor, sigma_vox: Sequence[float], truncate: float = TRUNCATE) -> torch.Tensor:
+    """Separable Gaussian blur of a (Z, Y, X) tensor with zero padding; sigma per axis in voxels.
+
+    Each axis is one matrix product with the banded (Toeplitz) blur matrix of that axis: a BLAS
+    call on CPU and GPU alike, several times faster than ``conv1d`` or ``scipy.ndimage`` here.
+    Contracting axis 0 three times brings the axes back in their order.
+    """
+    out = volume
+    for axis, s in enumerate(sigma_vox):
+        n = volume.shape[axis]
+        k = gaussian_kernel(float(s), truncate)
+        r = k.size // 2
+        d = np.arange(n)[:, None] - np.arange(n)[None, :]
+        band = np.where(np.abs(d) <= r, k[np.clip(d + r, 0, k.size - 1)], 0.0)
+        out = torch.tensordot(out, torch.as_tensor(band, dtype=volume.dtype, device=volume.device), dims=([0], [0]))
+    return out.contiguous()
+
+
+def spatial_gradient(volume: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
+    """Gradient of a (Z, Y, X) tensor in units per mm, shape (3, Z, Y, X).
+
+    Central differences inside, one-sided at the edges (as ``numpy.gradient``); an axis with a
+    single voxel (a 2D image as Z = 1) has zero derivative.
+    """
+    comps = []
+    for axis, h in enumerate(spacing):
+        if volume.shape[axis] < 2:
+            comps.append(torch.zeros_like(volume))
+        else:
+            comps.append(torch.gradient(volume, spacing=float(h), dim=axis, edge_order=1)[0])
+    return torch.stack(comps)
+
+
+def _support_roi(mask: np.ndarray, pad: Sequence[int]) -> tuple[slice, slice, slice]:
+    roi = []
+    for axis, (p, n) in enumerate(zip(pad, mask.shape)):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        roi.append(slice(max(0, int(hit[0]) - p), min(n, int(hit[-1]) + 1 + p)))
+    return tuple(roi)
+
+
+def label_values(labels: np.ndarray) -> list[int]:
+    """The sorted non-zero values of an integer label map."""
+    flat = labels.reshape(-1)
+    if flat.size and flat.min() >= 0 and flat.max() < 1 << 20:
+        return [int(v) for v in np.flatnonzero(np.bincount(flat)) if v != 0]
+    return [int(v) for v in np.unique(flat) if v != 0]
+
+
+def selection_mask(labels: np.ndarray, selected: Sequence[int] | None = None, present: Sequence[int] | None = None) -> np.ndarray:
+    """Boolean mask of the voxels whose label is in ``selected`` (all non-zero labels if None).
+
+    ``present`` (the map's non-zero values) may be passed when already known.
+    Raises ``ValueError`` for an empty selection or a label absent from the map.
+    """
+    if selected is None:
+        mask = labels != 0
+        if not mask.any():
+            raise ValueError("the label map is empty: no non-zero voxel to deform")
+        return mask
+    if any(int(v) == 0 for v in selected):
+        raise ValueError("label 0 is background and cannot drive the deformation")
+    present = set(label_values(labels) if present is None else present)
+    missing = [int(v) for v in selected if int(v) not in present]
+    if missing:
+        raise ValueError(f"label(s) {missing} not in the label map (present: {sorted(present)})")
+    return np.isin(labels, np.asarray(list(selected), dtype=labels.dtype))
+
+
+def unit_field(
+    mask: np.ndarray,
+    spacing: Sequence[float],
+    sigma_mm: float = 4.0,
+    device: str | torch.device | None = "auto",
+) -> UnitField:
+    """The unit displacement field of a boolean (Z, Y, X) ``mask``.
+
+    Args:
+        mask: the structure that grows (True inside).
+        spacing: voxel size (z, y, x) in mm.
+        sigma_mm: standard deviation of the Gaussian blur in mm; it sets how far from the boundary
+            the deformation reaches (about ``4 * sigma_mm``).
+        device: torch device, ``"auto"`` for CUDA when present.
+
+    Returns:
+        A :class:`UnitField` whose largest displacement is 1 mm, pointing into the structure
+        (sampling at ``x + z * F`` with ``z > 0`` grows it).
+    """
+    if mask.ndim != 3:
+        raise ValueError(f"mask must be 3D (Z, Y, X), got shape {mask.shape}")
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise ValueError(f"spacing must be three positive finite numbers in mm, got {spacing}")
+    if not (math.isfinite(sigma_mm) and sigma_mm > 0):
+        raise ValueError(f"sigma_mm must be a positive finite number, got {sigma_mm}")
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        raise ValueError("the selected structure is empty: no voxel to deform")
+    dev = resolve_device(device)
+    sigma_vox = [sigma_mm / s for s in spacing]
+    radius = [int(TRUNCATE * s + 0.5) for s in sigma_vox]
+    roi = _support_roi(mask, [r + 2 for r in radius])
+    crop = torch.from_numpy(np.ascontiguousarray(mask[roi], dtype=np.float32)).to(dev)
+    blurred = gaussian_blur(crop, sigma_vox)
+    grad = spatial_gradient(blurred, spacing)
+    field = UnitField(tuple(mask.shape), spacing, roi, grad)
+    return field.normalised()
+
+
+# --------------------------------------------------------------------------------------------
+# Kinds (LAUGEN Figure 1): each re-weights the unit field and renormalises it to 1 mm.
+
+
+class Kind:
+    """A way of shaping the unit field. Subclasses implement :meth:`weight`."""
+
+    name = "kind"
+
+    def weight(self, field: UnitField) -> torch.Tensor | None:
+        """Per-voxel weight (d, h, w) inside ``field.roi``; None means 1 everywhere."""
+        return None
+
+    def apply(self, field: UnitField) -> UnitField:
+        """The shaped field, renormalised so that its largest displacement is 1 mm."""
+        w = self.weight(field)
+        if w is None:
+            return field
+        shaped = UnitField(field.shape, field.spacing, field.roi, field.mm * w.unsqueeze(0))
+        try:
+            return shaped.normalised()
+        except ValueError as exc:
+            raise ValueError(f"{self.name}: {self._empty_message()}") from exc
+
+    def _empty_message(self) -> str:
+        return "the shaped field is zero everywhere"
+
+    def params(self) -> dict:
+        """Parameters for provenance (JSON-serialisable)."""
+        return {}
+
+
+class Uniform(Kind):
+    """The whole boundary moves: the unit field as is."""
+
+    name = "uniform"
+
+
+class Directional(Kind):
+    """Only the side of the boundary that faces ``direction`` moves; the far side stays put.
+
+    The field is weighted by the positive part of (outward normal · direction), where the outward
+    normal is the unit vector opposite to the field.
+
+    Args:
+        direction: (z, y, x) vector in the array's mm frame (need not be unit length).
+    """
+
+    name = "directional"
+
+    def __init__(self, direction: Sequence[float]):
+        d = np.asarray(direction, dtype=np.float64)
+        if d.shape != (3,) or not np.all(np.isfinite(d)) or np.linalg.norm(d) == 0:
+            raise ValueError(f"direction must be three finite numbers, not all zero; got {list(direction)}")
+        self.direction = d / np.linalg.norm(d)
+
+    def weight(self, field: UnitField) -> torch.Tensor:
+        d = torch.as_tensor(self.direction, dtype=field.mm.dtype, device=field.device).view(3, 1, 1, 1)
+        norm = _length(field.mm).clamp_min(1e-12)
+        outward_dot = -(field.mm * d).sum(0) / norm
+        return outward_dot.clamp_min(0.0)
+
+    def _empty_message(self) -> str:
+        return "no part of the boundary faces that direction"
+
+    def params(self) -> dict:
+        return {"direction_zyx": [float(v) for v in self.direction]}
+
+
+class Gaussian(Kind):
+    """One localised growth: the field weighted by a Gaussian around ``center``.
+
+    Args:
+        center: (z, y, x) position in voxel indices of the volume.
+        spread_mm: standard deviation of the weight in mm.
+        truncate: the weight is zero beyond ``truncate * spread_mm`` from the centre.
+    """
+
+    name = "gaussian"
+
+    def __init__(self, center: Sequence[float], spread_mm: float = 10.0, truncate: float = 3.0):
+        c = np.asarray(center, dtype=np.float64)
+        if c.shape != (3,) or not np.all(np.isfinite(c)):
+            raise ValueError(f"center must be three finite voxel indices (z, y, x); got {list(center)}")
+        if not (math.isfinite(spread_mm) and spread_mm > 0):
+            raise ValueError(f"spread_mm must be a positive finite number, got {spread_mm}")
+        self.center = c
+        self.spread_mm = float(spread_mm)
+        self.truncate = float(truncate)
+
+    def weight(self, field: UnitField) -> torch.Tensor:
+        dev, dt = field.device, field.mm.dtype
+        axes = []
+        for r, c, s in zip(field.roi, self.center, field.spacing):
+            axes.append((torch.arange(r.start, r.stop, device=dev, dtype=dt) - float(c)) * float(s))
+        gz, gy, gx = torch.meshgrid(*axes, indexing="ij")
+        r2 = gz**2 + gy**2 + gx**2
+        w = torch.exp(-0.5 * r2 / self.spread_mm**2)
+        return torch.where(r2 <= (self.truncate * self.spread_mm) ** 2, w, torch.zeros_like(w))
+
+    def _empty_message(self) -> str:
+        return (
+            f"the structure's boundary is farther than {self.truncate:g} x spread "
+            f"({self.truncate * self.spread_mm:g} mm) from the centre {self.center.tolist()}"
+        )
+
+    def params(self) -> dict:
+        return {"center_zyx": [float(v) for v in self.center], "spread_mm": self.spread_mm}
+
+
+KINDS = ("uniform", "directional", "gaussian")
+
+
+def make_kind(name: str, direction: Sequence[float] | None = None, center: Sequence[float] | None = None,
+              spread_mm: float = 10.0) -> Kind:
+    """Build a kind by name; ``direction`` (z, y, x) for directional, ``center`` (z, y, x voxels)
+    and ``spread_mm`` for gaussian."""
+    if name == "uniform":
+        return Uniform()
+    if name == "directional":
+        if direction is None:
+            raise ValueError("kind 'directional' needs a direction")
+        return Directional(direction)
+    if name == "gaussian":
+        if center is None:
+            raise ValueError("kind 'gaussian' needs a centre")
+        return Gaussian(center, spread_mm)
+    raise ValueError(f"unknown kind {name!r}; choose one of {', '.join(KINDS)}")
