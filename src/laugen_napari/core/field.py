@@ -7,8 +7,8 @@ exactly 1 mm. Sampling the image at ``x + z * F(x)`` with ``z > 0`` grows the st
 ``z`` mm; ``z < 0`` shrinks it. This follows the anatomy-informed augmentation of Kovacs et al.
 (MICCAI 2023), which LAUGEN builds on, with the field normalised so that magnitudes are in mm.
 
-The field is exactly zero farther than the blur's support (``truncate`` sigmas) from the
-structure, so it is stored only inside a region of interest (``roi``) of the volume; everything
+Displacements below 1e-3 of the largest (1 um per mm of magnitude) are set to zero, so the field
+is exactly zero farther than about 3.7 sigma from the structure, so it is stored only inside a region of interest (``roi``) of the volume; everything
 outside the ROI does not move and needs no resampling.
 
 Arrays are (Z, Y, X); vectors have their components in the same (z, y, x) order; spacing is in mm
@@ -28,6 +28,7 @@ from .device import resolve_device
 
 Spacing = tuple[float, float, float]
 TRUNCATE = 4.0  # Gaussian support in sigmas, as scipy.ndimage.gaussian_filter
+NEGLIGIBLE = 1e-3  # displacements below this fraction of the largest one (1 um per mm of z) are set to 0
 
 
 def _length(vectors: torch.Tensor) -> torch.Tensor:
@@ -72,12 +73,14 @@ class UnitField:
         return out
 
     def normalised(self) -> "UnitField":
-        """This field scaled so that its largest displacement is 1 mm, ROI shrunk to its support."""
+        """This field scaled so that its largest displacement is 1 mm, with displacements below
+        :data:`NEGLIGIBLE` mm set to zero and the ROI shrunk to the support."""
         norm = _length(self.mm)
         peak = float(norm.max()) if norm.numel() else 0.0
         if not math.isfinite(peak) or peak <= 0.0:
             raise ValueError("the displacement field is zero everywhere: nothing would move")
-        nz = torch.nonzero(norm > 0)
+        keep = norm >= NEGLIGIBLE * peak
+        nz = torch.nonzero(keep)
         lo = nz.min(0).values.tolist()
         hi = (nz.max(0).values + 1).tolist()
         # keep one voxel of zeros around the support so that finite differences see the edge
@@ -85,7 +88,8 @@ class UnitField:
         hi = [min(n, b + 1) for n, b in zip(norm.shape, hi)]
         inner = tuple(slice(a, b) for a, b in zip(lo, hi))
         roi = tuple(slice(r.start + s.start, r.start + s.stop) for r, s in zip(self.roi, inner))
-        return UnitField(self.shape, self.spacing, roi, (self.mm[(slice(None),) + inner] / peak).contiguous())
+        mm = (self.mm * keep.unsqueeze(0))[(slice(None),) + inner] / peak
+        return UnitField(self.shape, self.spacing, roi, mm.contiguous())
 
 
 def gaussian_kernel(sigma_vox: float, truncate: float = TRUNCATE) -> np.ndarray:
@@ -171,7 +175,7 @@ def selection_mask(labels: np.ndarray, selected: Sequence[int] | None = None, pr
 def unit_field(
     mask: np.ndarray,
     spacing: Sequence[float],
-    sigma_mm: float = 4.0,
+    sigma_mm: float = 5.0,
     device: str | torch.device | None = "auto",
 ) -> UnitField:
     """The unit displacement field of a boolean (Z, Y, X) ``mask``.

@@ -77,6 +77,7 @@ class Augmenter:
         sigma_mm: Gaussian blur of the mask in mm (reach of the deformation, about 4 sigma).
         kind: :class:`~laugen_napari.core.field.Uniform`, ``Directional`` or ``Gaussian``.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        label_interpolation: ``"linear"`` (one-hot linear + argmax) or ``"nearest"``.
     """
 
     def __init__(
@@ -85,9 +86,10 @@ class Augmenter:
         labels: np.ndarray,
         spacing: Sequence[float],
         selected: Sequence[int] | None = None,
-        sigma_mm: float = 4.0,
+        sigma_mm: float = 5.0,
         kind: Kind | None = None,
         device: str | torch.device | None = "auto",
+        label_interpolation: str = "linear",
     ):
         image = np.asarray(image)
         labels = np.asarray(labels)
@@ -109,9 +111,12 @@ class Augmenter:
         self.selected = list(self.label_values) if selected is None else [int(v) for v in selected]
         mask = selection_mask(labels, selected, present=self.label_values)
         self.field: UnitField = self.kind.apply(unit_field(mask, self.spacing, self.sigma_mm, self.device))
-        self.warper = Warper(self.field, image.astype(np.float32, copy=False), labels)
+        self.warper = Warper(self.field, image.astype(np.float32, copy=False),
+                             labels.astype(_TORCH_FRIENDLY.get(labels.dtype.type, labels.dtype), copy=False),
+                             label_interpolation)
         self.jacobian = JacobianStats(self.field)
         self.labels_dtype = labels.dtype
+        self._work_dtype = _TORCH_FRIENDLY.get(labels.dtype.type, labels.dtype)
 
     def series(
         self,
@@ -135,7 +140,7 @@ class Augmenter:
         frames = len(z)
         image_shape = tuple(self.warper.image.shape[1:]) if self.warper.single_channel else tuple(self.warper.image.shape)
         images = np.empty((frames,) + image_shape, np.float32)
-        labels = np.empty((frames,) + tuple(self.field.shape), self.labels_dtype)
+        labels = np.empty((frames,) + tuple(self.field.shape), self._work_dtype)
         on_cpu = self.device.type == "cpu"
         volumes: dict[int, list[float]] = {v: [] for v in self.label_values}
         counter = _LabelCounter(self.warper, self.spacing, self.label_values)
@@ -157,7 +162,7 @@ class Augmenter:
                 progress(t + 1, frames)
         return Series(
             images=images,
-            labels=labels,
+            labels=labels.astype(self.labels_dtype, copy=False),
             trajectory=draw,
             volumes_ml=volumes,
             jacobian_min=jac_min,
@@ -171,6 +176,10 @@ class Augmenter:
                 "moving_voxels": self.warper.n_moving,
             },
         )
+
+
+# unsigned types torch cannot scatter into, computed in a wider signed type and cast back
+_TORCH_FRIENDLY = {np.uint16: np.int32, np.uint32: np.int64, np.uint64: np.int64}
 
 
 class _LabelCounter:

@@ -1,0 +1,233 @@
+"""NIfTI in and out, keeping the geometry.
+
+Volumes are reoriented to the closest canonical orientation (RAS+) and transposed so that arrays
+are (Z, Y, X) — or (T, Z, Y, X) for 4D files, time first — as napari and the engine expect.
+:class:`Volume` remembers the file's own affine, header and orientation, so that anything computed
+on the array is written back in the file's orientation with the file's affine and header, and other
+tools overlay it on the original scan.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import nibabel as nib
+import numpy as np
+from nibabel import orientations as ornt
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+AFFINE_ATOL_MM = 1e-3  # affines of an image and its mask may differ by float32 round-off
+
+
+def is_nifti(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a NIfTI file by its suffix."""
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+@dataclass
+class Volume:
+    """A NIfTI volume as an array in (Z, Y, X) order (time or channels first for 4D files).
+
+    Attributes:
+        data: the voxel values, closest-canonical (RAS+) orientation, axes (…, Z, Y, X).
+        affine: 4x4 matrix from array indices (z, y, x) to world RAS+ mm.
+        file_affine: the file's own affine (its voxel order I, J, K).
+        header: the file's NIfTI header.
+        path: where it was read from (None for volumes made in memory).
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    file_affine: np.ndarray
+    header: nib.Nifti1Header
+    path: Path | None = None
+
+    # -- geometry ----------------------------------------------------------------------------
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        """(Z, Y, X) in voxels."""
+        return tuple(int(n) for n in self.data.shape[-3:])
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size (z, y, x) in mm."""
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+    @property
+    def origin(self) -> tuple[float, float, float]:
+        """World position (RAS+ mm) of voxel (0, 0, 0), in (z, y, x) order for napari's translate."""
+        return tuple(float(v) for v in self.affine[:3, 3][::-1])
+
+    @property
+    def _transform(self) -> np.ndarray:
+        return ornt.ornt_transform(ornt.io_orientation(self.file_affine), ornt.axcodes2ornt("RAS"))
+
+    def file_to_array_index(self, ijk: Sequence[float]) -> tuple[float, float, float]:
+        """Array index (z, y, x) of the file's voxel index (i, j, k)."""
+        shape_file = self.file_shape
+        tr = self._transform
+        out = [0.0, 0.0, 0.0]
+        for src_axis, (dst_axis, flip) in enumerate(tr):
+            v = float(ijk[src_axis])
+            if flip < 0:
+                v = shape_file[src_axis] - 1 - v
+            out[int(dst_axis)] = v
+        return tuple(out[::-1])
+
+    def array_to_file_index(self, zyx: Sequence[float]) -> tuple[float, float, float]:
+        """The file's voxel index (i, j, k) of the array index (z, y, x)."""
+        ras = list(zyx)[::-1]
+        shape_file = self.file_shape
+        out = [0.0, 0.0, 0.0]
+        for src_axis, (dst_axis, flip) in enumerate(self._transform):
+            v = float(ras[int(dst_axis)])
+            if flip < 0:
+                v = shape_file[src_axis] - 1 - v
+            out[src_axis] = v
+        return tuple(out)
+
+    @property
+    def file_shape(self) -> tuple[int, int, int]:
+        """Spatial shape in the file's own voxel order (I, J, K)."""
+        return tuple(int(n) for n in self.header.get_data_shape()[:3])
+
+    def world_to_array_direction(self, xyz: Sequence[float]) -> tuple[float, float, float]:
+        """A world direction (RAS+ x, y, z) expressed in the array's mm frame (z, y, x)."""
+        d = np.asarray(xyz, dtype=np.float64)
+        axes = self.affine[:3, :3] / np.linalg.norm(self.affine[:3, :3], axis=0)  # columns: unit world vectors
+        return tuple(float(v) for v in axes.T @ d)
+
+    # -- conversion back to the file's layout -----------------------------------------------------
+    def to_file_layout(self, array: np.ndarray) -> np.ndarray:
+        """Array (…, Z, Y, X) in this volume's geometry → the file's layout (I, J, K, …)."""
+        if tuple(array.shape[-3:]) != self.spatial_shape:
+            raise ValueError(f"array of shape {array.shape} does not match the volume's {self.spatial_shape}")
+        ras = np.moveaxis(array, list(range(array.ndim)), list(range(array.ndim))[::-1])  # (X, Y, Z, …)
+        back = ornt.ornt_transform(ornt.axcodes2ornt("RAS"), ornt.io_orientation(self.file_affine))
+        return np.ascontiguousarray(ornt.apply_orientation(ras, back))
+
+    def like(self, data: np.ndarray) -> "Volume":
+        """A volume with new data (…, Z, Y, X) and this volume's geometry."""
+        if tuple(data.shape[-3:]) != self.spatial_shape:
+            raise ValueError(f"array of shape {data.shape} does not match the volume's {self.spatial_shape}")
+        return Volume(data, self.affine, self.file_affine, self.header, None)
+
+
+def _reorient(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """File layout (I, J, K, …) → closest-RAS array (…, Z, Y, X) and its (z, y, x) affine."""
+    tr = ornt.ornt_transform(ornt.io_orientation(affine), ornt.axcodes2ornt("RAS"))
+    ras = ornt.apply_orientation(data, tr)
+    ras_affine = affine @ ornt.inv_ornt_aff(tr, data.shape[:3])
+    arr = np.ascontiguousarray(np.moveaxis(ras, list(range(ras.ndim)), list(range(ras.ndim))[::-1]))
+    zyx_affine = ras_affine.copy()
+    zyx_affine[:, :3] = ras_affine[:, [2, 1, 0]]
+    return arr, zyx_affine
+
+
+def load_volume(path: str | os.PathLike, ndim: int | None = None) -> Volume:
+    """Read a NIfTI file as a :class:`Volume` (closest-RAS, (…, Z, Y, X) order).
+
+    Args:
+        path: a .nii or .nii.gz file.
+        ndim: 3 to require a 3D volume (a 4D file is then refused with a clear message).
+
+    Integer data keep their dtype; scaled data become float.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file")
+    if not p.is_file():
+        raise ValueError(f"{p}: not a file")
+    try:
+        img = nib.load(str(p))
+    except Exception as exc:  # nibabel raises many kinds for unreadable files
+        raise ValueError(f"{p}: cannot be read as NIfTI ({exc})") from exc
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise ValueError(f"{p}: not a NIfTI image")
+    shape = img.shape
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) < 3:
+        shape = tuple(shape) + (1,) * (3 - len(shape))
+    if ndim == 3 and len(shape) != 3:
+        raise ValueError(f"{p}: a {len(shape)}D image of shape {tuple(img.shape)} where a 3D volume is expected; "
+                         "extract one volume first (e.g. the first time point)")
+    if len(shape) > 4:
+        raise ValueError(f"{p}: {len(shape)}D images are not supported (3D or 4D only)")
+    try:
+        data = np.asarray(img.dataobj).reshape(shape)
+    except Exception as exc:
+        raise ValueError(f"{p}: the voxel data cannot be read ({exc})") from exc
+    arr, affine = _reorient(data, img.affine)
+    return Volume(arr, affine, img.affine.copy(), img.header.copy(), p)
+
+
+def check_same_grid(image: Volume, labels: Volume) -> None:
+    """Raise ``ValueError`` unless ``image`` and ``labels`` share spatial shape and affine."""
+    name_i = image.path.name if image.path else "image"
+    name_l = labels.path.name if labels.path else "labels"
+    if image.spatial_shape != labels.spatial_shape:
+        raise ValueError(f"{name_i} and {name_l} differ in shape: {image.file_shape} vs {labels.file_shape}")
+    if not np.allclose(image.file_affine, labels.file_affine, atol=AFFINE_ATOL_MM):
+        raise ValueError(f"{name_i} and {name_l} differ in affine (voxel-to-world geometry); resample the mask first")
+
+
+def _atomic_save(img: nib.Nifti1Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if str(path).endswith(".gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_volume(path: str | os.PathLike, data: np.ndarray, reference: Volume, dtype: np.dtype | type | None = None,
+                time_step: float | None = None) -> Path:
+    """Write ``data`` (…, Z, Y, X) in the geometry of ``reference``: the file's orientation, affine
+    and header are restored. 4D data (T, Z, Y, X) are written with time last, as NIfTI stores it.
+
+    The file is written under a temporary name and moved into place when complete.
+    """
+    path = Path(path)
+    dtype = np.dtype(dtype or data.dtype)
+    if dtype == np.float64:
+        dtype = np.dtype(np.float32)
+    if dtype == np.bool_:
+        dtype = np.dtype(np.uint8)
+    out = reference.to_file_layout(np.asarray(data).astype(dtype, copy=False))
+    header = reference.header.copy()
+    header.set_data_dtype(dtype)
+    header.set_slope_inter(None, None)
+    img = nib.Nifti1Image(out, reference.file_affine, header)
+    if out.ndim == 4:
+        zooms = tuple(header.get_zooms()[:3]) + (float(time_step) if time_step else 1.0,)
+        img.header.set_zooms(zooms)
+    img.set_qform(reference.file_affine, code=int(header["qform_code"]) or 1)
+    img.set_sform(reference.file_affine, code=int(header["sform_code"]) or 1)
+    _atomic_save(img, path)
+    return path
+
+
+def volume_from_array(data: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+                      origin: Sequence[float] = (0.0, 0.0, 0.0)) -> Volume:
+    """A RAS+ :class:`Volume` for an array (…, Z, Y, X) with ``spacing`` and ``origin`` (z, y, x) in mm."""
+    sz, sy, sx = (float(v) for v in spacing)
+    oz, oy, ox = (float(v) for v in origin)
+    file_affine = np.array([[sx, 0, 0, ox], [0, sy, 0, oy], [0, 0, sz, oz], [0, 0, 0, 1]], dtype=np.float64)
+    header = nib.Nifti1Header()
+    header.set_data_shape(tuple(data.shape[-3:][::-1]))
+    header.set_zooms((sx, sy, sz))
+    header.set_xyzt_units("mm", "sec")
+    arr, affine = _reorient(np.moveaxis(data, list(range(data.ndim)), list(range(data.ndim))[::-1]), file_affine)
+    return Volume(arr, affine, file_affine, header, None)

@@ -1,0 +1,26 @@
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_IMAGE = ROOT / "sample_data" / "mni152_t1.nii.gz"
+SAMPLE_MASK = ROOT / "sample_data" / "mni152_ventricles_seg.nii.gz"
+
+
+@pytest.fixture(scope="session")
+def sample_pair():
+    """The shipped MNI152 T1 and its lateral-ventricle labels as Volumes (Z, Y, X)."""
+    from laugen_napari.pipeline import load_pair
+
+    return load_pair(SAMPLE_IMAGE, SAMPLE_MASK)
+
+
+@pytest.fixture(scope="session")
+def sample_arrays(sample_pair):
+    image, mask = sample_pair
+    return image.data.astype(np.float32), mask.data, image.spacing
