@@ -1,0 +1,80 @@
+"""The headless segmentation API: one interface whichever backend runs.
+
+A backend has ``describe()``, ``segment_slice(volume, axis, index, slice_prompts, window)`` → 2D
+bool mask and ``segment_volume(volume, axis, prompts, window, progress, cancel)`` → 3D bool mask.
+:func:`get_backend` gives SAM when a checkpoint is named, else the weightless region growing.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+import numpy as np
+
+from .fallback import RegionGrowingBackend
+from .prompts import CancelFn, ProgressFn, Prompts, SlicePrompts, Window, normalise_window, slice_key
+
+
+class Backend(Protocol):
+    """What the dock and the CLI need from a segmentation backend."""
+
+    name: str
+
+    def describe(self) -> str: ...
+
+    def segment_slice(self, volume: np.ndarray, axis: int, index: int, prompts: SlicePrompts,
+                      window: Window | None = None, cancel: CancelFn | None = None) -> np.ndarray: ...
+
+    def segment_volume(self, volume: np.ndarray, axis: int, prompts: Prompts, window: Window | None = None,
+                       progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> np.ndarray: ...
+
+
+def get_backend(checkpoint: str | os.PathLike | None = None, model_type: str = "vit_b",
+                device: str | None = "auto") -> Backend:
+    """SAM loaded from ``checkpoint`` as ``model_type`` when a checkpoint is given, else the fallback."""
+    if checkpoint is None or str(checkpoint) == "":
+        return RegionGrowingBackend()
+    from .sam import SamBackend
+
+    return SamBackend.from_checkpoint(checkpoint, model_type, device)
+
+
+def choose_axis(prompts: Prompts, default: int = 0) -> int:
+    """The slice axis for prompts: the axis every box is flat along (``default`` if it qualifies)."""
+    if not prompts.boxes:
+        return default
+    flat = prompts.flat_axes()
+    if not flat:
+        raise ValueError("the boxes are not all drawn on slices along one axis")
+    return default if default in flat else min(flat)
+
+
+def segment(volume: np.ndarray, prompts: Prompts, backend: Backend | None = None, *, axis: int = 0,
+            index: int | None = None, window: Window | None = None, progress: ProgressFn | None = None,
+            cancel: CancelFn | None = None) -> np.ndarray:
+    """Segment ``volume`` (Z, Y, X) from ``prompts`` (array indices); returns a bool mask of its shape.
+
+    With ``index`` only slice ``index`` along ``axis`` is segmented (the rest stays False);
+    otherwise the whole volume (3D region growing, or SAM propagation along ``axis``).
+    Clicks outside the volume raise ``ValueError``.
+    """
+    volume = np.asarray(volume)
+    if volume.ndim != 3:
+        raise ValueError(f"segmentation needs a 3D (Z, Y, X) volume, got {volume.ndim} dimensions")
+    if not 0 <= axis < 3:
+        raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
+    prompts.check_inside(volume.shape)
+    if prompts.is_empty:
+        raise ValueError("give at least one positive click or a box")
+    backend = backend if backend is not None else RegionGrowingBackend()
+    win = normalise_window(window, volume)
+    if index is None:
+        return np.asarray(backend.segment_volume(volume, axis, prompts, win, progress, cancel), dtype=bool)
+    if not 0 <= index < volume.shape[axis]:
+        raise ValueError(f"slice {index} lies outside the {volume.shape[axis]} slices along axis {axis}")
+    out = np.zeros(volume.shape, dtype=bool)
+    out[slice_key(axis, index)] = backend.segment_slice(volume, axis, index, prompts.on_slice(axis, index), win, cancel)
+    if progress is not None:
+        progress(1, 1, "done")
+    return out
