@@ -1,0 +1,257 @@
+"""Every rule between a :class:`~laugen_napari.io.nifti.Volume` and a napari layer, in one place.
+
+napari shows a volume (…, Z, Y, X) in world millimetres through the layer's ``scale`` (the voxel
+size) and ``translate`` (the world position of voxel 0), both in (z, y, x) order. The closest-RAS
+array of a :class:`Volume` makes that exact for every oblique-free file; an oblique file also gets
+the remaining rotation (``rotate``). The file's own affine and header travel with the layer in
+``layer.metadata["laugen_volume"]`` as a *geometry-only* Volume (its ``data`` is a zero-strided
+array of the right shape, no memory), so that a writer puts the file's orientation, affine and
+header back.
+
+Rules:
+
+- ``volume_layer_data`` — a Volume to a napari layer-data tuple (``scale``/``translate`` from the
+  geometry, metadata with the geometry; 4D data get a leading time axis with step 1 and offset 0).
+- ``series_layer_kwargs`` — the same transform for a series layer (T, Z, Y, X) or any number of
+  leading axes, from a Volume or from the image layer it overlays.
+- ``volume_from_layer`` / ``volume_from_layer_data`` — a Volume back from a layer. The geometry in
+  the metadata is used when it still fits the layer (same spatial shape, spacing and origin). A
+  layer drawn from scratch has none: it takes the geometry of a reference layer (given, or the
+  first layer in the viewer with the same spatial shape, scale and translate that has one); with
+  no such layer, a RAS geometry is built from its own scale and translate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from ..io.nifti import Volume, load_volume, volume_from_array
+
+LAUGEN_VOLUME = "laugen_volume"
+"""Layer metadata key holding the geometry-only :class:`Volume`."""
+
+_RTOL = 1e-5
+_ATOL_MM = 1e-4
+
+LayerDataTuple = tuple  # (data, kwargs, layer_type)
+
+
+# -- Volume -> layer -----------------------------------------------------------------------------
+def geometry_only(volume: Volume) -> Volume:
+    """A copy of ``volume``'s geometry (affines, header, path, spatial shape and dtype) whose data
+    are a read-only zero-strided (Z, Y, X) array taking no memory."""
+    data = np.broadcast_to(np.zeros((), dtype=volume.data.dtype), volume.spatial_shape)
+    return Volume(data, np.array(volume.affine, dtype=np.float64), np.array(volume.file_affine, dtype=np.float64),
+                  volume.header.copy(), volume.path)
+
+
+def rotation_zyx(volume: Volume) -> np.ndarray:
+    """The direction matrix of ``volume`` in napari's (z, y, x) world order (identity when the file
+    is oblique-free, since arrays are in the closest-RAS orientation)."""
+    lin = np.asarray(volume.affine, dtype=np.float64)[:3, :3][::-1]  # rows: world z, y, x
+    return lin / np.linalg.norm(lin, axis=0)
+
+
+def is_oblique(volume: Volume, atol: float = 1e-6) -> bool:
+    """Whether the volume's axes are not aligned with the world axes."""
+    return not np.allclose(rotation_zyx(volume), np.eye(3), atol=atol)
+
+
+def transform_kwargs(volume: Volume, leading: int = 0) -> dict[str, Any]:
+    """``scale`` and ``translate`` (and ``rotate`` for an oblique file) for a layer whose data are
+    ``leading`` extra axes (time, ...) followed by the volume's (Z, Y, X)."""
+    kwargs: dict[str, Any] = {
+        "scale": (1.0,) * leading + tuple(volume.spacing),
+        "translate": (0.0,) * leading + tuple(volume.origin),
+    }
+    if is_oblique(volume):
+        rot = np.eye(leading + 3)
+        rot[leading:, leading:] = rotation_zyx(volume)
+        kwargs["rotate"] = rot
+    return kwargs
+
+
+def volume_layer_data(
+    volume: Volume,
+    layer_type: str = "image",
+    name: str | None = None,
+    **kwargs: Any,
+) -> LayerDataTuple:
+    """A napari layer-data tuple ``(data, kwargs, layer_type)`` for ``volume``: time (or any
+    leading axes) first, ``scale`` = spacing, ``translate`` = origin, and the geometry in
+    ``metadata["laugen_volume"]``. Extra ``kwargs`` are passed to the layer."""
+    leading = volume.data.ndim - 3
+    if leading < 0:
+        raise ValueError(f"a volume needs at least 3 axes (Z, Y, X), got shape {volume.data.shape}")
+    meta = dict(kwargs.pop("metadata", None) or {})
+    meta[LAUGEN_VOLUME] = geometry_only(volume)
+    layer_kwargs: dict[str, Any] = {**transform_kwargs(volume, leading), "metadata": meta}
+    if name is not None:
+        layer_kwargs["name"] = name
+    layer_kwargs.update(kwargs)
+    return volume.data, layer_kwargs, layer_type
+
+
+def series_layer_kwargs(source: Any, leading: int = 1) -> dict[str, Any]:
+    """``scale``, ``translate`` (``rotate``) and ``metadata`` for a layer of ``leading`` extra axes
+    (a series: (T, Z, Y, X)) that overlays ``source`` exactly.
+
+    ``source`` is a :class:`Volume` or a napari layer (its geometry, or its own scale/translate if
+    it has none). Pass the result to ``viewer.add_image(series, **series_layer_kwargs(image))``.
+    """
+    volume = source if isinstance(source, Volume) else layer_geometry(source)
+    kwargs = transform_kwargs(volume, leading)
+    kwargs["metadata"] = {LAUGEN_VOLUME: geometry_only(volume)}
+    return kwargs
+
+
+# -- layer -> Volume -----------------------------------------------------------------------------
+def _layer_array(data: Any) -> Any:
+    """Level 0 of a multiscale list, else the data themselves (not computed)."""
+    if isinstance(data, (list, tuple)) and data and hasattr(data[0], "shape"):
+        return data[0]
+    return data
+
+
+def _spatial(values: Sequence[float] | None, ndim: int, default: float) -> tuple[float, float, float]:
+    vals = [default] * ndim if values is None else [float(v) for v in values]
+    vals = vals[-3:]
+    return tuple([default] * (3 - len(vals)) + vals)
+
+
+def _geometry_fits(geometry: Volume, shape: Sequence[int], scale: Sequence[float], translate: Sequence[float]) -> bool:
+    return (
+        tuple(int(n) for n in shape[-3:]) == geometry.spatial_shape
+        and np.allclose(scale, geometry.spacing, rtol=_RTOL, atol=_ATOL_MM)
+        and np.allclose(translate, geometry.origin, rtol=_RTOL, atol=_ATOL_MM)
+    )
+
+
+def _meta_geometry(metadata: dict | None) -> Volume | None:
+    geometry = (metadata or {}).get(LAUGEN_VOLUME)
+    return geometry if isinstance(geometry, Volume) else None
+
+
+def _layer_state(layer: Any) -> tuple[tuple[int, ...], tuple[float, float, float], tuple[float, float, float], dict]:
+    data = _layer_array(layer.data)
+    shape = tuple(int(n) for n in data.shape)
+    if getattr(layer, "rgb", False):
+        shape = shape[:-1]
+    ndim = len(shape)
+    return shape, _spatial(layer.scale, ndim, 1.0), _spatial(layer.translate, ndim, 0.0), dict(layer.metadata or {})
+
+
+def layer_geometry(layer: Any) -> Volume:
+    """The geometry of one layer alone: its metadata geometry when it still fits, else a RAS
+    geometry from its scale and translate."""
+    shape, scale, translate, metadata = _layer_state(layer)
+    if len(shape) < 2:
+        raise ValueError(f"layer {layer.name!r} has {len(shape)} axis; a volume needs (Z, Y, X)")
+    geometry = _meta_geometry(metadata)
+    if geometry is not None and _geometry_fits(geometry, _spatial_shape(shape), scale, translate):
+        return geometry
+    return geometry_only(volume_from_array(np.broadcast_to(np.zeros((), np.uint8), _spatial_shape(shape)),
+                                           scale, translate))
+
+
+def _spatial_shape(shape: Sequence[int]) -> tuple[int, int, int]:
+    shape = tuple(int(n) for n in shape)
+    return (1,) * (3 - len(shape[-3:])) + shape[-3:]
+
+
+def find_reference_layer(shape: Sequence[int], scale: Sequence[float], translate: Sequence[float],
+                         layers: Iterable[Any], exclude: Any = None) -> Any | None:
+    """The first layer in ``layers`` (Image layers first) that carries a geometry fitting the
+    spatial ``shape``, ``scale`` and ``translate`` (the last three axes) — the image a layer drawn
+    from scratch was drawn on."""
+    candidates = [lay for lay in layers if lay is not exclude]
+    candidates.sort(key=lambda lay: type(lay).__name__ != "Image")  # stable: Image layers first
+    target = _spatial_shape(shape)
+    sc = _spatial(scale, len(shape), 1.0)
+    tr = _spatial(translate, len(shape), 0.0)
+    for lay in candidates:
+        try:
+            geometry = _meta_geometry(lay.metadata)
+            lshape, lscale, ltrans, _ = _layer_state(lay)
+        except Exception:
+            continue
+        if geometry is None or not _geometry_fits(geometry, _spatial_shape(lshape), lscale, ltrans):
+            continue
+        if _geometry_fits(geometry, target, sc, tr):
+            return lay
+    return None
+
+
+def volume_from_layer_data(
+    data: Any,
+    meta: dict[str, Any],
+    reference: Any = None,
+    layers: Iterable[Any] | None = None,
+) -> Volume:
+    """A :class:`Volume` from napari layer data and its state dict (what a writer receives:
+    ``scale``, ``translate``, ``metadata``, …).
+
+    Geometry, in order: the layer's own metadata geometry when it fits its shape, scale and
+    translate; else that of ``reference`` (a layer or a Volume) when it fits; else that of the
+    first fitting layer in ``layers``; else a RAS geometry from the layer's scale and translate.
+    The data are computed (``np.asarray``) and keep their dtype; 2D data become (1, Y, X).
+    """
+    arr = np.asarray(_layer_array(data))
+    if meta.get("rgb"):
+        raise ValueError("RGB layers cannot be written as a volume; convert the layer to grey values first")
+    if arr.ndim < 2:
+        raise ValueError(f"layer data of shape {arr.shape} are not an image (at least 2 axes expected)")
+    if arr.ndim == 2:
+        arr = arr[None]
+    ndim = arr.ndim
+    scale = _spatial(meta.get("scale"), ndim, 1.0)
+    translate = _spatial(meta.get("translate"), ndim, 0.0)
+    candidates: list[Volume] = []
+    own = _meta_geometry(meta.get("metadata"))
+    if own is not None:
+        candidates.append(own)
+    if isinstance(reference, Volume):
+        candidates.append(reference)
+    elif reference is not None:
+        candidates.append(layer_geometry(reference))
+    if layers is not None:
+        found = find_reference_layer(arr.shape, scale, translate, layers)
+        if found is not None:
+            candidates.append(_meta_geometry(found.metadata))
+    for geometry in candidates:
+        if _geometry_fits(geometry, arr.shape, scale, translate):
+            out = geometry.like(arr)
+            out.path = geometry.path
+            return out
+    return volume_from_array(arr, scale, translate)
+
+
+def volume_from_layer(layer: Any, reference: Any = None, viewer: Any = None) -> Volume:
+    """A :class:`Volume` with ``layer``'s data (computed) and its file geometry (see
+    :func:`volume_from_layer_data`); ``viewer`` supplies the layers to search for a layer drawn
+    from scratch. The Volume's ``path`` is that of the file the geometry came from, if any."""
+    meta = {"scale": tuple(layer.scale), "translate": tuple(layer.translate), "metadata": dict(layer.metadata or {}),
+            "rgb": bool(getattr(layer, "rgb", False))}
+    layers = list(viewer.layers) if viewer is not None else None
+    if layers is not None:
+        layers = [lay for lay in layers if lay is not layer]
+    return volume_from_layer_data(layer.data, meta, reference=reference, layers=layers)
+
+
+def source_unchanged(volume: Volume) -> bool:
+    """Whether ``volume.path`` names a readable file whose voxel data equal ``volume.data`` (so
+    that the file may be cited as the source of the data, e.g. in a series' sidecar)."""
+    if volume.path is None or not Path(volume.path).is_file():
+        return False
+    try:
+        on_disk = load_volume(volume.path)
+    except (OSError, ValueError):
+        return False
+    return (
+        on_disk.data.shape == volume.data.shape
+        and np.allclose(on_disk.file_affine, volume.file_affine, atol=1e-6)
+        and np.array_equal(on_disk.data, volume.data)
+    )
