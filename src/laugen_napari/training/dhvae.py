@@ -1,0 +1,417 @@
+"""Training the image+mask generators (dHVAE, HVAE, VAE): 2D slice data and the training task.
+
+2D data: slices of NIfTI image/mask pairs.
+A slice is kept when its mask contains the structure (at least ``min_voxels`` voxels of the
+selected labels). Each kept slice is min-max normalised to [0, 1] on its own (the minimum and
+maximum are recorded, so intensities can be mapped back), padded to a square and resized to
+``size`` x ``size``; its slice index (along Z of the closest-canonical (Z, Y, X) array, i.e. axial
+for RAS data) and the pair it came from are kept.
+
+Folders of pairs: ``NAME.nii.gz`` + ``NAME_seg|_mask|_label|_labels.nii.gz``, or nnU-Net style
+``imagesTr/NAME_0000.nii.gz`` + ``labelsTr/NAME.nii.gz``, or exactly one image and one file whose
+name contains seg/mask/label.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+SIZES = (32, 64, 128)
+_MASK_SUFFIX = re.compile(r"^(?P<stem>.+?)[_-](seg|segmentation|mask|label|labels)$", re.IGNORECASE)
+_MASK_WORD = re.compile(r"(seg|mask|label)", re.IGNORECASE)
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+@dataclass
+class SliceSet:
+    """Slices of image+mask pairs ready for a 2-channel generator.
+
+    Attributes:
+        images: (N, S, S) float32 in [0, 1].
+        masks: (N, S, S) uint8 in {0, 1}.
+        slice_index: (N,) index of the slice along Z in its volume.
+        source: (N,) index into ``names`` of the pair each slice came from.
+        intensity_min, intensity_max: (N,) original intensities mapped to 0 and 1.
+        names: one name per pair (file names or "arrays").
+    """
+
+    images: np.ndarray
+    masks: np.ndarray
+    slice_index: np.ndarray
+    source: np.ndarray
+    intensity_min: np.ndarray
+    intensity_max: np.ndarray
+    names: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[-1])
+
+    def tensor(self) -> torch.Tensor:
+        """(N, 2, S, S) float32: channel 0 the image, channel 1 the mask."""
+        return torch.from_numpy(np.stack([self.images, self.masks.astype(np.float32)], axis=1))
+
+    def subset(self, idx: np.ndarray) -> "SliceSet":
+        return SliceSet(self.images[idx], self.masks[idx], self.slice_index[idx], self.source[idx],
+                        self.intensity_min[idx], self.intensity_max[idx], list(self.names))
+
+    def split(self, val_fraction: float = 0.1, seed: int = 0) -> tuple["SliceSet", "SliceSet"]:
+        """Random train/validation split of the slices (at least one of each when N >= 2)."""
+        n = len(self)
+        n_val = min(max(1, int(round(n * val_fraction))), n - 1) if n >= 2 else 0
+        perm = np.random.default_rng(seed).permutation(n)
+        return self.subset(np.sort(perm[n_val:])), self.subset(np.sort(perm[:n_val]))
+
+    @staticmethod
+    def concat(sets: Sequence["SliceSet"]) -> "SliceSet":
+        names: list[str] = []
+        parts = []
+        for s in sets:
+            parts.append((s, len(names)))
+            names.extend(s.names)
+        return SliceSet(
+            np.concatenate([s.images for s, _ in parts]), np.concatenate([s.masks for s, _ in parts]),
+            np.concatenate([s.slice_index for s, _ in parts]), np.concatenate([s.source + off for s, off in parts]),
+            np.concatenate([s.intensity_min for s, _ in parts]), np.concatenate([s.intensity_max for s, _ in parts]),
+            names,
+        )
+
+
+def _square_resize(plane: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, H, W) -> (N, size, size): centred zero padding to a square, then area-aware bilinear."""
+    n, h, w = plane.shape
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    plane = F.pad(plane, (left, side - w - left, top, side - h - top))
+    if side == size:
+        return plane
+    return F.interpolate(plane[:, None], size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=side > size)[:, 0]
+
+
+def slices_from_arrays(
+    image: np.ndarray,
+    labels: np.ndarray,
+    size: int = 64,
+    selected: Sequence[int] | None = None,
+    min_voxels: int = 1,
+    name: str = "arrays",
+) -> SliceSet:
+    """Slices along Z of one (Z, Y, X) image and label map that contain the selected labels.
+
+    Args:
+        image, labels: same-shape (Z, Y, X) arrays (a 2D pair may be given as (Y, X)).
+        size: output side in pixels (32, 64 or 128).
+        selected: label values forming the structure (default: every non-zero label).
+        min_voxels: a slice needs at least this many structure voxels (before resizing).
+        name: how errors and :attr:`SliceSet.names` refer to this pair.
+    """
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}, got {size}")
+    image, labels = np.asarray(image), np.asarray(labels)
+    if image.ndim == 2:
+        image = image[None]
+    if labels.ndim == 2:
+        labels = labels[None]
+    if image.shape != labels.shape or image.ndim != 3:
+        raise ValueError(f"{name}: image and mask differ in shape: {image.shape} vs {labels.shape}")
+    if not np.all(np.isfinite(image)):
+        raise ValueError(f"{name}: the image holds NaN or infinite values")
+    mask = np.isin(labels, list(selected)) if selected else labels != 0
+    counts = mask.reshape(mask.shape[0], -1).sum(1)
+    keep = np.flatnonzero(counts >= max(1, int(min_voxels)))
+    if keep.size:  # drop slices whose structure vanishes at the training size
+        small = _square_resize(torch.from_numpy(mask[keep].astype(np.float32)), size) >= 0.5
+        keep = keep[small.flatten(1).any(1).numpy()]
+    if keep.size == 0:
+        what = f"labels {list(selected)}" if selected else "any non-zero label"
+        raise ValueError(f"{name}: the mask has no structure ({what}, >= {min_voxels} voxels in a slice)")
+    img = torch.from_numpy(image[keep].astype(np.float32))
+    lo = img.flatten(1).min(1).values
+    hi = img.flatten(1).max(1).values
+    img = (img - lo[:, None, None]) / (hi - lo).clamp(min=1e-12)[:, None, None]
+    img = _square_resize(img, size).clamp(0.0, 1.0)
+    msk = _square_resize(torch.from_numpy(mask[keep].astype(np.float32)), size) >= 0.5
+    return SliceSet(img.numpy(), msk.numpy().astype(np.uint8), keep.astype(np.int64), np.zeros(keep.size, np.int64),
+                    lo.numpy().astype(np.float64), hi.numpy().astype(np.float64), [name])
+
+
+def find_pairs(directory: str | os.PathLike) -> list[tuple[Path, Path]]:
+    """(image, mask) NIfTI paths in ``directory`` (see the module docstring for the layouts)."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise NotADirectoryError(f"{d}: not a folder of image/mask pairs")
+    if (d / "imagesTr").is_dir() and (d / "labelsTr").is_dir():
+        pairs = []
+        for img in sorted((d / "imagesTr").iterdir()):
+            stem = re.sub(r"_\d{4}$", "", _stem(img))
+            lab = [p for p in (d / "labelsTr").iterdir() if _stem(p) == stem]
+            if lab:
+                pairs.append((img, lab[0]))
+        if pairs:
+            return pairs
+    files = sorted(p for p in d.iterdir() if p.is_file() and p.name.lower().endswith((".nii", ".nii.gz")))
+    by_stem = {_stem(p): p for p in files}
+    pairs = []
+    for p in files:
+        m = _MASK_SUFFIX.match(_stem(p))
+        if m and m.group("stem") in by_stem:
+            pairs.append((by_stem[m.group("stem")], p))
+    if not pairs and len(files) == 2:
+        masks = [p for p in files if _MASK_WORD.search(p.name)]
+        if len(masks) == 1:
+            image = files[0] if files[1] == masks[0] else files[1]
+            pairs = [(image, masks[0])]
+    if not pairs:
+        raise ValueError(f"{d}: no image/mask pairs found (expected NAME.nii.gz with NAME_seg.nii.gz or NAME_mask.nii.gz, "
+                         "or imagesTr/ + labelsTr/)")
+    return pairs
+
+
+def slices_from_files(
+    pairs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
+    size: int = 64,
+    selected: Sequence[int] | None = None,
+    min_voxels: int = 1,
+) -> SliceSet:
+    """Slices of several NIfTI pairs (read in closest-canonical (Z, Y, X) order)."""
+    from ..io.nifti import load_volume
+
+    sets = []
+    for img_path, lab_path in pairs:
+        img, lab = load_volume(img_path, ndim=3), load_volume(lab_path, ndim=3)
+        if img.data.shape != lab.data.shape:
+            raise ValueError(f"{Path(img_path).name} and {Path(lab_path).name} differ in shape: "
+                             f"{img.data.shape} vs {lab.data.shape}")
+        sets.append(slices_from_arrays(img.data, lab.data, size, selected, min_voxels, name=Path(lab_path).name))
+    if not sets:
+        raise ValueError("no image/mask pairs given")
+    return SliceSet.concat(sets)
+
+
+def slices_from_folder(directory: str | os.PathLike, size: int = 64, selected: Sequence[int] | None = None,
+                       min_voxels: int = 1) -> SliceSet:
+    """Slices of every pair found by :func:`find_pairs` in ``directory``."""
+    return slices_from_files(find_pairs(directory), size, selected, min_voxels)
+
+
+# ---------------------------------------------------------------------------------------------
+# The dHVAE / HVAE / VAE training task for :func:`laugen_napari.training.loop.run_training`
+# ---------------------------------------------------------------------------------------------
+
+def _bce_logits(logits: torch.Tensor, target: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+class DHVAETask:
+    """Trains a :class:`~laugen_napari.models.dhvae.DHVAE` on a :class:`SliceSet`.
+
+    Loss per step (the paper's eq. 12): ``alpha * (-ELBO_H / dims) + beta * (L_rec + L_gen)`` for
+    dHVAE, ``-ELBO_H / dims`` for HVAE/VAE; ``dims`` = 2 * S * S. ``L_rec`` = L1 of both channels
+    + perceptual distance (VGG16 on the image channel when ``vgg`` is given, else feature matching
+    on the discriminator's features of both channels). The discriminator term starts after
+    ``cfg.disc_warmup`` steps: then the discriminator is also updated, real slices against pairs
+    decoded from the prior.
+
+    Train values (per step): ``loss``, ``nelbo`` (-ELBO_H in nats per slice), ``l1``, ``perc``,
+    ``gen`` (generator adversarial loss), ``disc`` (discriminator loss), ``eps`` (mean leapfrog
+    step size), ``beta0``. Validation: ``loss`` (= ``nelbo`` on held-out slices), ``psnr`` (dB) and
+    ``ssim`` of reconstructed images, ``dice`` of reconstructed masks. Sample metrics: ``jsd``
+    (bits) and ``kld`` (nats) between real and generated mask class distributions, ``nonempty``
+    (fraction of generated masks with >= ``min_mask_pixels`` pixels), ``fid`` with an Inception file.
+    """
+
+    monitor = "loss"
+    monitor_mode = "min"
+
+    def __init__(self, model, train: SliceSet, val: SliceSet | None = None, *, batch_size: int = 8,
+                 steps_per_epoch: int = 50, vgg=None, inception=None, seed: int = 0, n_samples: int = 64,
+                 min_mask_pixels: int = 4, sample_dir: str | os.PathLike | None = None):
+        from ..models.perceptual import notice
+
+        if len(train) == 0:
+            raise ValueError("no training slices")
+        if model.cfg.size != train.size:
+            raise ValueError(f"model size {model.cfg.size} differs from the slice size {train.size}")
+        self.model = model
+        self.cfg = model.cfg
+        self.train_x = train.tensor()
+        self.val_x = val.tensor() if val is not None and len(val) else self.train_x[: min(16, len(train))]
+        self.batch_size, self.steps_per_epoch, self.seed = int(batch_size), int(steps_per_epoch), int(seed)
+        self.vgg, self.inception = vgg, inception
+        self.n_samples, self.min_mask_pixels = int(n_samples), int(min_mask_pixels)
+        self.sample_dir = Path(sample_dir) if sample_dir is not None else None
+        self.step = 0
+        kw = dict(lr=self.cfg.lr, betas=self.cfg.betas, weight_decay=self.cfg.weight_decay)
+        self.opt_g = torch.optim.AdamW(model.generator_parameters(), **kw)
+        self.opt_d = torch.optim.AdamW(model.discriminator.parameters(), **kw) if model.discriminator is not None else None
+        self.notices: list[str] = []
+        if self.cfg.regularised and vgg is None:
+            self.notices.append(notice("no VGG16 weights file given: the perceptual term uses feature matching on "
+                                       "the discriminator's features instead of ImageNet VGG16 features"))
+        if inception is None:
+            self.notices.append(notice("no Inception weights file given: FID is skipped"))
+
+    def batches(self, epoch: int):
+        """``steps_per_epoch`` random batches (N, 2, S, S), reproducible per (seed, epoch)."""
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        n = len(self.train_x)
+        for _ in range(self.steps_per_epoch):
+            yield self.train_x[torch.randint(0, n, (min(self.batch_size, n),), generator=g)]
+
+    def _perceptual(self, recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        from ..models.perceptual import feature_distance
+
+        if self.vgg is not None:
+            return feature_distance(self.vgg(recon[:, :1]), self.vgg(x[:, :1]))
+        d = self.model.discriminator
+        return feature_distance(d.features(recon), [f.detach() for f in d.features(x)])
+
+    def train_step(self, batch: torch.Tensor) -> dict[str, float]:
+        m, cfg = self.model, self.cfg
+        x = batch.float()
+        dims = x[0].numel()
+        out = m.elbo(x)
+        nelbo = -out["elbo"].mean()
+        values = {"nelbo": nelbo.detach().item()}
+        disc_on = cfg.regularised and self.step >= cfg.disc_warmup
+        fake = None
+        if cfg.regularised:
+            recon = torch.sigmoid(out["logits"])
+            l1 = (recon - x).abs().mean()
+            perc = self._perceptual(recon, x)
+            gen = torch.zeros(())
+            if disc_on:
+                z = torch.randn(x.shape[0], cfg.latent_dim)
+                fake = torch.sigmoid(m.decode(z))
+                for p in m.discriminator.parameters():
+                    p.requires_grad_(False)
+                gen = _bce_logits(m.discriminator(fake), 1.0)
+                for p in m.discriminator.parameters():
+                    p.requires_grad_(True)
+            beta = cfg.reg_weight
+            loss = (1.0 - beta) * nelbo / dims + beta * (l1 + perc + gen)
+            values.update(l1=l1.detach().item(), perc=perc.detach().item(), gen=gen.detach().item())
+        else:
+            loss = nelbo / dims
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        if self.opt_d is not None:
+            self.opt_d.zero_grad(set_to_none=True)  # feature matching left gradients on D: not a D update
+            d_loss = torch.zeros(())
+            if disc_on:
+                d_loss = _bce_logits(m.discriminator(x), 1.0) + _bce_logits(m.discriminator(fake.detach()), 0.0)
+                d_loss.backward()
+                self.opt_d.step()
+            values["disc"] = d_loss.detach().item()
+        if cfg.leapfrog_steps > 0:
+            values.update(eps=m.eps.mean().detach().item(), beta0=m.beta0.detach().item())
+        self.step += 1
+        values["loss"] = loss.detach().item()
+        return values
+
+    def validate(self) -> dict[str, float]:
+        from ..metrics import dice, psnr, ssim
+
+        m = self.model
+        x = self.val_x
+        g = torch.Generator().manual_seed(self.seed)
+        nelbo = float(-m.elbo(x, generator=g)["elbo"].mean())
+        rec = m.reconstruct(x).numpy()
+        xi = x.numpy()
+        ps = [psnr(r[0], t[0], 1.0) for r, t in zip(rec, xi)]
+        ss = [ssim(r[0], t[0], 1.0) for r, t in zip(rec, xi)]
+        dc = [dice((r[1] >= 0.5).astype(np.uint8), t[1].astype(np.uint8), labels=[1])[1] for r, t in zip(rec, xi)]
+        return {"loss": nelbo, "psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "dice": float(np.nanmean(dc))}
+
+    def sample(self) -> dict[str, float]:
+        from ..metrics import mask_divergences
+
+        g = torch.Generator().manual_seed(self.seed + 1)
+        s = self.model.sample(self.n_samples, generator=g)
+        masks = (s[:, 1] >= 0.5).numpy().astype(np.uint8)
+        real = self.train_x[:, 1].numpy().astype(np.uint8)
+        out = mask_divergences(real, masks, 2)
+        out["nonempty"] = float((masks.reshape(len(masks), -1).sum(1) >= self.min_mask_pixels).mean())
+        if self.inception is not None:
+            from ..models.perceptual import fid
+
+            out["fid"] = fid(self.inception, self.train_x[:, :1], s[:, :1])
+        if self.sample_dir is not None:  # the latest grid, for the viewer (atomic replace)
+            self.sample_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.sample_dir / ".samples_latest.tmp.npz"
+            np.savez_compressed(tmp, images=s[:, 0].numpy(), masks=masks, step=self.step)
+            os.replace(tmp, self.sample_dir / "samples_latest.npz")
+        return out
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "opt_g": self.opt_g.state_dict(),
+                "opt_d": self.opt_d.state_dict() if self.opt_d is not None else None, "step": self.step,
+                "model_config": self.cfg.to_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        if self.opt_d is not None and state.get("opt_d") is not None:
+            self.opt_d.load_state_dict(state["opt_d"])
+        self.step = int(state["step"])
+
+    def config(self) -> dict:
+        return {"task": "dhvae", **self.cfg.to_dict()}
+
+
+def load_generator(path: str | os.PathLike):
+    """The :class:`~laugen_napari.models.dhvae.DHVAE` of a training checkpoint (last.pt / best.pt), in eval mode."""
+    from ..models.dhvae import DHVAE, DHVAEConfig
+    from .loop import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    cfg = ckpt.get("task", {}).get("model_config") if isinstance(ckpt.get("task"), dict) else None
+    if cfg is None or ckpt.get("config", {}).get("task") != "dhvae":
+        raise ValueError(f"{path} is not a dHVAE/HVAE/VAE checkpoint")
+    model = DHVAE(DHVAEConfig(**cfg))
+    model.load_state_dict(ckpt["task"]["model"])
+    return model.eval()
+
+
+def make_training(pairs: str | os.PathLike | None = None, *, slices: SliceSet | None = None, size: int = 64,
+                  model: str = "dhvae", steps: int = 1000, out: str | os.PathLike | None = None, resume: bool = False,
+                  vgg: str | os.PathLike | None = None, inception: str | os.PathLike | None = None,
+                  batch_size: int = 8, steps_per_epoch: int = 50, seed: int = 0, val_fraction: float = 0.1,
+                  **model_options):
+    """Build ``(task, batches, run_training kwargs)`` from a folder of pairs (or slices); a
+    module-level factory usable by :class:`~laugen_napari.training.process.TrainingProcess`."""
+    from ..models.dhvae import build_model
+    from ..models.perceptual import load_inception, load_vgg16
+
+    vgg_net = load_vgg16(vgg) if vgg else None  # bad files fail before any data work
+    inc_net = load_inception(inception) if inception else None
+    if slices is None:
+        if pairs is None:
+            raise ValueError("give a folder of image/mask pairs or slices")
+        slices = slices_from_folder(pairs, size)
+    train, val = slices.split(val_fraction, seed)
+    torch.manual_seed(seed)
+    net = build_model(model, size=slices.size, **model_options)
+    task = DHVAETask(net, train, val, batch_size=batch_size, steps_per_epoch=steps_per_epoch, vgg=vgg_net,
+                     inception=inc_net, seed=seed, sample_dir=out)
+    return task, task.batches, {"steps": int(steps), "out_dir": out, "resume": resume}
