@@ -181,8 +181,16 @@ class Warper:
         else:
             out.copy_(self.labels)
         if z_mm != 0.0:
-            out.view(-1)[self.flat_index] = self._sample_labels(self._coords(z_mm))
+            out.view(-1)[self.flat_index] = self.moving_labels(z_mm)
         return out
+
+    def moving_labels(self, z_mm: float) -> torch.Tensor:
+        """The warped label values at the moving voxels only, shape (P,) (cheap volume counts)."""
+        if self.labels is None:
+            raise ValueError("this warper was built without a label map")
+        if z_mm == 0.0:
+            return self.moving_values(self.labels)
+        return self._sample_labels(self._coords(z_mm))
 
     def moving_values(self, frame: torch.Tensor) -> torch.Tensor:
         """The values of a (Z, Y, X) frame at the moving voxels, shape (P,)."""

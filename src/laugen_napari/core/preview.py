@@ -1,0 +1,256 @@
+"""Lazy series for a live preview: arrays of shape (T, Z, Y, X) that compute only what is indexed.
+
+A viewer showing one plane of one frame asks for ``series[t, z]`` (or ``series[t, :, y]`` for
+another view axis); only the moving voxels of that plane are resampled. The arrays read their
+trajectory and engine from a shared :class:`PreviewModel`, so changing the trajectory changes what
+they return without replacing them — a display only needs to redraw.
+
+Nothing here knows napari or Qt; anything with ``shape``, ``dtype`` and ``__getitem__`` semantics
+of numpy can use these arrays.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Sequence
+
+import numpy as np
+
+from .series import Augmenter
+
+
+class PreviewModel:
+    """The state behind a live preview: an :class:`Augmenter` (or None) and the values z_t in mm.
+
+    Full frames are cached per magnitude (a few at most), so switching to 3D or playing the time
+    axis does not resample twice.
+    """
+
+    def __init__(self, image: np.ndarray, labels: np.ndarray, frames: int = 8, cache_frames: int = 4):
+        self.image = np.asarray(image, dtype=np.float32)
+        self.labels = np.asarray(labels)
+        self.augmenter: Augmenter | None = None
+        self.z_mm = np.zeros(frames)
+        self._cache: dict[tuple, np.ndarray] = {}
+        self._cache_size = cache_frames
+        self._lock = threading.Lock()
+
+    @property
+    def frames(self) -> int:
+        return len(self.z_mm)
+
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        return tuple(self.labels.shape)
+
+    def set_augmenter(self, augmenter: Augmenter | None) -> None:
+        """Use a new engine (after the field was recomputed); clears the frame cache."""
+        with self._lock:
+            self.augmenter = augmenter
+            self._cache.clear()
+
+    def set_trajectory(self, z_mm: Sequence[float]) -> None:
+        """New values z_t (mm); the frame count may change."""
+        z = np.asarray(z_mm, dtype=np.float64)
+        if z.ndim != 1 or len(z) < 1 or not np.all(np.isfinite(z)):
+            raise ValueError("trajectory values must be a finite 1D sequence")
+        self.z_mm = z
+
+    def magnitude(self, t: int) -> float:
+        """z_t in mm for frame ``t`` (0 when no engine is ready: the input is shown)."""
+        if self.augmenter is None:
+            return 0.0
+        return float(self.z_mm[int(t)])
+
+    # -- planes and frames --------------------------------------------------------------------
+    def image_plane(self, t: int, axis: int, index: int) -> np.ndarray:
+        z = self.magnitude(t)
+        if z == 0.0:
+            return np.take(self.image, index, axis=axis)
+        cached = self._cached("image", z)
+        if cached is not None:
+            return np.take(cached, index, axis=axis)
+        return self.augmenter.warper.image_plane(z, axis, index).cpu().numpy()
+
+    def label_plane(self, t: int, axis: int, index: int) -> np.ndarray:
+        z = self.magnitude(t)
+        if z == 0.0:
+            return np.take(self.labels, index, axis=axis)
+        cached = self._cached("labels", z)
+        if cached is not None:
+            return np.take(cached, index, axis=axis)
+        return self.augmenter.warper.label_plane(z, axis, index).cpu().numpy().astype(self.labels.dtype, copy=False)
+
+    def image_frame(self, t: int) -> np.ndarray:
+        z = self.magnitude(t)
+        if z == 0.0:
+            return self.image
+        return self._frame("image", z)
+
+    def label_frame(self, t: int) -> np.ndarray:
+        z = self.magnitude(t)
+        if z == 0.0:
+            return self.labels
+        return self._frame("labels", z)
+
+    def _cached(self, what: str, z: float) -> np.ndarray | None:
+        return self._cache.get((what, z, id(self.augmenter)))
+
+    def _frame(self, what: str, z: float) -> np.ndarray:
+        key = (what, z, id(self.augmenter))
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        aug = self.augmenter
+        if what == "image":
+            out = aug.warper.image_frame(z).cpu().numpy()
+        else:
+            out = aug.warper.label_frame(z).cpu().numpy().astype(self.labels.dtype, copy=False)
+        with self._lock:
+            if key[2] == id(self.augmenter):
+                while len(self._cache) >= 2 * self._cache_size:
+                    self._cache.pop(next(iter(self._cache)))
+                self._cache[key] = out
+        return out
+
+    def warm_frame(self, t: int) -> None:
+        """Compute and cache the full image and label frame ``t`` (call from a worker thread)."""
+        self.image_frame(t)
+        self.label_frame(t)
+
+    # -- summaries for plots ------------------------------------------------------------------
+    def curves(self) -> dict:
+        """z_t, label volumes (mL) per frame and lowest Jacobian per frame, from the moving voxels."""
+        aug = self.augmenter
+        out = {"z_mm": self.z_mm.tolist(), "volumes_ml": {}, "jacobian_min": []}
+        if aug is None:
+            return out
+        w = aug.warper
+        voxel_ml = float(np.prod(aug.spacing)) / 1000.0
+        base_moving = w.moving_labels(0.0)
+        if getattr(self, "_full_counts_for", None) is not aug:
+            self._full_counts = {v: int((self.labels == v).sum()) for v in aug.selected}
+            self._full_counts_for = aug
+        full = self._full_counts
+        for v in aug.selected:
+            out["volumes_ml"][v] = []
+        for z in self.z_mm:
+            moved = w.moving_labels(float(z))
+            for v in aug.selected:
+                n = full[v] - int((base_moving == v).sum()) + int((moved == v).sum())
+                out["volumes_ml"][v].append(n * voxel_ml)
+            out["jacobian_min"].append(aug.jacobian.minimum(float(z)))
+        return out
+
+
+def _normalise_key(key, ndim: int) -> tuple:
+    if not isinstance(key, tuple):
+        key = (key,)
+    if any(k is Ellipsis for k in key):
+        i = next(i for i, k in enumerate(key) if k is Ellipsis)
+        key = key[:i] + (slice(None),) * (ndim - len(key) + 1) + key[i + 1 :]
+    return key + (slice(None),) * (ndim - len(key))
+
+
+class _LazySeries:
+    """Base of the lazy (T, Z, Y, X) arrays: index parsing and numpy fallbacks."""
+
+    def __init__(self, model: PreviewModel, dtype):
+        self.model = model
+        self.dtype = np.dtype(dtype)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.model.frames,) + self.model.spatial_shape
+
+    @property
+    def ndim(self) -> int:
+        return 4
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _plane(self, t: int, axis: int, index: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _frame(self, t: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def __getitem__(self, key):
+        key = _normalise_key(key, 4)
+        if any(not isinstance(k, (int, np.integer, slice)) for k in key):
+            return np.asarray(self)[key]  # fancy indexing: materialise (rare)
+        t_key, spatial = key[0], key[1:]
+        if isinstance(t_key, slice):
+            return np.stack([self[(t,) + spatial] for t in range(*t_key.indices(self.shape[0]))])
+        t = int(t_key) % self.shape[0]
+        ints = [a for a, k in enumerate(spatial) if isinstance(k, (int, np.integer))]
+        if len(ints) >= 1:
+            axis = ints[0]
+            index = int(spatial[axis]) % self.shape[1 + axis]
+            plane = self._plane(t, axis, index)
+            rest = tuple(k for a, k in enumerate(spatial) if a != axis)
+            return np.asarray(plane[rest])
+        return np.asarray(self._frame(t)[spatial])
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.stack([self._frame(t) for t in range(self.shape[0])])
+        return out.astype(dtype) if dtype is not None else out
+
+
+class LazyImageSeries(_LazySeries):
+    """The image series (T, Z, Y, X), float32."""
+
+    def __init__(self, model: PreviewModel):
+        super().__init__(model, np.float32)
+
+    def _plane(self, t, axis, index):
+        return self.model.image_plane(t, axis, index)
+
+    def _frame(self, t):
+        return self.model.image_frame(t)
+
+
+class LazyLabelSeries(_LazySeries):
+    """The label series (T, Z, Y, X), the label map's dtype."""
+
+    def __init__(self, model: PreviewModel):
+        super().__init__(model, model.labels.dtype)
+
+    def _plane(self, t, axis, index):
+        return self.model.label_plane(t, axis, index)
+
+    def _frame(self, t):
+        return self.model.label_frame(t)
+
+
+class LazyDifference(_LazySeries):
+    """Difference maps (T, Z, Y, X): I_t - I_0 (``reference="first"``) or I_t - I_{t-1}."""
+
+    def __init__(self, model: PreviewModel, reference: str = "first"):
+        super().__init__(model, np.float32)
+        self.reference = reference
+
+    def _ref(self, t: int) -> int:
+        if self.reference not in ("first", "previous"):
+            raise ValueError(f"reference must be 'first' or 'previous', got {self.reference!r}")
+        return 0 if self.reference == "first" else max(t - 1, 0)
+
+    def _plane(self, t, axis, index):
+        return self.model.image_plane(t, axis, index) - self.model.image_plane(self._ref(t), axis, index)
+
+    def _frame(self, t):
+        return self.model.image_frame(t) - self.model.image_frame(self._ref(t))
+
+
+def preview_arrays(model: PreviewModel) -> tuple[LazyImageSeries, LazyLabelSeries, LazyDifference]:
+    """The three lazy arrays a preview shows: image series, label series, difference maps."""
+    return LazyImageSeries(model), LazyLabelSeries(model), LazyDifference(model)
+
+
+__all__ = ["LazyDifference", "LazyImageSeries", "LazyLabelSeries", "PreviewModel", "preview_arrays"]
