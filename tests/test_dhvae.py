@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -14,6 +13,7 @@ import torch
 from torch import nn
 
 from laugen_napari.cli import main as cli_main
+from laugen_napari.metrics import mask_divergences
 from laugen_napari.models.dhvae import DHVAE, DHVAEConfig, build_model, leapfrog_tempered, tempering_sqrt_betas
 from laugen_napari.models.perceptual import frechet_distance, load_inception, load_vgg16, _vgg16_trunk
 from laugen_napari.training.dhvae import (DHVAETask, find_pairs, load_generator, make_training, slices_from_arrays,
@@ -128,6 +128,12 @@ def test_checkpoint_reloads_and_samples_identically_and_resumes(tmp_path, slices
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     c = loaded.sample(5, generator=torch.Generator().manual_seed(8))
     assert not torch.equal(a, c)
+    # sample metrics: the mask JSD/KLD of metrics.py on the task's own samples, grid saved for the viewer
+    vals = task.sample()
+    grid = np.load(tmp_path / "run" / "samples_latest.npz")
+    direct = mask_divergences(task.train_x[:, 1].numpy().astype(np.uint8), grid["masks"], 2)
+    assert vals["jsd"] == pytest.approx(direct["jsd"]) and vals["kld"] == pytest.approx(direct["kld"])
+    assert vals["jsd"] > 0 and grid["images"].shape == (task.n_samples, 32, 32)
     task2, batches2, kw2 = make_training(slices=slices32, size=32, steps=6, out=tmp_path / "run", steps_per_epoch=2,
                                          model="hvae", resume=True, **ARCH)
     recs2 = list(run_training(task2, batches2, **kw2))

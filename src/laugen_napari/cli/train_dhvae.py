@@ -29,7 +29,7 @@ def register(subparsers) -> None:
     p.add_argument("--size", type=int, choices=(32, 64, 128), default=64, help="slice side in pixels (default: %(default)s)")
     p.add_argument("--steps", type=int, required=True, metavar="N", help="total optimiser steps (counting a resumed run)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (created)")
-    p.add_argument("--model", choices=("dhvae", "hvae", "vae"), default="dhvae", help="variant (default: %(default)s)")
+    p.add_argument("--model", dest="variant", choices=("dhvae", "hvae", "vae"), default="dhvae", help="variant (default: %(default)s)")
     p.add_argument("--leapfrog", type=int, default=1, metavar="K", help="leapfrog steps K (default: %(default)s)")
     p.add_argument("--beta", type=float, default=0.01, help="regulariser weight beta; ELBO weight 1-beta (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=500, help="steps before the discriminator term starts (default: %(default)s)")
@@ -58,14 +58,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--steps must be at least 1")
     torch.set_num_threads(max(1, args.threads))
     task, batches, kw = make_training(
-        args.pairs, size=args.size, model=args.model, steps=args.steps, out=args.out, resume=args.resume,
+        args.pairs, size=args.size, model=args.variant, steps=args.steps, out=args.out, resume=args.resume,
         vgg=args.vgg, inception=args.inception, batch_size=args.batch, steps_per_epoch=args.epoch_steps, seed=args.seed,
         leapfrog_steps=args.leapfrog, reg_weight=args.beta, disc_warmup=args.warmup, lr=args.lr,
     )
     for msg in task.notices:
         print(f"laugen train dhvae: notice: {msg}", file=sys.stderr)
     n_train = len(task.train_x)
-    print(f"{args.model}: {sum(p.numel() for p in task.model.parameters()):,} parameters, {n_train} training slices "
+    print(f"{args.variant}: {sum(p.numel() for p in task.model.parameters()):,} parameters, {n_train} training slices "
           f"of {args.size}x{args.size}, K={task.cfg.leapfrog_steps}", file=sys.stderr)
     bar = None if args.quiet else tqdm(total=args.steps, unit="step", file=sys.stderr)
     for rec in run_training(task, batches, **kw):

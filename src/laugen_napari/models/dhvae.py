@@ -28,7 +28,7 @@ Choices and where they differ from the authors' public code (the paper is follow
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
