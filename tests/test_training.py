@@ -165,3 +165,157 @@ def test_training_process_reports_errors():
     proc = TrainingProcess(toy_factory, {"epochs": 0}).start()
     proc.join(timeout=60)
     assert proc.error is not None and "at least 1" in proc.error
+
+
+# ---- datasets ----------------------------------------------------------------------------------
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from laugen_napari.training.datasets import (
+    MixedSequences, Normalizer, SliceSpec, SyntheticSequences, SyntheticSource, build_data, read_nifti, scan_acdc)
+
+ROOT = Path(__file__).resolve().parents[1]
+T1, SEG = ROOT / "sample_data/mni152_t1.nii.gz", ROOT / "sample_data/mni152_ventricles_seg.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def mni_source():
+    img, sp = read_nifti(T1)
+    lab, _ = read_nifti(SEG)
+    return SyntheticSource(img, np.rint(lab).astype(np.int32), sp, name="mni")
+
+
+def write_4d(path, data_tzyx, zooms=(1.0, 1.0, 1.0, 1.0)):
+    """Write (T, Z, Y, X) as a NIfTI (x, y, z, t) with an identity-like RAS affine."""
+    img = nib.Nifti1Image(np.ascontiguousarray(np.transpose(data_tzyx, (3, 2, 1, 0))).astype(np.float32),
+                          np.diag(list(zooms[:3]) + [1.0]))
+    nib.save(img, str(path))
+    return path
+
+
+def moving_square_series(frames=10, z=3, size=24, seed=0):
+    rng = np.random.default_rng(seed)
+    out = np.zeros((frames, z, size, size), np.float32)
+    for t in range(frames):
+        out[t, :, 6 + t // 2: 12 + t // 2, 5:11] = 100.0
+    return out + rng.normal(0, 1, out.shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("ratio,length", [(0.0, 40), (0.1, 40), (0.25, 40), (0.5, 7), (1.0, 12)])
+def test_mixing_gives_exactly_the_requested_synthetic_fraction(mni_source, ratio, length):
+    real = np.random.default_rng(0).random((5, 8, 32, 32)).astype(np.float32)
+    syn = SyntheticSequences([mni_source], 8, SliceSpec(crop=(32, 32)), kinds=("uniform",))
+    ds = MixedSequences(real, syn, ratio, Normalizer(0.0, 1.0), length=length, seed=1)
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        flags = [ds[i][1] for i in range(len(ds))]
+        assert len(flags) == length and sum(flags) == round(ratio * length)
+    # real sequences are repeated (cycled), each used before any is used again
+    ds = MixedSequences(real, syn, 0.0, Normalizer(0.0, 1.0), length=12, seed=1)
+    counts = np.bincount(ds.source_index, minlength=5)
+    assert counts.min() == 2 and counts.max() == 3
+    x, is_syn = ds[0]
+    assert x.shape == (8, 1, 32, 32) and x.dtype == torch.float32 and not is_syn
+
+
+def test_synthetic_sequences_are_seeded_and_follow_the_structure(mni_source):
+    syn = SyntheticSequences([mni_source], 6, SliceSpec(axis=0, crop=(32, 32)), slope_range=(1.0, 1.0), seed=3)
+    a, b = syn[5], syn[5]
+    assert a.shape == (6, 32, 32) and np.array_equal(a, b)
+    assert not np.array_equal(syn[5], syn[6])
+    assert np.abs(a[-1] - a[0]).max() > 10  # the structure moved
+    planes = SliceSpec(axis=0).planes(mni_source.image.shape, mni_source.labels)
+    assert planes == sorted(set(np.nonzero(mni_source.labels.any((1, 2)))[0]))
+
+
+def test_normalizer_is_recorded_and_invertible():
+    rng = np.random.default_rng(0)
+    data = [rng.normal(50, 20, (4, 8, 8)), rng.normal(80, 5, (2, 8, 8))]
+    n = Normalizer.fit(data)
+    lo, hi = min(d.min() for d in data), max(d.max() for d in data)
+    assert n.data_range == pytest.approx(hi - lo)
+    z = n.apply(data[0])
+    assert z.min() >= 0 and z.max() <= 1
+    assert np.allclose(n.invert(z), data[0])
+    assert Normalizer(**n.to_dict()) == n
+
+
+def test_real_4d_files_split_and_window(tmp_path):
+    paths = [write_4d(tmp_path / f"s{i}.nii.gz", moving_square_series(seed=i)) for i in range(3)]
+    b = build_data(real=paths, context=4, target=4, val_fraction=0.34, seed=0)
+    assert b.info["mix"] == 0.0 and b.info["val_source"] == "real"
+    assert len(b.info["val_groups"]) == 1 and len(b.info["train_groups"]) == 2
+    # 3 planes x (10 - 8 + 1) windows per file
+    assert b.info["real_train_sequences"] == 2 * 3 * 3 and b.val.shape == (9, 8, 24, 24)
+    assert b.normalizer.data_range > 90
+
+
+def test_acdc_layout_uses_ed_frame_as_synthetic_source(tmp_path):
+    for k in (1, 2):
+        d = tmp_path / f"patient{k:03d}"
+        d.mkdir()
+        series = moving_square_series(frames=9, seed=k)
+        write_4d(d / f"{d.name}_4d.nii.gz", series)
+        gt = (series[0] > 50).astype(np.float32)
+        for f, vol in ((1, series[0]), (5, series[4])):
+            nib.save(nib.Nifti1Image(vol.transpose(2, 1, 0), np.eye(4)), str(d / f"{d.name}_frame{f:02d}.nii.gz"))
+            nib.save(nib.Nifti1Image(gt.transpose(2, 1, 0), np.eye(4)), str(d / f"{d.name}_frame{f:02d}_gt.nii.gz"))
+        (d / "Info.cfg").write_text("ED: 1\nES: 5\n")
+    pts = scan_acdc(tmp_path)
+    assert [p.name for p in pts] == ["patient001", "patient002"] and pts[0].ed_image.name.endswith("frame01.nii.gz")
+    b = build_data(acdc=tmp_path, mix=0.5, length=10, context=4, target=4, seed=0, kinds=("uniform",))
+    assert b.info["n_synthetic"] == 5 and len(b.info["val_groups"]) == 1
+    assert b.train.synthetic is not None and len(b.train.synthetic.sources) == 1  # only the training patient
+
+
+def test_bad_inputs_are_clear_errors(tmp_path, mni_source):
+    short = write_4d(tmp_path / "short.nii.gz", moving_square_series(frames=6))
+    with pytest.raises(ValueError, match="has 6 frames; context \\+ target needs at least 8"):
+        build_data(real=[short], context=4, target=4)
+    a = write_4d(tmp_path / "a.nii.gz", moving_square_series(size=24))
+    b = write_4d(tmp_path / "b.nii.gz", moving_square_series(size=20))
+    c = write_4d(tmp_path / "c.nii.gz", moving_square_series(size=24, seed=3))
+    with pytest.raises(ValueError, match="different sizes.*--crop"):
+        build_data(real=[a, b, c], val_fraction=0.3)
+    bad = moving_square_series()
+    bad[2, 1, 3, 3] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        build_data(real=[write_4d(tmp_path / "nan.nii.gz", bad), a])
+    with pytest.raises(ValueError, match="non-finite"):
+        SyntheticSource(np.full((1, 4, 4), np.inf), np.ones((1, 4, 4), int))
+    with pytest.raises(ValueError, match="not a 4D series"):
+        build_data(real=[T1])
+    with pytest.raises(ValueError, match="different sizes.*--crop"):  # real 24x24 planes vs MNI planes, no crop
+        build_data(real=[a, c], synthetic=[(T1, SEG)], mix=0.5)
+
+
+# ---- SimVP learning test and CLI ---------------------------------------------------------------
+
+def test_simvp_learns_to_beat_the_last_image_baseline_via_cli(tmp_path):
+    """Trained through `laugen train simvp` on semi-synthetic series; validated on held-out series."""
+    from laugen_napari.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "simvp", "--synthetic", str(T1), str(SEG), "--crop", "32", "32", "--kinds", "uniform",
+            "--slope", "0.5", "1.5", "--sigma-mm", "3", "--length", "64", "--val-series", "16",
+            "--lr", "5e-3", "--seed", "0", "--threads", "1", "--out", str(out)]
+    assert main(argv + ["--epochs", "12"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"]["val_source"] == "semi-synthetic"
+    assert report["model"]["rmse"] < 0.9 * report["last_image_baseline"]["rmse"], report
+    assert report["model_beats_baseline_rmse"] is True
+    assert (out / "best.pt").is_file() and (out / "metrics.csv").is_file()
+    # resuming with another architecture is a clear error (exit 2, nothing changed)
+    before = (out / "last.pt").read_bytes()
+    assert main(argv + ["--epochs", "13", "--resume", "--translator", "incepu"]) == 2
+    assert (out / "last.pt").read_bytes() == before
+    from laugen_napari.training.simvp import build_task, make_batches
+
+    with pytest.raises(ValueError, match="another architecture.*translator"):
+        bundle = build_data(synthetic=[(T1, SEG)], spec=SliceSpec(crop=(32, 32)), length=8, n_val_synthetic=2)
+        task = build_task(bundle, translator="incepu")
+        next(run_training(task, make_batches(bundle.train, 8), epochs=13, out_dir=out, resume=True))
