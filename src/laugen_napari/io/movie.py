@@ -108,3 +108,147 @@ def count_frames(path: str | os.PathLike) -> int:
         finally:
             reader.close()
     return int(iio.imread(str(path), index=None).shape[0])
+
+
+# -- rendering -----------------------------------------------------------------------------------
+DIFFERENCES = ("none", "first", "previous")
+"""Difference panel beside the frames: none, I_t - I_0, or I_t - I_{t-1}."""
+
+
+def _grey(values: np.ndarray) -> np.ndarray:
+    v = np.clip(values, 0.0, 1.0)
+    return np.stack([v, v, v, np.ones_like(v)], axis=-1)
+
+
+def render_series_frames(
+    images: np.ndarray,
+    labels: np.ndarray | None = None,
+    pixel_mm: tuple[float, float] = (1.0, 1.0),
+    contrast_limits: tuple[float, float] | None = None,
+    colormap: Callable[[np.ndarray], np.ndarray] | None = None,
+    gamma: float = 1.0,
+    label_colors: dict[int, tuple[float, ...]] | None = None,
+    difference: str = "none",
+    flip_rows: bool = False,
+    flip_cols: bool = False,
+    title: str = "",
+    z_mm: Iterable[float] | None = None,
+    panel_px: int = 360,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Render one plane across the frames of a series as RGB movie frames (T, H, W, 3) uint8.
+
+    Args:
+        images: (T, rows, cols) image planes, row 0 at the top as napari shows it.
+        labels: (T, rows, cols) label planes drawn as contours (one colour per label), or None.
+        pixel_mm: size of a pixel (row, column) in mm, so anisotropic planes keep their aspect.
+        contrast_limits: grey window (default: the range of ``images``).
+        colormap: maps values in [0, 1] to RGBA (napari's ``Colormap.map``); default grey.
+        gamma: applied to the windowed values before the colormap, as napari does.
+        label_colors: label value -> RGBA in [0, 1]; default matplotlib's tab10.
+        difference: ``"first"`` (I_t - I_0) or ``"previous"`` (I_t - I_{t-1}) adds a panel with a
+            diverging colormap and symmetric limits; ``"none"`` does not.
+        flip_rows / flip_cols: mirror the planes (napari camera pointing up / left).
+        title: text before the frame number on every frame.
+        z_mm: the trajectory, shown with the frame number when given.
+        panel_px: height of a panel in pixels.
+    """
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 3 or images.shape[0] < 1:
+        raise ValueError(f"image planes must be (T, rows, cols), got shape {images.shape}")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != images.shape:
+            raise ValueError(f"label planes {labels.shape} do not match the image planes {images.shape}")
+    if difference not in DIFFERENCES:
+        raise ValueError(f"difference must be one of {', '.join(DIFFERENCES)}, got {difference!r}")
+    if flip_rows:
+        images = images[:, ::-1]
+        labels = labels[:, ::-1] if labels is not None else None
+    if flip_cols:
+        images = images[:, :, ::-1]
+        labels = labels[:, :, ::-1] if labels is not None else None
+    frames, rows, cols = images.shape
+    z_list = [float(v) for v in z_mm] if z_mm is not None else None
+
+    lo, hi = contrast_limits if contrast_limits is not None else (float(images.min()), float(images.max()))
+    span = (hi - lo) or 1.0
+    cmap = colormap or _grey
+    diffs = None
+    if difference != "none":
+        ref = images[:1] if difference == "first" else np.concatenate([images[:1], images[:-1]])
+        diffs = images - ref
+        dlim = float(np.abs(diffs).max()) or 1.0
+    values = sorted(int(v) for v in np.unique(labels) if v != 0) if labels is not None else []
+    tab10 = colormaps["tab10"]
+    colors = {v: (label_colors or {}).get(v, tab10(i % 10)) for i, v in enumerate(values)}
+
+    height_mm, width_mm = rows * pixel_mm[0], cols * pixel_mm[1]
+    scale = panel_px / height_mm
+    panel_w = max(64, int(round(width_mm * scale)))
+    if panel_w > 2 * panel_px:  # very wide planes: shrink
+        scale *= 2 * panel_px / panel_w
+        panel_w = 2 * panel_px
+    panel_h = max(64, int(round(height_mm * scale)))
+    top, gap, bar = 34, 12, 70
+    n_panels = 1 if diffs is None else 2
+    width_px = n_panels * panel_w + (n_panels - 1) * gap + (bar if diffs is not None else 0) + 2 * gap
+    height_px = panel_h + top + gap
+    dpi = 100.0
+    fig = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi, facecolor="black")
+    canvas = FigureCanvasAgg(fig)
+    extent = (0.0, width_mm, height_mm, 0.0)
+
+    def axes_at(x_px: float, w_px: float) -> "object":
+        ax = fig.add_axes((x_px / width_px, gap / height_px, w_px / width_px, panel_h / height_px))
+        ax.set_axis_off()
+        return ax
+
+    ax = axes_at(gap, panel_w)
+    first = np.zeros((rows, cols, 3), np.float32)
+    image_artist = ax.imshow(first, extent=extent, interpolation="nearest", aspect="equal")
+    ax.set_xlim(0, width_mm)
+    ax.set_ylim(height_mm, 0)
+    diff_artist = None
+    if diffs is not None:
+        dax = axes_at(gap + panel_w + gap, panel_w)
+        diff_artist = dax.imshow(diffs[0], extent=extent, cmap="RdBu_r", vmin=-dlim, vmax=dlim,
+                                 interpolation="nearest", aspect="equal")
+        cax = fig.add_axes(((2 * gap + 2 * panel_w + 8) / width_px, gap / height_px, 12 / width_px,
+                            panel_h / height_px))
+        cb = fig.colorbar(diff_artist, cax=cax)
+        cb.ax.tick_params(colors="white", labelsize=7)
+        label = "I_t - I_0" if difference == "first" else "I_t - I_(t-1)"
+        fig.text((gap + panel_w + gap) / width_px, 1 - 6 / height_px, label, color="white", fontsize=9,
+                 ha="left", va="top")
+    stamp_artist = fig.text(gap / width_px, 1 - 6 / height_px, "", color="white", fontsize=10, ha="left", va="top")
+
+    out = np.empty((frames, height_px, width_px, 3), np.uint8)
+    contours: list = []
+    for t in range(frames):
+        windowed = np.clip((images[t] - lo) / span, 0.0, 1.0) ** float(gamma)
+        rgba = np.asarray(cmap(windowed.reshape(-1)), dtype=np.float32).reshape(rows, cols, -1)
+        image_artist.set_data(rgba[..., :3])
+        for c in contours:
+            c.remove()
+        contours = []
+        for v in values:
+            inside = labels[t] == v
+            if inside.any() and not inside.all():
+                contours.append(ax.contour(inside.astype(np.float32), levels=[0.5], colors=[colors[v]],
+                                           linewidths=1.2, origin="upper", extent=extent))
+        if diff_artist is not None:
+            diff_artist.set_data(diffs[t])
+        stamp = f"{title}  frame {t}/{frames - 1}".strip()
+        if z_list is not None and t < len(z_list):
+            stamp += f"  z = {z_list[t]:+.2f} mm"
+        stamp_artist.set_text(stamp)
+        canvas.draw()
+        out[t] = np.asarray(canvas.buffer_rgba())[..., :3]
+        if progress is not None:
+            progress(t + 1, frames)
+    return out
