@@ -319,3 +319,19 @@ def test_simvp_learns_to_beat_the_last_image_baseline_via_cli(tmp_path):
         bundle = build_data(synthetic=[(T1, SEG)], spec=SliceSpec(crop=(32, 32)), length=8, n_val_synthetic=2)
         task = build_task(bundle, translator="incepu")
         next(run_training(task, make_batches(bundle.train, 8), epochs=13, out_dir=out, resume=True))
+
+
+def test_experiment_sizes_sweep_writes_csv_and_plot(tmp_path):
+    from laugen_napari.cli import main
+
+    paths = [str(write_4d(tmp_path / f"s{i}.nii.gz", moving_square_series(seed=i))) for i in range(3)]
+    out = tmp_path / "exp"
+    argv = ["experiment", "sizes", "--sizes", "4,9", "--repeats", "2", "--epochs", "1", "--mix", "0",
+            "--real", *paths, "--val-fraction", "0.34", "--threads", "1", "--out", str(out)]
+    assert main(argv) == 0
+    rows = list(csv.DictReader(open(out / "sizes" / "results.csv")))
+    assert [(r["value"], r["repeat"], r["samples_per_epoch"]) for r in rows] == [
+        ("4.0", "0", "4"), ("4.0", "1", "4"), ("9.0", "0", "9"), ("9.0", "1", "9")]
+    assert all(float(r["baseline_rmse"]) > 0 and float(r["rmse"]) > 0 for r in rows)
+    assert (out / "sizes" / "sizes.png").stat().st_size > 10_000
+    assert main(argv[:3] + ["100"] + argv[4:]) == 2  # more than the available sequences: clear error
