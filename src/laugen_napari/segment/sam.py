@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from collections import OrderedDict
 from functools import partial
 from typing import Any
@@ -29,9 +30,31 @@ ARCHITECTURES: dict[str, tuple[int, int]] = {"vit_b": (768, 12), "vit_l": (1024,
 _ALIASES = {"medsam": "vit_b", "default": "vit_h"}
 
 
-def _require_segment_anything() -> Any:
+def _import_without_triton_after_opengl() -> Any:
+    """Import ``segment_anything`` (which imports torchvision → torch._dynamo → triton).
+
+    Triton ships its own LLVM; loading it into a process where Mesa's OpenGL (llvmpipe, radeonsi)
+    already runs — a napari viewer on screen — crashes with a segmentation fault. Triton only
+    serves CUDA kernels, so when torch sees no GPU and a vispy/Qt canvas is loaded, the import is
+    made with ``triton`` masked (torch then reports no Triton) and the mask is removed afterwards.
+    """
+    mask = ("triton" not in sys.modules and "torchvision" not in sys.modules and "vispy" in sys.modules
+            and not torch.cuda.is_available())
+    if not mask:
+        import segment_anything
+
+        return segment_anything
+    sys.modules["triton"] = None  # type: ignore[assignment]  # `import triton` now raises ImportError
     try:
         import segment_anything
+    finally:
+        del sys.modules["triton"]
+    return segment_anything
+
+
+def _require_segment_anything() -> Any:
+    try:
+        segment_anything = _import_without_triton_after_opengl()
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
         raise ImportError(
             "Segment Anything needs the 'sam' extra: pip install 'laugen-napari[sam]' "
@@ -142,6 +165,7 @@ class SamBackend:
 
     def __init__(self, model: torch.nn.Module, model_type: str = "custom", checkpoint: str | None = None,
                  cache_size: int = 32) -> None:
+        _require_segment_anything()
         from segment_anything.utils.transforms import ResizeLongestSide
 
         self.model = model.eval()

@@ -1,0 +1,387 @@
+"""The "LAUGEN segment" dock: clicks and boxes → a mask painted into a Labels layer.
+
+Thin: it turns layers into :class:`~laugen_napari.segment.Prompts` (world → data coordinates, so
+layers with any scale/translate land on the right voxel), runs a backend from
+:mod:`laugen_napari.segment` in a napari thread worker (progress, cancel) and paints the result
+with ``Labels.data_setitem`` in one step, so the layer's own undo reverts it. The Labels layer is
+only written after a successful run: a failure or a cancel leaves it as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
+                            QLineEdit, QProgressBar, QPushButton, QRadioButton, QSpinBox, QVBoxLayout, QWidget)
+
+from ..segment import Prompts, RegionGrowingBackend, SegmentationCancelled, segment
+
+POSITIVE_COLOR = "lime"
+NEGATIVE_COLOR = "red"
+FALLBACK_TEXT = "Fallback: region growing (no weights)"
+AXES = ("viewer's slice axis", "axis 0 (z)", "axis 1 (y)", "axis 2 (x)")
+
+
+class SegmentWidget(QWidget):
+    """Dock widget: pick image, prompt layers, target labels; segment a slice or the whole volume."""
+
+    progressed = Signal(int, int, str)
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.worker = None
+        self._cancel = threading.Event()
+        self._backend_override = None
+        self._sam_cache: dict[tuple[str, str], Any] = {}
+        self._succeeded = False
+        self._build_ui()
+        self.progressed.connect(self._on_progress)
+        for name in ("inserted", "removed", "reordered"):
+            getattr(self.viewer.layers.events, name).connect(self._refresh_layers)
+        self._refresh_layers()
+        self._update_backend_label()
+
+    # -- UI --------------------------------------------------------------------------------------
+    def _build_ui(self) -> None:
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        self.image_combo = QComboBox()
+        self.points_combo = QComboBox()
+        self.shapes_combo = QComboBox()
+        self.labels_combo = QComboBox()
+        self.label_value = QSpinBox()
+        self.label_value.setRange(1, 65535)
+        self.label_value.setValue(1)
+        self.axis_combo = QComboBox()
+        self.axis_combo.addItems(AXES)
+        form.addRow("image", self.image_combo)
+        form.addRow("clicks (Points)", self.points_combo)
+        form.addRow("boxes (Shapes)", self.shapes_combo)
+        form.addRow("target Labels", self.labels_combo)
+        form.addRow("label value", self.label_value)
+        form.addRow("slice axis", self.axis_combo)
+        layout.addLayout(form)
+
+        row = QHBoxLayout()
+        self.new_prompts_btn = QPushButton("new click/box layers")
+        self.new_labels_btn = QPushButton("new Labels layer")
+        row.addWidget(self.new_prompts_btn)
+        row.addWidget(self.new_labels_btn)
+        layout.addLayout(row)
+
+        mode = QHBoxLayout()
+        self.positive_btn = QRadioButton("positive click")
+        self.negative_btn = QRadioButton("negative click")
+        self.positive_btn.setChecked(True)
+        group = QButtonGroup(self)
+        group.addButton(self.positive_btn)
+        group.addButton(self.negative_btn)
+        mode.addWidget(self.positive_btn)
+        mode.addWidget(self.negative_btn)
+        layout.addLayout(mode)
+
+        ckpt = QHBoxLayout()
+        self.checkpoint_edit = QLineEdit()
+        self.checkpoint_edit.setPlaceholderText("SAM / MedSAM checkpoint (.pth); empty: region growing")
+        self.browse_btn = QPushButton("…")
+        self.model_type_combo = QComboBox()
+        self.model_type_combo.addItems(["vit_b", "vit_l", "vit_h"])
+        ckpt.addWidget(self.checkpoint_edit)
+        ckpt.addWidget(self.browse_btn)
+        ckpt.addWidget(self.model_type_combo)
+        layout.addLayout(ckpt)
+        self.backend_label = QLabel(FALLBACK_TEXT)
+        self.backend_label.setWordWrap(True)
+        layout.addWidget(self.backend_label)
+        self.overwrite_check = QCheckBox("overwrite other labels")
+        layout.addWidget(self.overwrite_check)
+
+        runs = QHBoxLayout()
+        self.slice_btn = QPushButton("segment this slice")
+        self.volume_btn = QPushButton("propagate through the volume")
+        self.cancel_btn = QPushButton("cancel")
+        self.cancel_btn.setEnabled(False)
+        runs.addWidget(self.slice_btn)
+        runs.addWidget(self.volume_btn)
+        runs.addWidget(self.cancel_btn)
+        layout.addLayout(runs)
+        self.progress = QProgressBar()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.new_prompts_btn.clicked.connect(self.add_prompt_layers)
+        self.new_labels_btn.clicked.connect(self.add_labels_layer)
+        self.positive_btn.toggled.connect(self._apply_mode)
+        self.points_combo.currentTextChanged.connect(self._apply_mode)
+        self.browse_btn.clicked.connect(self._browse)
+        self.checkpoint_edit.textChanged.connect(self._update_backend_label)
+        self.model_type_combo.currentTextChanged.connect(self._update_backend_label)
+        self.slice_btn.clicked.connect(lambda: self.run(volume=False))
+        self.volume_btn.clicked.connect(lambda: self.run(volume=True))
+        self.cancel_btn.clicked.connect(self.cancel)
+
+    def _layers_of(self, kind: str) -> list[Any]:
+        return [layer for layer in self.viewer.layers if type(layer).__name__ == kind]
+
+    def _refresh_layers(self, event: Any = None) -> None:
+        for combo, kind in ((self.image_combo, "Image"), (self.points_combo, "Points"),
+                            (self.shapes_combo, "Shapes"), (self.labels_combo, "Labels")):
+            current = combo.currentText()
+            names = [layer.name for layer in self._layers_of(kind)]
+            combo.blockSignals(True)
+            combo.clear()
+            if kind == "Shapes":
+                combo.addItem("")
+            combo.addItems(names)
+            if current in names:
+                combo.setCurrentText(current)
+            combo.blockSignals(False)
+        self._apply_mode()
+
+    def _layer(self, combo: QComboBox) -> Any:
+        name = combo.currentText()
+        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+
+    def _apply_mode(self, *_: Any) -> None:
+        """Make the next click on the Points layer positive or negative (feature + colour)."""
+        layer = self._layer(self.points_combo)
+        if layer is None:
+            return
+        positive = self.positive_btn.isChecked()
+        if "positive" not in layer.features:
+            layer.features = {"positive": np.ones(len(layer.data), dtype=bool)}
+        layer.feature_defaults = {"positive": positive}
+        layer.selected_data = set()
+        layer.current_face_color = POSITIVE_COLOR if positive else NEGATIVE_COLOR
+
+    def _browse(self) -> None:  # pragma: no cover - needs a user
+        path, _ = QFileDialog.getOpenFileName(self, "SAM checkpoint", "", "PyTorch checkpoints (*.pth *.pt);;All (*)")
+        if path:
+            self.checkpoint_edit.setText(path)
+
+    def _update_backend_label(self, *_: Any) -> None:
+        self.backend_label.setText("backend: " + self.backend_description())
+
+    # -- layers ----------------------------------------------------------------------------------
+    def _geometry(self, image: Any) -> dict[str, Any]:
+        return {"scale": image.scale, "translate": image.translate}
+
+    def add_prompt_layers(self) -> tuple[Any, Any]:
+        """Add a Points layer for clicks and a Shapes layer for boxes with the image's geometry."""
+        image = self._layer(self.image_combo)
+        geo = self._geometry(image) if image is not None else {}
+        ndim = image.ndim if image is not None else 3
+        points = self.viewer.add_points(np.zeros((0, ndim)), name="segment clicks", ndim=ndim, size=3,
+                                        features={"positive": np.zeros(0, dtype=bool)},
+                                        face_color=POSITIVE_COLOR, **geo)
+        shapes = self.viewer.add_shapes(name="segment boxes", ndim=ndim, edge_color="yellow",
+                                        face_color="transparent", **geo)
+        self.points_combo.setCurrentText(points.name)
+        self.shapes_combo.setCurrentText(shapes.name)
+        self._apply_mode()
+        points.mode = "add"
+        self.viewer.layers.selection.active = points
+        return points, shapes
+
+    def add_labels_layer(self) -> Any:
+        """Add an empty Labels layer on the image's grid and select it as the target."""
+        image = self._layer(self.image_combo)
+        if image is None:
+            self._error("pick an image first")
+            return None
+        labels = self.viewer.add_labels(np.zeros(image.data.shape, dtype=np.uint16), name="segmentation",
+                                        **self._geometry(image))
+        self.labels_combo.setCurrentText(labels.name)
+        return labels
+
+    # -- backend ---------------------------------------------------------------------------------
+    def use_backend(self, backend: Any | None) -> None:
+        """Run ``backend`` instead of the checkpoint/fallback choice (None: back to the choice)."""
+        self._backend_override = backend
+        self._update_backend_label()
+
+    def backend_description(self) -> str:
+        """What will run: the injected backend, SAM from the checkpoint field, or the fallback."""
+        if self._backend_override is not None:
+            return self._backend_override.describe()
+        path = self.checkpoint_edit.text().strip()
+        if path:
+            return f"Segment Anything ({self.model_type_combo.currentText()}, file {os.path.basename(path)})"
+        return FALLBACK_TEXT
+
+    def _resolve_backend(self) -> Any:
+        """Called in the worker: a loaded SAM (cached per file and type) or the fallback."""
+        if self._backend_override is not None:
+            return self._backend_override
+        path = self.checkpoint_edit.text().strip()
+        if not path:
+            return RegionGrowingBackend()
+        key = (path, self.model_type_combo.currentText())
+        if key not in self._sam_cache:
+            from ..segment.sam import SamBackend
+
+            self._sam_cache[key] = SamBackend.from_checkpoint(path, key[1])
+        return self._sam_cache[key]
+
+    # -- prompts ---------------------------------------------------------------------------------
+    def _to_image_index(self, layer: Any, coords: np.ndarray, image: Any) -> np.ndarray:
+        """Data coordinates of ``layer`` → rounded data (array) indices of ``image``, via world."""
+        out = [np.asarray(image.world_to_data(layer.data_to_world(c)), dtype=float) for c in np.atleast_2d(coords)]
+        return np.rint(np.array(out).reshape(-1, image.ndim)).astype(np.int64)
+
+    def collect_prompts(self, image: Any) -> Prompts:
+        """Clicks and boxes as :class:`Prompts` in the image's array indices."""
+        pos, neg, boxes = [], [], []
+        points = self._layer(self.points_combo)
+        if points is not None and len(points.data):
+            idx = self._to_image_index(points, points.data, image)
+            flags = (np.asarray(points.features["positive"], dtype=bool) if "positive" in points.features
+                     else np.ones(len(idx), dtype=bool))
+            pos, neg = idx[flags], idx[~flags]
+        shapes = self._layer(self.shapes_combo)
+        if shapes is not None:
+            for verts, kind in zip(shapes.data, shapes.shape_type):
+                if kind in ("rectangle", "polygon"):
+                    corners = self._to_image_index(shapes, verts, image)
+                    boxes.append((corners.min(axis=0), corners.max(axis=0)))
+        return Prompts.create(positive=pos, negative=neg, boxes=boxes, ndim=image.ndim)
+
+    def current_axis_and_index(self, image: Any) -> tuple[int, int]:
+        """The slice axis (array axis of the image) and the index of the slice on screen."""
+        choice = self.axis_combo.currentIndex()
+        if choice > 0:
+            axis = choice - 1
+        else:
+            hidden = [a for a in self.viewer.dims.not_displayed if a >= self.viewer.dims.ndim - image.ndim]
+            axis = (hidden[-1] - (self.viewer.dims.ndim - image.ndim)) if hidden else 0
+        index = int(np.rint(image.world_to_data(self.viewer.dims.point)[axis]))
+        return axis, index
+
+    # -- running ---------------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        """Whether a segmentation is running."""
+        return self.worker is not None
+
+    def cancel(self) -> None:
+        """Ask the running segmentation to stop; the Labels layer is left untouched."""
+        self._cancel.set()
+        self.status.setText("cancelling…")
+
+    def run(self, volume: bool = True) -> Any:
+        """Start "segment this slice" (``volume=False``) or "propagate through the volume"; returns the worker."""
+        if self.busy:
+            self._warn("a segmentation is already running")
+            return None
+        image, labels = self._layer(self.image_combo), self._layer(self.labels_combo)
+        if image is None or labels is None:
+            self._error("pick an image and a target Labels layer (or press 'new Labels layer')")
+            return None
+        if image.ndim != 3 or getattr(image, "rgb", False):
+            self._error(f"segmentation needs a 3D grey-level image; {image.name} has {image.ndim} dimensions")
+            return None
+        if tuple(labels.data.shape) != tuple(image.data.shape):
+            self._error(f"the Labels layer {labels.name} {labels.data.shape} does not match the image "
+                        f"{image.name} {image.data.shape}")
+            return None
+        try:
+            prompts = self.collect_prompts(image)
+            prompts.check_inside(image.data.shape)
+        except ValueError as exc:
+            self._error(f"{exc}: click inside the image")
+            return None
+        if prompts.is_empty:
+            self._warn("add a positive click (Points layer) or a box (Shapes layer) first")
+            return None
+        axis, index = self.current_axis_and_index(image)
+        if not volume:
+            on_slice = prompts.on_slice(axis, index)
+            if on_slice.is_empty:
+                self._warn(f"no positive click or box on the slice on screen (axis {axis}, slice {index})")
+                return None
+        data = np.asarray(image.data)
+        window = tuple(float(v) for v in image.contrast_limits)
+        value = int(self.label_value.value())
+        self._cancel.clear()
+
+        def job() -> np.ndarray:
+            backend = self._resolve_backend()
+            return segment(data, prompts, backend, axis=axis, index=None if volume else index, window=window,
+                           progress=self.progressed.emit, cancel=self._cancel.is_set)
+
+        from superqt.utils import create_worker  # napari's worker wraps it; we notify errors ourselves
+
+        worker = create_worker(job, _start_thread=False, _ignore_errors=True)
+        self._succeeded = False
+        worker.returned.connect(lambda mask: self._paint(labels, mask, value))
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._set_running(True)
+        self.status.setText(f"running {self.backend_description()}…")
+        worker.start()
+        return worker
+
+    def _set_running(self, running: bool) -> None:
+        self.slice_btn.setEnabled(not running)
+        self.volume_btn.setEnabled(not running)
+        self.cancel_btn.setEnabled(running)
+        if running:
+            self.progress.setRange(0, 0)
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        self.progress.setRange(0, max(1, total))
+        self.progress.setValue(min(done, total))
+        self.status.setText(message)
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._set_running(False)
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1 if self._succeeded else 0)
+
+    def _on_error(self, exc: BaseException) -> None:
+        if isinstance(exc, SegmentationCancelled):
+            self.status.setText("cancelled; the Labels layer is unchanged")
+            self._warn("segmentation cancelled; the Labels layer is unchanged")
+            return
+        self.status.setText(f"failed: {exc}")
+        self._error(f"segmentation failed, the Labels layer is unchanged: {exc}")
+
+    def _paint(self, labels: Any, mask: np.ndarray, value: int) -> None:
+        """Write ``value`` where ``mask`` is set, as one undoable step of the Labels layer."""
+        if labels not in self.viewer.layers:
+            self._error("the target Labels layer was removed; nothing painted")
+            return
+        target = mask
+        if not self.overwrite_check.isChecked():
+            current = np.asarray(labels.data)
+            target = mask & ((current == 0) | (current == value))
+        if not target.any():
+            self.status.setText("nothing found from these prompts; the Labels layer is unchanged")
+            self._warn("the segmentation is empty; nothing painted")
+            return
+        labels.data_setitem(np.nonzero(target), value)
+        self._succeeded = True
+        self.status.setText(f"painted {int(target.sum())} voxels with label {value} ({self.backend_description()})")
+
+    # -- notifications ----------------------------------------------------------------------------
+    def _error(self, message: str) -> None:
+        from napari.utils.notifications import show_error
+
+        self.status.setText(message)
+        show_error(message)
+
+    def _warn(self, message: str) -> None:
+        from napari.utils.notifications import show_warning
+
+        self.status.setText(message)
+        show_warning(message)

@@ -1,0 +1,150 @@
+"""The "LAUGEN segment" dock driving both backends in a real napari viewer (Xvfb)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from laugen_napari.segment import SegmentationCancelled
+from laugen_napari.segment.sam import SamBackend, build_tiny_sam
+from laugen_napari.ui.segment_dock import FALLBACK_TEXT, SegmentWidget
+
+torch.set_num_threads(1)
+
+SCALE = (2.0, 0.5, 0.75)       # mm per voxel (z, y, x)
+TRANSLATE = (10.0, -5.0, 3.0)  # mm
+
+
+def cuboid() -> np.ndarray:
+    vol = np.full((12, 40, 48), 10.0, dtype=np.float32)
+    vol[3:9, 10:30, 12:36] = 200.0
+    return vol
+
+
+def world(index) -> np.ndarray:
+    """World position (mm) of an array index of the scaled, translated image."""
+    return np.asarray(index, dtype=float) * SCALE + TRANSLATE
+
+
+@pytest.fixture()
+def dock(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(cuboid(), name="scan", scale=SCALE, translate=TRANSLATE, contrast_limits=(0, 255))
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="LAUGEN segment")
+    widget.image_combo.setCurrentText("scan")
+    labels = widget.add_labels_layer()
+    return viewer, widget, labels
+
+
+def click_layer(viewer, widget, positive_world, negative_world=()):
+    """A Points layer with unit scale whose data are world mm, clicked through the dock's mode switch."""
+    points = viewer.add_points(np.zeros((0, 3)), name="clicks", ndim=3)
+    widget.points_combo.setCurrentText("clicks")
+    widget.positive_btn.setChecked(True)
+    for p in positive_world:
+        points.add(np.atleast_2d(p))
+    widget.negative_btn.setChecked(True)
+    for p in negative_world:
+        points.add(np.atleast_2d(p))
+    widget.positive_btn.setChecked(True)
+    return points
+
+
+def wait(qtbot, widget, timeout=30_000):
+    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
+
+
+def test_fallback_from_world_clicks_paints_undoably(dock, qtbot):
+    viewer, widget, labels = dock
+    assert FALLBACK_TEXT in widget.backend_label.text()
+    points = click_layer(viewer, widget, [world((5, 20, 20))], [world((5, 2, 2))])
+    assert list(points.features["positive"]) == [True, False]
+    prompts = widget.collect_prompts(viewer.layers["scan"])
+    assert prompts.positive.tolist() == [[5, 20, 20]] and prompts.negative.tolist() == [[5, 2, 2]]
+    widget.label_value.setValue(3)
+    assert widget.run(volume=True) is not None
+    wait(qtbot, widget)
+    assert np.array_equal(labels.data, (cuboid() > 100).astype(labels.data.dtype) * 3)
+    labels.undo()
+    assert not labels.data.any()
+
+
+def test_sam_dock_slice_then_propagation(dock, qtbot):
+    viewer, widget, labels = dock
+    widget.use_backend(SamBackend(build_tiny_sam(seed=0), model_type="tiny"))
+    assert "Segment Anything (tiny" in widget.backend_label.text()
+    click_layer(viewer, widget, [world((5, 20, 24))])
+    viewer.dims.set_point(0, world((5, 0, 0))[0])
+    assert widget.current_axis_and_index(viewer.layers["scan"]) == (0, 5)
+    widget.run(volume=False)
+    wait(qtbot, widget)
+    painted = np.flatnonzero(labels.data.any(axis=(1, 2)))
+    assert painted.tolist() == [5]
+    widget.run(volume=True)
+    wait(qtbot, widget)
+    painted = np.flatnonzero(labels.data.any(axis=(1, 2)))
+    assert len(painted) >= 3 and 5 in painted
+    assert widget.progress.value() == widget.progress.maximum()
+
+
+class SlowBackend:
+    """Waits for the cancel flag, reporting progress, like a long propagation."""
+
+    name = "slow"
+
+    def describe(self) -> str:
+        return "slow test backend"
+
+    def segment_volume(self, volume, axis, prompts, window=None, progress=None, cancel=None):
+        for step in range(400):
+            progress(step, 400, f"slice {step}")
+            if cancel():
+                raise SegmentationCancelled("segmentation cancelled")
+            time.sleep(0.02)
+        raise AssertionError("never cancelled")
+
+
+def test_failure_and_cancel_leave_the_labels_intact(dock, qtbot):
+    viewer, widget, labels = dock
+    labels.data[:, :5, :5] = 7
+    before = labels.data.copy()
+    click_layer(viewer, widget, [world((5, 20, 20))])
+
+    widget.checkpoint_edit.setText("/nonexistent/sam_vit_b.pth")
+    assert "Segment Anything (vit_b, file sam_vit_b.pth)" in widget.backend_label.text()
+    widget.run(volume=True)
+    wait(qtbot, widget)
+    assert "sam_vit_b.pth" in widget.status.text() and "unchanged" in widget.status.text()
+    assert np.array_equal(labels.data, before)
+
+    widget.checkpoint_edit.setText("")
+    widget.use_backend(SlowBackend())
+    widget.run(volume=True)
+    qtbot.waitUntil(lambda: widget.progress.value() >= 2, timeout=10_000)
+    widget.cancel_btn.click()
+    wait(qtbot, widget)
+    assert "cancelled" in widget.status.text()
+    assert np.array_equal(labels.data, before)
+    assert widget.slice_btn.isEnabled() and not widget.cancel_btn.isEnabled()
+
+
+def test_click_outside_the_image_is_refused(dock, qtbot):
+    viewer, widget, labels = dock
+    click_layer(viewer, widget, [world((5, 20, 20)), world((5, 60, 20))])
+    assert widget.run(volume=True) is None
+    assert "outside the image" in widget.status.text()
+    assert not widget.busy and not labels.data.any()
+
+
+def test_prompt_layers_follow_the_image_geometry(dock):
+    viewer, widget, labels = dock
+    points, shapes = widget.add_prompt_layers()
+    assert np.allclose(points.scale, SCALE) and np.allclose(shapes.translate, TRANSLATE)
+    assert np.allclose(labels.scale, SCALE)
+    shapes.add_rectangles(np.array([[5, 12, 14], [5, 12, 30], [5, 25, 30], [5, 25, 14]]))
+    prompts = widget.collect_prompts(viewer.layers["scan"])
+    assert len(prompts.boxes) == 1 and prompts.boxes[0].tolist() == [[5, 12, 14], [5, 25, 30]]
