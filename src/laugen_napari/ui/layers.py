@@ -255,3 +255,51 @@ def source_unchanged(volume: Volume) -> bool:
         and np.allclose(on_disk.file_affine, volume.file_affine, atol=1e-6)
         and np.array_equal(on_disk.data, volume.data)
     )
+
+
+# -- the plane on screen -------------------------------------------------------------------------
+class PlaneOnScreen:
+    """The 2D plane of a layer that the viewer shows, in the layer's own axes.
+
+    ``leading`` axes (time of a (T, Z, Y, X) series) are kept whole; the two displayed axes are
+    ``rows`` and ``cols`` (layer axis numbers, rows first as napari draws them); every other axis
+    is fixed at the index under the viewer's current point.
+    """
+
+    def __init__(self, layer: Any, viewer: Any, leading: int = 1):
+        dims = viewer.dims
+        ndim = int(layer.ndim)
+        offset = int(dims.ndim) - ndim
+        order = [int(a) - offset for a in dims.order]
+        shown = order[-2:]  # in 3D display, the plane of the last two displayed axes
+        if any(a < 0 for a in shown):
+            raise ValueError(f"layer {layer.name!r} does not span the displayed axes")
+        if any(a < leading for a in shown):
+            raise ValueError("a time axis is displayed; show a spatial plane (e.g. roll or transpose the dims)")
+        self.rows, self.cols = shown
+        point = np.asarray(layer.world_to_data(np.asarray(dims.point, dtype=np.float64)), dtype=np.float64)
+        shape = _layer_array(layer.data).shape
+        self.index: list[Any] = []
+        for axis in range(ndim):
+            if axis < leading or axis in shown:
+                self.index.append(slice(None))
+            else:
+                self.index.append(int(np.clip(np.round(point[axis]), 0, shape[axis] - 1)))
+        self.leading = leading
+        scale = np.asarray(layer.scale, dtype=np.float64)
+        self.pixel_mm = (float(scale[self.rows]), float(scale[self.cols]))
+        orientation = getattr(viewer.camera, "orientation2d", ("down", "right"))
+        self.flip_rows = str(getattr(orientation[0], "value", orientation[0])) == "up"
+        self.flip_cols = str(getattr(orientation[1], "value", orientation[1])) == "left"
+
+    def take(self, data: Any, *lead: int) -> np.ndarray:
+        """The plane (rows, cols) of ``data`` (a layer's data) at leading indices ``lead``."""
+        index = tuple(list(lead) + self.index[len(lead):])
+        plane = np.asarray(_layer_array(data)[index])
+        if plane.ndim != 2:
+            raise ValueError(f"expected a plane, got shape {plane.shape}; give an index for every leading axis")
+        return plane.T if self.rows > self.cols else plane
+
+    def fixed(self) -> dict[int, int]:
+        """Layer axis -> index of the axes held fixed."""
+        return {a: i for a, i in enumerate(self.index) if isinstance(i, int)}
