@@ -148,13 +148,21 @@ def test_overwrite_needs_consent(dock, tmp_path, qtbot):
     assert sorted(p.name for p in out.iterdir()) == ["image_series.nii.gz", "mask_series.nii.gz", "series.json"]
 
 
-def test_errors_are_notifications(dock, tmp_path, monkeypatch):
+def test_errors_are_notifications(dock, tmp_path, monkeypatch, qtbot):
     from laugen_napari.ui import export_widget as module
 
     viewer, widget, image_layer, labels_layer = dock
     shown = []
     monkeypatch.setattr(module, "show_error", lambda msg: shown.append(msg))
     widget.outdir.value = tmp_path / "nope"
+    # a failure inside the worker (a gaussian centre outside the image) is reported, nothing written
+    widget.kind.value = "gaussian"
+    widget.center.value = "500, 1, 1"
+    assert widget.export_series() is not None
+    _wait(qtbot, widget)
+    assert isinstance(widget.last_error, ValueError) and "outside the image" in shown[-1]
+    assert widget.series_button.enabled and not (tmp_path / "nope").exists()
+    widget.kind.value = "uniform"
     viewer.add_labels(np.zeros((5, 6, 7), np.uint8), name="small")
     widget.labels.value = viewer.layers["small"]
     assert widget.export_series() is None

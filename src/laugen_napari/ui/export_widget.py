@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
 from napari.layers import Image, Labels
-from napari.qt.threading import thread_worker
+from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QFrame, QMessageBox, QProgressBar, QScrollArea, QVBoxLayout, QWidget
@@ -244,7 +244,8 @@ class ExportWidget(QWidget):
         self.series_button.enabled = self.movie_button.enabled = False
         self.progress_bar.setRange(0, 0)  # busy until the first progress report
         self.status.value = f"{what}…"
-        worker = thread_worker(work)()
+        # errors are reported by `errored` below, not re-raised in the GUI thread
+        worker = create_worker(work, _start_thread=False, _ignore_errors=True)
 
         def returned(result: Any) -> None:
             self.last_result = result
