@@ -4,7 +4,6 @@ movies with every frame, no overwrite without consent, errors as notifications."
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import nibabel as nib
