@@ -34,6 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--beta", type=float, default=0.01, help="regulariser weight beta; ELBO weight 1-beta (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=500, help="steps before the discriminator term starts (default: %(default)s)")
     p.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate (default: the paper's %(default)s)")
+    p.add_argument("--clip-grad", type=float, default=1.0, help="gradient norm clip, 0 = off (default: %(default)s)")
     p.add_argument("--batch", type=int, default=8, help="batch size (default: %(default)s)")
     p.add_argument("--epoch-steps", type=int, default=50, help="steps between validations/checkpoints (default: %(default)s)")
     p.add_argument("--vgg", metavar="FILE", help="torchvision vgg16 state dict for the perceptual term "
@@ -60,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     task, batches, kw = make_training(
         args.pairs, size=args.size, model=args.variant, steps=args.steps, out=args.out, resume=args.resume,
         vgg=args.vgg, inception=args.inception, batch_size=args.batch, steps_per_epoch=args.epoch_steps, seed=args.seed,
+        clip_grad=args.clip_grad,
         leapfrog_steps=args.leapfrog, reg_weight=args.beta, disc_warmup=args.warmup, lr=args.lr,
     )
     for msg in task.notices:

@@ -227,12 +227,14 @@ class DHVAETask:
     Loss per step (the paper's eq. 12): ``alpha * (-ELBO_H / dims) + beta * (L_rec + L_gen)`` for
     dHVAE, ``-ELBO_H / dims`` for HVAE/VAE; ``dims`` = 2 * S * S. ``L_rec`` = L1 of both channels
     + perceptual distance (VGG16 on the image channel when ``vgg`` is given, else feature matching
-    on the discriminator's features of both channels). The discriminator term starts after
+    on the discriminator's channel-normalised features of both channels). Gradients are clipped
+    to norm ``clip_grad`` (0: off; not in the paper). The discriminator term starts after
     ``cfg.disc_warmup`` steps: then the discriminator is also updated, real slices against pairs
     decoded from the prior.
 
     Train values (per step): ``loss``, ``nelbo`` (-ELBO_H in nats per slice), ``l1``, ``perc``,
-    ``gen`` (generator adversarial loss), ``disc`` (discriminator loss), ``eps`` (mean leapfrog
+    ``gen`` (generator adversarial loss), ``disc`` (discriminator loss), ``gnorm`` (generator
+    gradient norm before clipping), ``eps`` (mean leapfrog
     step size), ``beta0``. Validation: ``loss`` (= ``nelbo`` on held-out slices), ``psnr`` (dB) and
     ``ssim`` of reconstructed images, ``dice`` of reconstructed masks. Sample metrics: ``jsd``
     (bits) and ``kld`` (nats) between real and generated mask class distributions, ``nonempty``
@@ -244,7 +246,7 @@ class DHVAETask:
 
     def __init__(self, model, train: SliceSet, val: SliceSet | None = None, *, batch_size: int = 8,
                  steps_per_epoch: int = 50, vgg=None, inception=None, seed: int = 0, n_samples: int = 64,
-                 min_mask_pixels: int = 4, sample_dir: str | os.PathLike | None = None):
+                 min_mask_pixels: int = 4, sample_dir: str | os.PathLike | None = None, clip_grad: float = 1.0):
         from ..models.perceptual import notice
 
         if len(train) == 0:
@@ -259,6 +261,7 @@ class DHVAETask:
         self.vgg, self.inception = vgg, inception
         self.n_samples, self.min_mask_pixels = int(n_samples), int(min_mask_pixels)
         self.sample_dir = Path(sample_dir) if sample_dir is not None else None
+        self.clip_grad = float(clip_grad)
         self.step = 0
         kw = dict(lr=self.cfg.lr, betas=self.cfg.betas, weight_decay=self.cfg.weight_decay)
         self.opt_g = torch.optim.AdamW(model.generator_parameters(), **kw)
@@ -283,7 +286,8 @@ class DHVAETask:
         if self.vgg is not None:
             return feature_distance(self.vgg(recon[:, :1]), self.vgg(x[:, :1]))
         d = self.model.discriminator
-        return feature_distance(d.features(recon), [f.detach() for f in d.features(x)])
+        unit = lambda f: f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-6)  # noqa: E731 - bounded as D's scale drifts
+        return feature_distance([unit(f) for f in d.features(recon)], [unit(f).detach() for f in d.features(x)])
 
     def train_step(self, batch: torch.Tensor) -> dict[str, float]:
         m, cfg = self.model, self.cfg
@@ -314,6 +318,8 @@ class DHVAETask:
             loss = nelbo / dims
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
+        if self.clip_grad:
+            values["gnorm"] = float(torch.nn.utils.clip_grad_norm_(m.generator_parameters(), self.clip_grad))
         self.opt_g.step()
         if self.opt_d is not None:
             self.opt_d.zero_grad(set_to_none=True)  # feature matching left gradients on D: not a D update
@@ -321,6 +327,8 @@ class DHVAETask:
             if disc_on:
                 d_loss = _bce_logits(m.discriminator(x), 1.0) + _bce_logits(m.discriminator(fake.detach()), 0.0)
                 d_loss.backward()
+                if self.clip_grad:
+                    torch.nn.utils.clip_grad_norm_(m.discriminator.parameters(), self.clip_grad)
                 self.opt_d.step()
             values["disc"] = d_loss.detach().item()
         if cfg.leapfrog_steps > 0:
@@ -397,7 +405,7 @@ def make_training(pairs: str | os.PathLike | None = None, *, slices: SliceSet | 
                   model: str = "dhvae", steps: int = 1000, out: str | os.PathLike | None = None, resume: bool = False,
                   vgg: str | os.PathLike | None = None, inception: str | os.PathLike | None = None,
                   batch_size: int = 8, steps_per_epoch: int = 50, seed: int = 0, val_fraction: float = 0.1,
-                  **model_options):
+                  clip_grad: float = 1.0, **model_options):
     """Build ``(task, batches, run_training kwargs)`` from a folder of pairs (or slices); a
     module-level factory usable by :class:`~laugen_napari.training.process.TrainingProcess`."""
     from ..models.dhvae import build_model
@@ -413,5 +421,5 @@ def make_training(pairs: str | os.PathLike | None = None, *, slices: SliceSet | 
     torch.manual_seed(seed)
     net = build_model(model, size=slices.size, **model_options)
     task = DHVAETask(net, train, val, batch_size=batch_size, steps_per_epoch=steps_per_epoch, vgg=vgg_net,
-                     inception=inc_net, seed=seed, sample_dir=out)
+                     inception=inc_net, seed=seed, sample_dir=out, clip_grad=clip_grad)
     return task, task.batches, {"steps": int(steps), "out_dir": out, "resume": resume}
