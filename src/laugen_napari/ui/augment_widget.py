@@ -9,17 +9,18 @@ in a worker thread, and refreshes three layers that keep the same lazy arrays:
 from __future__ import annotations
 
 import numpy as np
+import torch
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, Select, SpinBox
 from napari.layers import Image, Labels
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QThread, QTimer
 from qtpy.QtWidgets import QProgressBar, QVBoxLayout, QWidget
 
 from ..core import KINDS, TRAJECTORIES, Augmenter, make_kind, make_trajectory
 from ..core.field import label_values
 from ..core.preview import LazyDifference, PreviewModel, preview_arrays
 from .plots import SeriesCurvesPlot
+from .workers import run_in_thread
 
 SERIES, MASKS, DIFF = "LAUGEN series", "LAUGEN mask series", "LAUGEN difference"
 FIELD_DEBOUNCE_MS = 150
@@ -30,6 +31,9 @@ class AugmentWidget(QWidget):
 
     def __init__(self, napari_viewer):
         super().__init__()
+        # torch work runs on the GUI thread (planes) and on worker threads (field, curves): one
+        # torch thread keeps them from competing for OpenMP teams and leaves a core to napari.
+        torch.set_num_threads(1)
         self.viewer = napari_viewer
         self.model: PreviewModel | None = None
         self._arrays = None
@@ -42,12 +46,48 @@ class AugmentWidget(QWidget):
         self._field_timer.timeout.connect(self._start_field_worker)
         self._curves_timer = QTimer(self, singleShot=True, interval=60)
         self._curves_timer.timeout.connect(self._start_curves_worker)
-        self._picking_centre = False
+        self._workers: set = set()  # running workers, kept alive until they finish
+        self._curves_pending = False
         napari_viewer.layers.events.inserted.connect(self._reset_choices)
         napari_viewer.layers.events.removed.connect(self._reset_choices)
         napari_viewer.dims.events.ndisplay.connect(self._on_ndisplay)
         napari_viewer.dims.events.current_step.connect(self._on_step)
         self._reset_choices()
+
+    # -- workers --------------------------------------------------------------------------
+    def _run(self, fn, *args, returned=None, errored=None, finished=None, **kwargs):
+        """Run ``fn`` on a worker thread; the worker is referenced until it has finished."""
+        holder = {}
+
+        def done():
+            self._workers.discard(holder.get("worker"))
+            if finished is not None:
+                finished()
+
+        worker = run_in_thread(fn, *args, returned=returned, finished=done,
+                               errored=errored or (lambda exc: show_error(f"LAUGEN: {exc}")), **kwargs)
+        holder["worker"] = worker
+        self._workers.add(worker)
+        return worker
+
+    @property
+    def busy(self) -> bool:
+        """Whether a field, curves or frame computation is running."""
+        return bool(self._workers)
+
+    def wait_idle(self, timeout_ms: int = 30000) -> None:
+        """Block until every worker of this panel has finished (for shutdown and tests)."""
+        from qtpy.QtCore import QCoreApplication, QElapsedTimer
+
+        timer = QElapsedTimer()
+        timer.start()
+        while self._workers and timer.elapsed() < timeout_ms:
+            QCoreApplication.processEvents()
+            QThread.msleep(5)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        self.wait_idle()
+        super().closeEvent(event)
 
     # -- construction ---------------------------------------------------------------------
     def _build(self) -> None:
@@ -269,12 +309,9 @@ class AugmentWidget(QWidget):
         model = self.model
         self.progress.setRange(0, 0)  # busy
         self._status("computing the displacement field…")
-        worker = create_worker(Augmenter, model.image, model.labels, **kwargs, _start_thread=False)
-        worker.returned.connect(lambda aug, model=model: self._field_ready(model, aug))
-        worker.errored.connect(self._field_failed)
-        worker.finished.connect(self._worker_finished)
-        self._worker = worker
-        worker.start()
+        self._worker = self._run(Augmenter, model.image, model.labels, **kwargs,
+                                 returned=lambda aug, model=model: self._field_ready(model, aug),
+                                 errored=self._field_failed, finished=self._worker_finished)
 
     def _field_ready(self, model: PreviewModel, aug: Augmenter) -> None:
         if model is not self.model:
@@ -301,11 +338,18 @@ class AugmentWidget(QWidget):
     def _start_curves_worker(self) -> None:
         if self.model is None or self.model.augmenter is None:
             return
-        worker = create_worker(self.model.curves, _start_thread=False)
-        worker.returned.connect(self.plot.show_curves)
-        worker.errored.connect(lambda exc: show_error(f"LAUGEN curves: {exc}"))
-        worker.start()
-        self._curves_worker = worker
+        if getattr(self, "_curves_worker", None) is not None:
+            self._curves_pending = True  # one at a time; rerun with the latest values after
+            return
+
+        def finished():
+            self._curves_worker = None
+            if self._curves_pending:
+                self._curves_pending = False
+                self._curves_timer.start()
+
+        self._curves_worker = self._run(self.model.curves, returned=self.plot.show_curves, finished=finished,
+                                        errored=lambda exc: show_error(f"LAUGEN curves: {exc}"))
 
     def _current_frame(self) -> int:
         return int(self.viewer.dims.current_step[0]) if self.viewer.dims.ndim >= 4 else 0
@@ -313,11 +357,7 @@ class AugmentWidget(QWidget):
     def _warm_current_frame(self) -> None:
         if self.model is None or self.model.augmenter is None:
             return
-        t = self._current_frame()
-        worker = create_worker(self.model.warm_frame, t, _start_thread=False)
-        worker.finished.connect(self.refresh_layers)
-        worker.start()
-        self._warm_worker = worker
+        self._run(self.model.warm_frame, self._current_frame(), finished=self.refresh_layers)
 
     def _on_ndisplay(self, event) -> None:
         if self.viewer.dims.ndisplay == 3:

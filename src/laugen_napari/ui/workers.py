@@ -1,0 +1,67 @@
+"""Background work for the docks on plain Python threads, results delivered on the GUI thread.
+
+Why not napari's ``thread_worker``: it runs on Qt's global QThreadPool, which Qt itself uses for
+image conversion while painting. Under a software OpenGL (Mesa/Xvfb) a repaint on the GUI thread,
+holding the GIL, waited for a pool thread while every pool thread was a Python worker waiting for
+the GIL: a deadlock seen here. Our own threads never take a pool slot.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+from qtpy.QtCore import QObject, Qt, Signal
+
+
+class _Relay(QObject):
+    returned = Signal(object)
+    errored = Signal(object)
+    finished = Signal()
+
+
+class ThreadWorker:
+    """Runs ``fn(*args, **kwargs)`` on a daemon thread; callbacks run on the GUI thread.
+
+    Keep a reference until ``finished`` (the docks keep them in a set).
+    """
+
+    def __init__(self, fn: Callable[..., Any], *args, **kwargs):
+        self._fn, self._args, self._kwargs = fn, args, kwargs
+        self._relay = _Relay()
+        self.returned = self._relay.returned
+        self.errored = self._relay.errored
+        self.finished = self._relay.finished
+        self._thread = threading.Thread(target=self._work, daemon=True, name=f"laugen-{getattr(fn, '__name__', 'work')}")
+
+    def start(self) -> "ThreadWorker":
+        self._thread.start()
+        return self
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread.is_alive()
+
+    def _work(self) -> None:
+        try:
+            result = self._fn(*self._args, **self._kwargs)
+        except Exception as exc:  # delivered to the GUI as a notification
+            self._relay.errored.emit(exc)
+        else:
+            self._relay.returned.emit(result)
+        finally:
+            self._relay.finished.emit()
+
+
+def run_in_thread(fn: Callable[..., Any], *args, returned: Callable | None = None, errored: Callable | None = None,
+                  finished: Callable | None = None, **kwargs) -> ThreadWorker:
+    """Start ``fn`` on a thread and connect the callbacks (queued onto the GUI thread)."""
+    worker = ThreadWorker(fn, *args, **kwargs)
+    conn = Qt.ConnectionType.QueuedConnection
+    if returned is not None:
+        worker.returned.connect(returned, conn)
+    if errored is not None:
+        worker.errored.connect(errored, conn)
+    if finished is not None:
+        worker.finished.connect(finished, conn)
+    return worker.start()
