@@ -6,7 +6,7 @@ Generation parameters come from :attr:`ExportWidget.options_provider`, a callabl
 the dock works on its own; the augment panel can set it to hand over its current settings
 (``export.options_provider = augment.generate_options``), which hides those fields.
 
-Work runs in a napari ``thread_worker`` with a progress bar; nothing is overwritten without
+Work runs on a worker thread (ui/workers.py) with a progress bar; nothing is overwritten without
 asking (:meth:`ExportWidget.confirm_overwrite`, a question box that tests override); every
 problem is a napari notification.
 """
@@ -20,7 +20,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
 from napari.layers import Image, Labels
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QFrame, QMessageBox, QProgressBar, QScrollArea, QVBoxLayout, QWidget
@@ -30,6 +29,7 @@ from ..io.movie import movie_format, render_series_frames, write_movie
 from ..io.nifti import check_same_grid
 from ..pipeline import GenerateOptions, generate_to_directory
 from .layers import PlaneOnScreen, source_unchanged, volume_from_layer
+from .workers import ThreadWorker
 
 OptionsProvider = Callable[[], GenerateOptions]
 
@@ -246,7 +246,7 @@ class ExportWidget(QWidget):
         self.progress_bar.setRange(0, 0)  # busy until the first progress report
         self.status.value = f"{what}…"
         # errors are reported by `errored` below, not re-raised in the GUI thread
-        worker = create_worker(work, _start_thread=False, _ignore_errors=True)
+        worker = ThreadWorker(work)
 
         def returned(result: Any) -> None:
             self.last_result = result

@@ -19,6 +19,7 @@ from qtpy.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFileDialog, QFo
                             QLineEdit, QProgressBar, QPushButton, QRadioButton, QSpinBox, QVBoxLayout, QWidget)
 
 from ..segment import Prompts, RegionGrowingBackend, SegmentationCancelled, segment
+from .workers import ThreadWorker
 
 POSITIVE_COLOR = "lime"
 NEGATIVE_COLOR = "red"
@@ -317,9 +318,7 @@ class SegmentWidget(QWidget):
             return segment(data, prompts, backend, axis=axis, index=None if volume else index, window=window,
                            progress=self.progressed.emit, cancel=self._cancel.is_set)
 
-        from superqt.utils import create_worker  # napari's worker wraps it; we notify errors ourselves
-
-        worker = create_worker(job, _start_thread=False, _ignore_errors=True)
+        worker = ThreadWorker(job)
         self._succeeded = False
         worker.returned.connect(lambda mask: self._paint(labels, mask, value))
         worker.errored.connect(self._on_error)
