@@ -8,6 +8,8 @@ in a worker thread, and refreshes three layers that keep the same lazy arrays:
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import torch
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, Select, SpinBox
@@ -16,14 +18,27 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QThread, QTimer
 from qtpy.QtWidgets import QProgressBar, QVBoxLayout, QWidget
 
-from ..core import KINDS, TRAJECTORIES, Augmenter, make_kind, make_trajectory
+from ..core import KINDS, TRAJECTORIES, Augmenter, make_kind, make_trajectory, series_seed
 from ..core.field import label_values
 from ..core.preview import LazyDifference, PreviewModel, preview_arrays
+from ..pipeline import GenerateOptions
+from .layers import volume_from_layer
 from .plots import SeriesCurvesPlot
 from .workers import run_in_thread
 
 SERIES, MASKS, DIFF = "LAUGEN series", "LAUGEN mask series", "LAUGEN difference"
 FIELD_DEBOUNCE_MS = 150
+_PANELS: "weakref.WeakValueDictionary[int, AugmentWidget]" = weakref.WeakValueDictionary()
+
+
+def augment_panel(viewer) -> "AugmentWidget | None":
+    """The augment panel open in ``viewer``, if any (the export panel takes its parameters)."""
+    return _PANELS.get(_viewer_id(viewer))
+
+
+def _viewer_id(viewer) -> int:
+    # napari hands plugin widgets a proxy of the viewer; key by the viewer itself
+    return id(getattr(viewer, "__wrapped__", viewer))
 
 
 class AugmentWidget(QWidget):
@@ -35,6 +50,7 @@ class AugmentWidget(QWidget):
         # torch thread keeps them from competing for OpenMP teams and leaves a core to napari.
         torch.set_num_threads(1)
         self.viewer = napari_viewer
+        _PANELS[_viewer_id(napari_viewer)] = self
         self.model: PreviewModel | None = None
         self._arrays = None
         self._worker = None
@@ -186,22 +202,48 @@ class AugmentWidget(QWidget):
             return traj.sample(len(traj.values)).z_mm
         rate = w["rate"].value if name != "linear" else None
         traj = make_trajectory(name, (w["slope_min"].value, w["slope_max"].value), rate)
-        return traj.sample(w["frames"].value, np.random.default_rng(w["seed"].value)).z_mm
+        # the same stream as series 0 of `laugen generate --seed`: the preview is what gets exported
+        return traj.sample(w["frames"].value, series_seed(w["seed"].value, 0)).z_mm
+
+    def _centre_zyx(self) -> list[float]:
+        text = self.w["centre"].value
+        if not text.strip():
+            raise ValueError("gaussian: set a centre (click in the viewer or type z, y, x)")
+        return self._numbers(text, 3, "centre")
+
+    def generate_options(self) -> GenerateOptions:
+        """The panel's parameters as ``laugen generate`` options (world direction, file voxel centre)."""
+        w = self.w
+        name, kind = w["trajectory"].value, w["kind"].value
+        image = w["image"].value
+        centre = None
+        if kind == "gaussian":
+            if image is None:
+                raise ValueError("pick an image layer first")
+            centre = list(volume_from_layer(image, viewer=self.viewer).array_to_file_index(self._centre_zyx()))
+        values = self._numbers(w["values"].value, None, "custom z_t") if name == "custom" else None
+        return GenerateOptions(
+            kind=kind, trajectory=name, frames=len(values) if values else w["frames"].value,
+            slope_range=(w["slope_min"].value, w["slope_max"].value), values=values,
+            rate=w["rate"].value if name in ("sigmoid", "exponential", "gompertz") else None,
+            labels=list(w["driving"].value) or None, sigma_mm=w["sigma"].value,
+            direction=self._numbers(w["direction"].value, 3, "direction") if kind == "directional" else None,
+            center=centre, spread_mm=w["spread"].value, seed=w["seed"].value, device=w["device"].value,
+        )
 
     def engine_kwargs(self, image: Image) -> dict:
-        """Keyword arguments of :class:`Augmenter` for the current widgets (spacing from the layer scale)."""
+        """Keyword arguments of :class:`Augmenter` for the current widgets, with the image layer's
+        geometry (spacing in mm, world direction to array axes) as the export uses it."""
         w = self.w
         kind = w["kind"].value
+        volume = volume_from_layer(image, viewer=self.viewer)
         direction = centre = None
         if kind == "directional":
-            x, y, z = self._numbers(w["direction"].value, 3, "direction")
-            direction = (z, y, x)  # world (x, y, z) -> array (z, y, x) for RAS-displayed layers
+            direction = volume.world_to_array_direction(self._numbers(w["direction"].value, 3, "direction"))
         if kind == "gaussian":
-            centre = self._numbers(w["centre"].value, 3, "centre") if w["centre"].value.strip() else None
-            if centre is None:
-                raise ValueError("gaussian: set a centre (click in the viewer or type z, y, x)")
+            centre = self._centre_zyx()
         return {
-            "spacing": tuple(float(s) for s in image.scale[-3:]),
+            "spacing": volume.spacing,
             "selected": list(w["driving"].value) or None,
             "sigma_mm": w["sigma"].value,
             "kind": make_kind(kind, direction=direction, center=centre, spread_mm=w["spread"].value),

@@ -211,7 +211,14 @@ class ExportWidget(QWidget):
         return options
 
     def generate_options(self) -> GenerateOptions:
-        """The parameters an export uses: the provider's, else the fields'."""
+        """The parameters an export uses: the provider's, else the augment panel's when one is
+        open in the viewer, else this panel's own fields."""
+        if self._options_provider is None:
+            from .augment_widget import augment_panel
+
+            panel = augment_panel(self.viewer)
+            if panel is not None:
+                self.options_provider = panel.generate_options
         provider = self._options_provider or self.options_from_fields
         options = provider()
         if not isinstance(options, GenerateOptions):
