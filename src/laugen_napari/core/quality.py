@@ -39,9 +39,13 @@ class JacobianStats:
         )
         self.n_total = int(np.prod(field.shape))
         self.n_roi = int(self.c1.numel())
+        # where dF/dx = 0 the determinant is 1 for every z: keep only the other voxels
+        keep = (self.c1 != 0) | (self.c2 != 0) | (self.c3 != 0)
+        self.c1, self.c2, self.c3 = self.c1[keep], self.c2[keep], self.c3[keep]
 
     def determinant(self, z_mm: float) -> torch.Tensor:
-        """Determinant at every ROI voxel (flattened) for magnitude ``z_mm``."""
+        """Determinant for magnitude ``z_mm`` at every voxel where the field varies (flattened);
+        it is 1 everywhere else."""
         z = float(z_mm)
         return 1.0 + z * (self.c1 + z * (self.c2 + z * self.c3))
 
@@ -49,7 +53,7 @@ class JacobianStats:
         """(lowest determinant over the volume, fraction of its voxels with determinant <= 0)."""
         det = self.determinant(z_mm)
         low = float(det.min()) if det.numel() else 1.0
-        if self.n_roi < self.n_total:
+        if det.numel() < self.n_total:
             low = min(low, 1.0)
         return low, float((det <= 0).sum()) / self.n_total
 

@@ -189,7 +189,19 @@ class _LabelCounter:
         self.warper = warper
         self.values = list(values)
         self.voxel_ml = float(np.prod(spacing)) / 1000.0
-        self.base = self._count(warper.labels.reshape(-1)) - self._count(warper.moving_values(warper.labels))
+        self.base = self._full_counts() - self._count(warper.moving_values(warper.labels))
+
+    def _full_counts(self) -> np.ndarray:
+        cached = getattr(self.warper, "_label_counts", None)
+        if cached is None or cached[0] != self.values:
+            lab = self.warper.labels.reshape(-1)
+            if lab.numel() and int(lab.min()) >= 0:
+                counts = torch.bincount(lab.long() if lab.dtype != torch.uint8 else lab)
+                full = np.array([int(counts[v]) if v < counts.numel() else 0 for v in self.values], dtype=np.int64)
+            else:
+                full = self._count(lab)
+            self.warper._label_counts = cached = (list(self.values), full)
+        return cached[1]
 
     def _count(self, labels: torch.Tensor) -> np.ndarray:
         lab = labels.long()

@@ -62,8 +62,9 @@ class Warper:
             if tuple(lab.shape) != tuple(field.shape):
                 raise ValueError(f"label map shape {tuple(lab.shape)} differs from the field's {field.shape}")
             self.labels = lab.to(dev).contiguous()
-            if label_interpolation == "linear":
-                self._init_cells()
+            cells = [max(n - 1, 1) for n in lab.shape]
+            self._cell_shape = torch.tensor(cells, device=dev)
+            self._cells_box: tuple[list[int], list[int]] | None = None  # computed on demand
         shape = torch.tensor(field.shape, device=dev)
         self._shape = shape
         # moving voxels: integer positions (P, 3) and displacement in voxels (P, 3)
@@ -73,6 +74,7 @@ class Warper:
         offset = torch.tensor([r.start for r in field.roi], device=dev)
         self.positions = local + offset
         self.displacement = disp[:, moving].T.contiguous()
+        self._positions_f = self.positions.to(torch.float32)
         strides = torch.tensor([field.shape[1] * field.shape[2], field.shape[2], 1], device=dev)
         self.flat_index = (self.positions * strides).sum(1)
         self._strides = strides
@@ -87,6 +89,13 @@ class Warper:
 
     # -- sampling at the moving voxels -------------------------------------------------------
     def _coords(self, z_mm: float, rows: torch.Tensor | None = None) -> torch.Tensor:
+        if rows is None:
+            cached = getattr(self, "_last_coords", None)
+            if cached is not None and cached[0] == float(z_mm):
+                return cached[1]
+            coords = self._positions_f + float(z_mm) * self.displacement
+            self._last_coords = (float(z_mm), coords)
+            return coords
         pos = self.positions if rows is None else self.positions[rows]
         disp = self.displacement if rows is None else self.displacement[rows]
         return pos.to(torch.float32) + float(z_mm) * disp
@@ -114,7 +123,11 @@ class Warper:
         lo = torch.minimum(torch.floor(c).long(), self._cell_shape - 1)
         flat = self.labels.reshape(-1)
         out = flat[(lo * self._strides).sum(1)]
-        mixed = torch.nonzero(~self._uniform_cells.reshape(-1)[(lo * self._cell_strides).sum(1)]).squeeze(1)
+        if lo.shape[0] == 0:
+            return out
+        box_lo = self._ensure_cells(lo.min(0).values.tolist(), lo.max(0).values.tolist())
+        local = ((lo - box_lo) * self._cell_strides).sum(1)
+        mixed = torch.nonzero(~self._uniform_cells.reshape(-1)[local]).squeeze(1)
         if mixed.numel():
             out[mixed] = self._vote(flat, c[mixed], lo[mixed])
         return out
@@ -142,19 +155,38 @@ class Warper:
             best = torch.where(better, labels[:, k], best)
         return best
 
-    def _init_cells(self) -> None:
-        """Which interpolation cells (voxel + its +1 neighbours) carry a single label."""
+    def _ensure_cells(self, lo: list[int], hi: list[int]) -> torch.Tensor:
+        """Make sure the single-label flags cover cells ``lo..hi`` (inclusive); returns the box start.
+
+        Only the cells around the moving voxels are ever looked up, so the flags are computed for
+        that box (grown when a larger magnitude reaches farther), not for the whole volume.
+        """
+        box = self._cells_box
+        if box is None or any(a < b for a, b in zip(lo, box[0])) or any(a > b for a, b in zip(hi, box[1])):
+            cells = self._cell_shape.tolist()
+            margin = 4  # voxels: small magnitude changes need no recomputation
+            if box is not None:
+                lo = [min(a, b) for a, b in zip(lo, box[0])]
+                hi = [max(a, b) for a, b in zip(hi, box[1])]
+            lo = [max(0, a - margin) for a in lo]
+            hi = [min(n - 1, b + margin) for n, b in zip(cells, hi)]
+            self._init_cells(lo, hi)
+        return self._cells_start
+
+    def _init_cells(self, lo: list[int], hi: list[int]) -> None:
+        """Which interpolation cells (voxel + its +1 neighbours) in the box lo..hi carry one label."""
         lab = self.labels
-        cells = [max(n - 1, 1) for n in lab.shape]
-        base = lab[: cells[0], : cells[1], : cells[2]]
+        size = [b - a + 1 for a, b in zip(lo, hi)]
+        base = lab[lo[0] : lo[0] + size[0], lo[1] : lo[1] + size[1], lo[2] : lo[2] + size[2]]
         uniform = torch.ones_like(base, dtype=torch.bool)
         for corner in range(1, 8):
             bits = ((corner >> 2) & 1, (corner >> 1) & 1, corner & 1)
-            off = [b if n > 1 else 0 for b, n in zip(bits, lab.shape)]
-            uniform &= lab[off[0] : off[0] + cells[0], off[1] : off[1] + cells[1], off[2] : off[2] + cells[2]] == base
+            off = [a + (b if n > 1 else 0) for a, b, n in zip(lo, bits, lab.shape)]
+            uniform &= lab[off[0] : off[0] + size[0], off[1] : off[1] + size[1], off[2] : off[2] + size[2]] == base
         self._uniform_cells = uniform.contiguous()
-        self._cell_shape = torch.tensor(cells, device=lab.device)
-        self._cell_strides = torch.tensor([cells[1] * cells[2], cells[2], 1], device=lab.device)
+        self._cells_box = (lo, hi)
+        self._cells_start = torch.tensor(lo, device=lab.device)
+        self._cell_strides = torch.tensor([size[1] * size[2], size[2], 1], device=lab.device)
 
     # -- whole frames ------------------------------------------------------------------------
     def image_frame(self, z_mm: float, out: torch.Tensor | None = None) -> torch.Tensor:
