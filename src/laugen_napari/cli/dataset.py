@@ -1,0 +1,109 @@
+"""``laugen dataset MANIFEST -o OUTDIR``: ``laugen generate`` over many pairs, one Dask task each.
+
+The generation options are those of ``laugen generate``, taken from its parser (not repeated
+here), so both commands always accept the same options with the same defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import sys
+
+from tqdm import tqdm
+
+from ..batch import DATASET_JSON, read_manifest, run_dataset
+from ..pipeline import GenerateOptions
+from . import generate
+
+# the arguments of ``laugen generate`` that are not generation options
+_NOT_SHARED = {"help", "image", "mask", "out", "func"}
+_HELP = {
+    "seed": "base seed; each pair's seed is derived from it and the pair's id (default: %(default)s)",
+    "overwrite": "write into a non-empty OUTDIR, replacing pair folders of the same ids",
+}
+
+
+def _generate_parser() -> argparse.ArgumentParser:
+    """The parser ``laugen generate`` registers, built on a throwaway parent."""
+    holder = argparse.ArgumentParser(add_help=False)
+    sub = holder.add_subparsers()
+    generate.register(sub)
+    return sub.choices["generate"]
+
+
+def add_generate_options(parser: argparse.ArgumentParser) -> None:
+    """Add every option of ``laugen generate`` except IMAGE, MASK and -o to ``parser``."""
+    group = parser.add_argument_group("generation options (as in laugen generate)")
+    for action in _generate_parser()._actions:
+        if action.dest not in _NOT_SHARED:
+            if action.dest in _HELP:
+                action = copy.copy(action)
+                action.help = _HELP[action.dest]
+            group._add_action(action)
+
+
+def options_from_args(args: argparse.Namespace) -> GenerateOptions:
+    """:class:`GenerateOptions` from parsed ``laugen generate`` options (same checks as generate)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(GenerateOptions) if hasattr(args, f.name)}
+    values["slope_range"] = tuple(values["slope_range"])
+    options = GenerateOptions(**values)
+    if args.trajectory == "custom" and args.values is None:
+        raise ValueError("--trajectory custom needs --values V,V,... (z_t in mm, starting with 0)")
+    if args.values is not None and args.trajectory != "custom":
+        raise ValueError("--values is only used with --trajectory custom")
+    if args.values is not None:
+        options.frames = len(args.values)
+    options.validate()
+    return options
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "dataset",
+        help="generate LAUGEN series for many image/mask pairs (Dask)",
+        description="Run 'laugen generate' for every pair of MANIFEST, each as an independent Dask task, into "
+        "OUTDIR/<id>. MANIFEST is a CSV with columns image,mask[,id] (paths relative to the CSV) or a folder "
+        "of NAME.nii.gz + NAME_seg.nii.gz (or _mask, _label). Each pair's seed is derived from --seed and its "
+        f"id. OUTDIR/{DATASET_JSON} records every pair's status; the exit status is 1 if any pair failed.",
+    )
+    p.add_argument("manifest", metavar="MANIFEST", help="CSV file (image,mask[,id]) or folder of pairs")
+    p.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output directory (created)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="address of a running dask.distributed scheduler (tcp://host:8786), or 'synchronous' to run "
+                   "in this process (default: a local cluster of --workers processes)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="local cluster: worker processes, one thread each (default: CPU count, at most one per pair)")
+    add_generate_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = options_from_args(args)
+    if args.workers is not None and args.scheduler is not None:
+        raise ValueError("--workers applies to the local cluster only; size a --scheduler cluster on its own")
+    pairs = read_manifest(args.manifest)
+    bar = None if args.quiet else tqdm(total=len(pairs), unit="pair", desc="laugen dataset", file=sys.stderr)
+
+    def progress(done: int, total: int, record: dict) -> None:
+        if record["status"] != "ok":
+            message = f"{record['id']}: {record['error']}"
+            (bar.write(message, file=sys.stderr) if bar is not None else print(message, file=sys.stderr))
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        summary = run_dataset(pairs, args.out, options, scheduler=args.scheduler, workers=args.workers,
+                              overwrite=args.overwrite, progress=progress, manifest=args.manifest)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not args.quiet:
+        print(f"{args.out}: {summary['pairs_ok']} of {summary['pairs_total']} pairs written "
+              f"in {summary['seconds']:.1f} s; see {DATASET_JSON}")
+    if summary["pairs_failed"]:
+        print(f"laugen dataset: {summary['pairs_failed']} pair(s) failed; see {args.out}/{DATASET_JSON}",
+              file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,121 @@
+"""``LongitudinalAugment``: shapes, frame 0, seeding, array types, and use in a DataLoader."""
+
+import numpy as np
+import pytest
+import torch
+
+from laugen_napari.transforms import LongitudinalAugment, longitudinal_augment, spacing_from_affine
+
+SPACING = (2.0, 1.5, 1.5)
+
+
+def _blob(shape=(12, 20, 20), seed=0):
+    z, y, x = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    r2 = ((z - shape[0] / 2) * SPACING[0]) ** 2 + ((y - shape[1] / 2) * SPACING[1]) ** 2 + \
+        ((x - shape[2] / 2) * SPACING[2]) ** 2
+    label = (r2 < 5.5 ** 2).astype(np.int64)
+    image = (100 + 50 * label + np.random.default_rng(seed).normal(0, 5, shape)).astype(np.float32)
+    return image, label
+
+
+def _transform(**kw):
+    params = dict(frames=4, slope_range=(0.3, 0.6), sigma_mm=2.0, spacing=SPACING)
+    params.update(kw)
+    return LongitudinalAugment(**params)
+
+
+def test_shapes_and_frame0_numpy_and_channels():
+    image, label = _blob()
+    out = _transform().set_random_state(0)({"image": image, "label": label, "id": "x"})
+    assert out["image"].shape == (4,) + image.shape and out["image"].dtype == np.float32
+    assert out["label"].shape == (4,) + label.shape and out["label"].dtype == label.dtype
+    assert out["z_mm"].shape == (4,) and out["z_mm"][0] == 0 and out["z_mm"][-1] > 0
+    assert out["id"] == "x"
+    np.testing.assert_array_equal(out["image"][0], image)
+    np.testing.assert_array_equal(out["label"][0], label)
+    assert (out["label"][-1] == 1).sum() > (label == 1).sum()  # it grows
+
+    # (C, Z, Y, X) image and MONAI-style (1, Z, Y, X) label
+    multi = np.stack([image, 2 * image])
+    out = _transform().set_random_state(0)({"image": multi, "label": label[None]})
+    assert out["image"].shape == (4, 2) + image.shape and out["label"].shape == (4, 1) + label.shape
+    np.testing.assert_array_equal(out["image"][0], multi)
+
+
+def test_torch_in_torch_out_and_spacing_sources():
+    image, label = _blob()
+    t = LongitudinalAugment(frames=3, slope_range=(0.4, 0.4), sigma_mm=2.0)
+    out = t({"image": torch.from_numpy(image), "label": torch.from_numpy(label), "spacing": torch.tensor(SPACING)})
+    assert isinstance(out["image"], torch.Tensor) and out["image"].shape == (3,) + image.shape
+    assert isinstance(out["z_mm"], torch.Tensor)
+    torch.testing.assert_close(out["z_mm"], torch.tensor([0.0, 0.4, 0.8]))
+    torch.testing.assert_close(out["image"][0], torch.from_numpy(image))
+
+    class WithAffine(np.ndarray):  # stands in for MONAI's MetaTensor: an array with .affine
+        pass
+
+    img = image.view(WithAffine)
+    img.affine = np.diag(list(SPACING) + [1.0])
+    assert spacing_from_affine(img.affine) == SPACING
+    out2 = t({"image": img, "label": label})
+    np.testing.assert_allclose(out2["image"], out["image"].numpy())
+    with pytest.raises(ValueError, match="spacing"):
+        t({"image": image, "label": label})
+
+
+def test_seeded_draws_are_reproducible():
+    image, label = _blob()
+    data = {"image": image, "label": label}
+    a = _transform().set_random_state(42)
+    b = _transform().set_random_state(42)
+    za = [a(data)["z_mm"] for _ in range(3)]
+    zb = [b(data)["z_mm"] for _ in range(3)]
+    np.testing.assert_array_equal(np.array(za), np.array(zb))
+    assert not np.array_equal(za[0], za[1])  # successive calls draw new slopes
+    np.testing.assert_array_equal(a.set_random_state(42)(data)["image"], _transform().set_random_state(42)(data)["image"])
+    # function form, same stream as the class with the same seed
+    imgs, labs, z = longitudinal_augment(image, label, SPACING, seed=42, frames=4, slope_range=(0.3, 0.6), sigma_mm=2.0)
+    np.testing.assert_array_equal(z, za[0])
+    assert imgs.shape == (4,) + image.shape and labs.shape == (4,) + label.shape
+    # custom trajectory: the given values, frames from their count
+    out = _transform(trajectory="custom", values=[0, 0.5, 1.0])(data)
+    np.testing.assert_allclose(out["z_mm"], [0, 0.5, 1.0])
+
+
+def test_in_a_torch_dataloader():
+    class Scans(torch.utils.data.Dataset):
+        def __init__(self, transform):
+            self.items = [_blob(seed=s) for s in range(3)]
+            self.transform = transform
+
+        def __len__(self):
+            return len(self.items)
+
+        def __getitem__(self, i):
+            image, label = self.items[i]
+            return self.transform({"image": image[None], "label": label, "spacing": np.array(SPACING)})
+
+    def batches(seed):
+        loader = torch.utils.data.DataLoader(Scans(_transform().set_random_state(seed)), batch_size=2, num_workers=0)
+        return list(loader)
+
+    first = batches(7)
+    assert [b["image"].shape for b in first] == [(2, 4, 1, 12, 20, 20), (1, 4, 1, 12, 20, 20)]
+    assert first[0]["label"].shape == (2, 4, 12, 20, 20) and first[0]["z_mm"].shape == (2, 4)
+    torch.testing.assert_close(first[0]["image"][:, 0, 0], torch.from_numpy(np.stack([_blob(seed=s)[0] for s in (0, 1)])))
+    again = batches(7)
+    for x, y in zip(first, again):
+        torch.testing.assert_close(x["image"], y["image"])
+        torch.testing.assert_close(x["z_mm"], y["z_mm"])
+
+
+def test_bad_parameters():
+    with pytest.raises(ValueError):
+        LongitudinalAugment(frames=1)
+    with pytest.raises(ValueError):
+        LongitudinalAugment(kind="gaussian")  # needs a centre
+    with pytest.raises(ValueError):
+        LongitudinalAugment(sigma_mm=0)
+    with pytest.raises(KeyError):
+        _transform()({"image": np.zeros((4, 4, 4))})
+    assert _transform(allow_missing_keys=True)({"image": 1}) == {"image": 1}
