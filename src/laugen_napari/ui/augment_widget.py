@@ -201,7 +201,8 @@ class AugmentWidget(QWidget):
             traj = make_trajectory("custom", values=self._numbers(w["values"].value, None, "custom z_t"))
             return traj.sample(len(traj.values)).z_mm
         rate = w["rate"].value if name != "linear" else None
-        traj = make_trajectory(name, (w["slope_min"].value, w["slope_max"].value), rate)
+        lo, hi = sorted((w["slope_min"].value, w["slope_max"].value))  # a range whichever end moved first
+        traj = make_trajectory(name, (lo, hi), rate)
         # the same stream as series 0 of `laugen generate --seed`: the preview is what gets exported
         return traj.sample(w["frames"].value, series_seed(w["seed"].value, 0)).z_mm
 
@@ -224,7 +225,7 @@ class AugmentWidget(QWidget):
         values = self._numbers(w["values"].value, None, "custom z_t") if name == "custom" else None
         return GenerateOptions(
             kind=kind, trajectory=name, frames=len(values) if values else w["frames"].value,
-            slope_range=(w["slope_min"].value, w["slope_max"].value), values=values,
+            slope_range=tuple(sorted((w["slope_min"].value, w["slope_max"].value))), values=values,
             rate=w["rate"].value if name in ("sigmoid", "exponential", "gompertz") else None,
             labels=list(w["driving"].value) or None, sigma_mm=w["sigma"].value,
             direction=self._numbers(w["direction"].value, 3, "direction") if kind == "directional" else None,
@@ -324,6 +325,8 @@ class AugmentWidget(QWidget):
         except ValueError as exc:
             self._status(str(exc))
             return
+        if self.model.augmenter is not None:
+            self._status(self._ready_text(self.model.augmenter))
         frames_changed = len(z) != self.model.frames
         self.model.set_trajectory(z)
         if frames_changed:
@@ -359,11 +362,15 @@ class AugmentWidget(QWidget):
         if model is not self.model:
             return
         model.set_augmenter(aug)
-        self._status(f"{aug.kind.name} field ready: {aug.warper.n_moving:,} moving voxels")
+        self._status(self._ready_text(aug))
         self.refresh_layers()
         self._curves_timer.start()
         if self.viewer.dims.ndisplay == 3:
             self._warm_current_frame()
+
+    @staticmethod
+    def _ready_text(aug: Augmenter) -> str:
+        return f"{aug.kind.name} field ready: {aug.warper.n_moving:,} moving voxels"
 
     def _field_failed(self, exc: Exception) -> None:
         self._status(f"field not computed: {exc}")
