@@ -1,62 +1,23 @@
 """``laugen dataset MANIFEST -o OUTDIR``: ``laugen generate`` over many pairs, one Dask task each.
 
-The generation options are those of ``laugen generate``, taken from its parser (not repeated
-here), so both commands always accept the same options with the same defaults.
+The generation options are those of ``laugen generate`` (``add_generate_options``), so both
+commands always accept the same options with the same defaults.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import sys
 
 from tqdm import tqdm
 
 from ..batch import DATASET_JSON, read_manifest, run_dataset
-from ..pipeline import GenerateOptions
-from . import generate
+from .generate import add_generate_options, options_from_args
 
-# the arguments of ``laugen generate`` that are not generation options
-_NOT_SHARED = {"help", "image", "mask", "out", "func"}
 _HELP = {
     "seed": "base seed; each pair's seed is derived from it and the pair's id (default: %(default)s)",
     "overwrite": "write into a non-empty OUTDIR, replacing pair folders of the same ids",
 }
-
-
-def _generate_parser() -> argparse.ArgumentParser:
-    """The parser ``laugen generate`` registers, built on a throwaway parent."""
-    holder = argparse.ArgumentParser(add_help=False)
-    sub = holder.add_subparsers()
-    generate.register(sub)
-    return sub.choices["generate"]
-
-
-def add_generate_options(parser: argparse.ArgumentParser) -> None:
-    """Add every option of ``laugen generate`` except IMAGE, MASK and -o to ``parser``."""
-    group = parser.add_argument_group("generation options (as in laugen generate)")
-    for action in _generate_parser()._actions:
-        if action.dest not in _NOT_SHARED:
-            if action.dest in _HELP:
-                action = copy.copy(action)
-                action.help = _HELP[action.dest]
-            group._add_action(action)
-
-
-def options_from_args(args: argparse.Namespace) -> GenerateOptions:
-    """:class:`GenerateOptions` from parsed ``laugen generate`` options (same checks as generate)."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(GenerateOptions) if hasattr(args, f.name)}
-    values["slope_range"] = tuple(values["slope_range"])
-    options = GenerateOptions(**values)
-    if args.trajectory == "custom" and args.values is None:
-        raise ValueError("--trajectory custom needs --values V,V,... (z_t in mm, starting with 0)")
-    if args.values is not None and args.trajectory != "custom":
-        raise ValueError("--values is only used with --trajectory custom")
-    if args.values is not None:
-        options.frames = len(args.values)
-    options.validate()
-    return options
 
 
 def register(subparsers) -> None:
@@ -75,7 +36,7 @@ def register(subparsers) -> None:
                    "in this process (default: a local cluster of --workers processes)")
     p.add_argument("--workers", type=int, metavar="N",
                    help="local cluster: worker processes, one thread each (default: CPU count, at most one per pair)")
-    add_generate_options(p)
+    add_generate_options(p, _HELP)
     p.set_defaults(func=run)
 
 
