@@ -31,6 +31,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from . import __version__
+from .io.export import check_output_dir
 from .io.nifti import NIFTI_SUFFIXES
 from .pipeline import GenerateOptions, generate_from_files
 
@@ -170,15 +171,7 @@ def _one_line(exc: BaseException) -> str:
 def check_dataset_dir(outdir: str | os.PathLike, overwrite: bool) -> Path:
     """Refuse an ``outdir`` that exists and is not empty, unless ``overwrite`` (then pair folders
     are replaced one by one, atomically, and ``dataset.json`` is rewritten)."""
-    outdir = Path(outdir)
-    if outdir.exists():
-        if not outdir.is_dir():
-            raise FileExistsError(f"{outdir} exists and is not a directory")
-        if any(outdir.iterdir()) and not overwrite:
-            raise FileExistsError(f"{outdir} exists and is not empty; pass --overwrite to replace it")
-    elif not outdir.parent.exists():
-        raise FileNotFoundError(f"{outdir.parent}: parent directory does not exist")
-    return outdir
+    return check_output_dir(outdir, overwrite)
 
 
 @contextmanager

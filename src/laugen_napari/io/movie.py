@@ -6,11 +6,12 @@ when complete, so a failed or cancelled write never leaves a half file.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+
+from .atomic import atomic_path
 
 MOVIE_SUFFIXES = (".mp4", ".gif")
 
@@ -65,12 +66,10 @@ def write_movie(
     frames = _check_frames(np.stack(list(frames)) if not isinstance(frames, np.ndarray) else frames)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"{path.parent}: no such directory")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
     total = len(frames)
-    try:
+    with atomic_path(path) as tmp:
         if fmt == "mp4":
-            writer = iio2.get_writer(tmp, format="FFMPEG", fps=float(fps), codec="libx264", pixelformat="yuv420p",
+            writer = iio2.get_writer(str(tmp), format="FFMPEG", fps=float(fps), codec="libx264", pixelformat="yuv420p",
                                      quality=8, macro_block_size=1, ffmpeg_log_level="error")
             try:
                 for i, frame in enumerate(frames):
@@ -86,13 +85,6 @@ def write_movie(
             iio.imwrite(tmp, frames, extension=".gif", duration=int(round(1000.0 / fps)), **extra)
             if progress is not None:
                 progress(total, total)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

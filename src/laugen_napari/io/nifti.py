@@ -10,7 +10,6 @@ tools overlay it on the original scan.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +17,8 @@ from typing import Sequence
 import nibabel as nib
 import numpy as np
 from nibabel import orientations as ornt
+
+from .atomic import atomic_path
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 AFFINE_ATOL_MM = 1e-3  # affines of an image and its mask may differ by float32 round-off
@@ -178,18 +179,8 @@ def check_same_grid(image: Volume, labels: Volume) -> None:
 
 def _atomic_save(img: nib.Nifti1Image, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if str(path).endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
 
 
 def save_volume(path: str | os.PathLike, data: np.ndarray, reference: Volume, dtype: np.dtype | type | None = None,
