@@ -4,6 +4,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pathlib import Path
 
+# Triton (imported lazily by torch._dynamo, e.g. when an optimizer is first built) ships its own
+# LLVM and crashed the process when loaded after Mesa's OpenGL, i.e. after a napari viewer was
+# drawn. Loading it first, before any test opens a viewer, avoids that.
+import torch._dynamo  # noqa: E402,F401
+
 import numpy as np
 import pytest
 
