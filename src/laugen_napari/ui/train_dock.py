@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
+from matplotlib.ticker import NullFormatter
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QCoreApplication, QThread, QTimer
@@ -46,7 +47,8 @@ SIMVP_MODELS = {"SimVP (gSTA)": "gsta", "SimVP (IncepU)": "incepu"}
 GENERATORS = {"dHVAE": "dhvae", "HVAE": "hvae", "VAE": "vae"}
 MODELS = list(SIMVP_MODELS) + list(GENERATORS)
 POLL_MS = 200
-REDRAW_S = 0.5  # the plot is redrawn at most this often
+REDRAW_S = 1.0  # the plot is redrawn at most this often (a redraw is ~100 ms of GUI thread on a slow CPU)
+CHILD_NICENESS = 5  # the training child yields the CPU to the viewer on a machine with few cores
 VAL_CONTEXT, VAL_TARGET, VAL_PREDICTION = "LAUGEN val context", "LAUGEN val target", "LAUGEN val prediction"
 GEN_IMAGES, GEN_MASKS = "LAUGEN generated images", "LAUGEN generated masks"
 WEIGHTS_NOTE = ("Everything here trains from scratch: no pretrained weights are needed. "
@@ -72,26 +74,46 @@ GENERATOR_PANELS = [
 
 class TrainPlot(MplCanvas):
     """Training curves: one panel per metric group, lines keyed ``"phase/key"`` in :attr:`lines`,
-    the last-image baseline as a horizontal line per panel (:attr:`baselines`)."""
+    the last-image baseline as a horizontal line per panel (:attr:`baselines`).
+
+    Drawing runs on the GUI thread, and a full draw of four to six panels costs ~100-200 ms on a
+    slow CPU; so after the first full draw, :meth:`refresh` redraws one changed panel per call
+    (its grid cell is cleared, the axes drawn and only that cell blitted): short stalls only."""
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent, figsize=(4.0, 4.4), nrows=2, ncols=2)
+        # fixed margins: a layout engine would move every panel on every draw
+        self.figure.set_layout_engine("none")
         self.lines: dict = {}
         self.baselines: dict = {}
         self._data: dict[str, tuple[list, list]] = {}
-        self._dirty = False
+        self._panel_of: dict[str, int] = {}
+        self.panels: list = []
+        self._dirty: list[int] = []  # panels to redraw, in order
+        self._full = True  # the next refresh draws the whole figure
         self._last_draw = 0.0
+        self.canvas.mpl_connect("draw_event", self._on_full_draw)
         self.configure(SIMVP_PANELS)
 
     def configure(self, panels: list) -> None:
-        """Start over with the given panels (empty lines)."""
+        """Start over with the given panels (empty lines; the axes are kept when the panels are the same)."""
+        if panels is self.panels:
+            for xs, ys in self._data.values():
+                xs.clear()
+                ys.clear()
+            for line in self.baselines.values():
+                line.set_ydata([np.nan, np.nan])
+            self._mark(range(len(self.axes)))
+            return
         self.panels = panels
         self.figure.clear()
-        ncols = 2
-        nrows = math.ceil(len(panels) / ncols)
-        self.axes = [self.figure.add_subplot(nrows, ncols, i + 1) for i in range(len(panels))]
-        self.lines, self.baselines, self._data = {}, {}, {}
-        for ax, (title, series, baseline, log) in zip(self.axes, panels):
+        self.ncols = 2
+        self.nrows = math.ceil(len(panels) / self.ncols)
+        grid = self.figure.add_gridspec(self.nrows, self.ncols, left=0.13, right=0.97, bottom=0.08, top=0.94,
+                                        wspace=0.4, hspace=0.5)
+        self.axes = [self.figure.add_subplot(grid[i // self.ncols, i % self.ncols]) for i in range(len(panels))]
+        self.lines, self.baselines, self._data, self._panel_of = {}, {}, {}, {}
+        for i, (ax, (title, series, baseline, log)) in enumerate(zip(self.axes, panels)):
             self.style(ax)
             ax.set_title(title, fontsize=8, color=FOREGROUND)
             for phase, key, label in series:
@@ -99,16 +121,25 @@ class TrainPlot(MplCanvas):
                 (line,) = ax.plot([], [], marker=marker, ms=3, lw=1.0, label=label)
                 self.lines[f"{phase}/{key}"] = line
                 self._data[f"{phase}/{key}"] = ([], [])
+                self._panel_of[f"{phase}/{key}"] = i
             if baseline is not None:
                 self.baselines[baseline] = ax.axhline(np.nan, color="#f06060", lw=1.0, ls="--", label="last image")
+                self._panel_of[baseline] = i
             if log:
                 ax.set_yscale("log")
-            ax.legend(fontsize=6, loc="best", facecolor=BACKGROUND, labelcolor=FOREGROUND)
-        if self.axes:
-            for ax in self.axes[-2:]:
-                ax.set_xlabel("step", fontsize=7)
-        self._dirty = True
+                ax.yaxis.set_minor_formatter(NullFormatter())  # minor labels crowd the small panel
+            # a fixed place: loc="best" searches for a spot on every draw
+            ax.legend(fontsize=6, loc="upper right", facecolor=BACKGROUND, labelcolor=FOREGROUND)
+        for ax in self.axes[-2:]:
+            ax.set_xlabel("step", fontsize=7)
+        self._full = True
+        self._dirty = list(range(len(self.axes)))
         self.refresh(force=True)
+
+    def _mark(self, panels) -> None:
+        for i in panels:
+            if i not in self._dirty:
+                self._dirty.append(i)
 
     def add(self, records) -> None:
         """Append records (``Record`` objects) to the lines; drawn by :meth:`refresh`."""
@@ -119,24 +150,57 @@ class TrainPlot(MplCanvas):
                     xs, ys = self._data[name]
                     xs.append(rec.step)
                     ys.append(value)
+                    self._mark([self._panel_of[name]])
                 if rec.phase == "val" and key in self.baselines:
                     self.baselines[key].set_ydata([value, value])
-            self._dirty = True
+                    self._mark([self._panel_of[key]])
+
+    def _push(self, i: int) -> None:
+        """Move panel ``i``'s data into its lines and rescale it."""
+        for name, (xs, ys) in self._data.items():
+            if self._panel_of[name] == i:
+                self.lines[name].set_data(xs, ys)
+        ax = self.axes[i]
+        ax.relim()
+        ax.autoscale_view()
+
+    def _on_full_draw(self, event) -> None:
+        self._full = False  # any full draw (resize, first show) brings every panel up to date
 
     def refresh(self, force: bool = False) -> None:
-        """Push the data into the lines and redraw, at most every :data:`REDRAW_S` seconds."""
-        now = time.monotonic()
-        if not self._dirty or (not force and now - self._last_draw < REDRAW_S):
+        """Redraw: everything when ``force`` or before the first full draw, else one changed panel
+        (at most every :data:`REDRAW_S` seconds per full round)."""
+        if not self._dirty:
             return
-        for name, (xs, ys) in self._data.items():
-            self.lines[name].set_data(xs, ys)
-        for ax in self.axes:
-            ax.relim()
-            ax.autoscale_view()
-        self._dirty = False
+        now = time.monotonic()
+        if force or self._full:
+            for i in range(len(self.axes)):
+                self._push(i)
+            self._dirty.clear()
+            self._last_draw = now
+            self.canvas.draw()
+            return
+        if now - self._last_draw < REDRAW_S / max(1, len(self.axes)):
+            return
+        i = self._dirty.pop(0)
+        self._push(i)
         self._last_draw = now
-        self.redraw()
+        self._draw_panel(i)
 
+    def _draw_panel(self, i: int) -> None:
+        """Clear panel ``i``'s grid cell, draw its axes there and blit only that cell."""
+        from matplotlib.patches import Rectangle
+        from matplotlib.transforms import Bbox
+
+        r, c = divmod(i, self.ncols)
+        cell = Bbox.from_extents(c / self.ncols, 1 - (r + 1) / self.nrows, (c + 1) / self.ncols, 1 - r / self.nrows)
+        renderer = self.canvas.get_renderer()
+        clear = Rectangle((cell.x0, cell.y0), cell.width, cell.height, transform=self.figure.transFigure,
+                          facecolor=self.figure.get_facecolor(), edgecolor="none")
+        clear.set_figure(self.figure)
+        clear.draw(renderer)
+        self.axes[i].draw(renderer)
+        self.canvas.blit(cell.transformed(self.figure.transFigure))
 
 def tile(stack: np.ndarray, columns: int | None = None) -> np.ndarray:
     """(N, H, W) -> one (rows*H, columns*W) grid image, row-major, empty cells zero."""
@@ -258,6 +322,8 @@ class TrainWidget(QWidget):
         w["show_val"] = PushButton(text="show validation sample")
         w["status"] = Label(value="idle")
         w["status"].native.setWordWrap(True)
+        # a fixed height: a status line that rewraps would re-layout the dock and resize the plot (a full redraw)
+        w["status"].native.setFixedHeight(3 * w["status"].native.fontMetrics().lineSpacing() + 4)
         self.w = w
         self.form = Container(widgets=list(w.values()))
         self.plot = TrainPlot(self)
@@ -517,11 +583,21 @@ class TrainWidget(QWidget):
         ctx, tgt, pred, i, ckpt_name, step = result
         lo, hi = float(min(ctx.min(), tgt.min())), float(max(ctx.max(), tgt.max()))
         limits = (lo, hi if hi > lo else lo + 1.0)
-        for name, data in ((VAL_CONTEXT, ctx), (VAL_TARGET, tgt), (VAL_PREDICTION, pred)):
+        todo = [(VAL_CONTEXT, ctx), (VAL_TARGET, tgt), (VAL_PREDICTION, pred)]
+
+        def add_next():  # one layer per event-loop turn: each addition is a GUI-thread stall of its own
+            name, data = todo.pop(0)
             if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
-            self.viewer.add_image(data, name=name, contrast_limits=limits)
-        self._status(f"validation sequence {i}: context, target and prediction ({ckpt_name}, step {step})")
+                self.viewer.layers[name].data = data
+                self.viewer.layers[name].contrast_limits = limits
+            else:
+                self.viewer.add_image(data, name=name, contrast_limits=limits)
+            if todo:
+                QTimer.singleShot(30, add_next)
+            else:
+                self._status(f"validation sequence {i}: context, target and prediction ({ckpt_name}, step {step})")
+
+        add_next()
 
 
 # -- worker-thread functions (no Qt) ----------------------------------------------------------------
@@ -584,6 +660,12 @@ def _prepare_and_start(plan: dict) -> tuple:
     factory, kwargs, run = prepare(plan)
     Path(run["run_dir"]).mkdir(parents=True, exist_ok=True)
     proc = TrainingProcess(factory, kwargs, threads=plan["threads"]).start()
+    pid = getattr(getattr(proc, "_proc", None), "pid", None)
+    if pid is not None and hasattr(os, "setpriority"):
+        try:  # lower the child's priority (raising niceness needs no privilege)
+            os.setpriority(os.PRIO_PROCESS, pid, os.getpriority(os.PRIO_PROCESS, 0) + CHILD_NICENESS)
+        except OSError:
+            pass
     return proc, run
 
 

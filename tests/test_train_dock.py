@@ -1,0 +1,214 @@
+"""The LAUGEN train dock in a real napari viewer (under Xvfb): a short SimVP run in a separate
+process with live plots, a validation sample, a clean stop, the GUI thread's longest stall, and
+bad input as notifications."""
+
+import math
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from laugen_napari.training.loop import load_checkpoint
+from laugen_napari.ui import train_dock
+from laugen_napari.ui.train_dock import GEN_IMAGES, GEN_MASKS, VAL_CONTEXT, VAL_PREDICTION, VAL_TARGET, TrainWidget, tile
+
+MAX_STALL_MS = 300
+
+
+def moving_blob(frames=12, planes=4, size=24, seed=0):
+    """(T, Z, Y, X): a bright disc drifting one pixel per frame, a little noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    out = np.zeros((frames, planes, size, size), np.float32)
+    for t in range(frames):
+        for z in range(planes):
+            cy, cx = 8 + 0.5 * t, 8 + 0.3 * t + z
+            out[t, z] = 100.0 * ((yy - cy) ** 2 + (xx - cx) ** 2 < 16) + rng.normal(0, 2, (size, size))
+    return out
+
+
+class StallMeter:
+    """A 10 ms QTimer on the GUI thread; the longest gap between its ticks is the worst stall."""
+
+    def __init__(self):
+        from qtpy.QtCore import QTimer
+
+        self.last = None
+        self.worst = 0.0
+        self.t0 = time.perf_counter()
+        self.log = []
+        self.log_what = lambda: ""
+
+        self.timer = QTimer(interval=10)
+        self.timer.timeout.connect(self._tick)
+
+    def _tick(self):
+        now = time.perf_counter()
+        if self.last is not None:
+            self.worst = max(self.worst, now - self.last)
+            if now - self.last > 0.1 and self.log is not None:
+                self.log.append((round(now - self.t0, 2), round((now - self.last) * 1000), self.log_what()))
+        self.last = now
+
+    def start(self):
+        self.timer.start()
+
+    def stop(self):
+        self.timer.stop()
+        return self.worst * 1000
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    shown = []
+    monkeypatch.setattr(train_dock, "show_error", shown.append)
+    return shown
+
+
+def test_simvp_run_plots_records_stops_and_shows_a_sample(make_napari_viewer, qtbot, tmp_path, errors):
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(moving_blob(), name="LAUGEN series")
+    widget = TrainWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="LAUGEN train")
+    assert widget.w["series"].value is viewer.layers["LAUGEN series"]  # the current series is the default
+    w = widget.w
+    w["model"].value = "SimVP (gSTA)"
+    w["epochs"].value = 10_000
+    w["length"].value = 8
+    w["batch"].value = 4
+    w["run_dir"].value = str(tmp_path / "run")
+    qtbot.wait(1000)  # let the viewer and the dock paint once before measuring
+    meter = StallMeter()
+    meter.log_what = lambda: w["status"].value[:60]
+    meter.start()
+    t0 = time.perf_counter()
+    w["start"].native.click()
+    plot = widget.plot
+
+    def val_points():
+        return len(plot.lines["val/rmse"].get_xdata())
+
+    qtbot.waitUntil(lambda: val_points() >= 2 and len(plot.lines["train/loss"].get_xdata()) >= 4, timeout=45000)
+    assert widget.running and not errors
+    # the plot holds exactly what the child sent
+    recs = list(widget.proc.records)
+    train = [r for r in recs if r.phase == "train"]
+    val = [r for r in recs if r.phase == "val"]
+    xs, ys = plot.lines["train/loss"].get_data()
+    n = len(xs)
+    assert n >= 4 and list(xs) == [r.step for r in train[:n]]
+    np.testing.assert_allclose(ys, [r.values["loss"] for r in train[:n]])
+    xs, ys = plot.lines["val/rmse"].get_data()
+    np.testing.assert_allclose(ys, [r.values["rmse"] for r in val[:len(xs)]])
+    assert all(math.isfinite(v) and v > 0 for v in ys)
+    base = plot.baselines["baseline_rmse"].get_ydata()
+    assert base[0] == pytest.approx(val[0].values["baseline_rmse"]) and base[0] > 0  # the last-image line
+    assert plot.baselines["baseline_psnr"].get_ydata()[0] == pytest.approx(val[0].values["baseline_psnr"])
+    # stop: the child writes last.pt at its current step and exits cleanly
+    w["stop"].native.click()
+    qtbot.waitUntil(lambda: not widget.running, timeout=30000)
+    stall_ms = meter.stop()
+    elapsed = time.perf_counter() - t0
+    proc = widget.proc
+    assert proc.error is None and proc.exitcode == 0 and not errors
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["step"] == proc.records[-1].step < 10_000
+    assert "stopped" in w["status"].value
+    print("stalls over 100 ms (s into the run, ms, status):", meter.log)
+    print(f"\nSimVP run in the dock: {len(proc.records)} records in {elapsed:.1f} s; "
+          f"longest GUI-thread stall {stall_ms:.0f} ms")
+    assert stall_ms < MAX_STALL_MS
+    # a validation sample as layers (from best.pt), timed on its own: adding three layers to a
+    # shown viewer is napari's own cost, not the training's
+    meter2 = StallMeter()
+    meter2.start()
+    w["show_val"].native.click()
+    qtbot.waitUntil(lambda: VAL_PREDICTION in viewer.layers, timeout=20000)
+    sample_stall_ms = meter2.stop()
+    assert viewer.layers[VAL_CONTEXT].data.shape == (4, 24, 24)
+    assert viewer.layers[VAL_TARGET].data.shape == viewer.layers[VAL_PREDICTION].data.shape == (4, 24, 24)
+    assert np.isfinite(viewer.layers[VAL_PREDICTION].data).all()
+    assert "validation sequence 0" in w["status"].value
+    print(f"validation sample: longest GUI-thread stall {sample_stall_ms:.0f} ms")
+    assert sample_stall_ms < 500
+    widget.wait_idle()
+
+
+def test_generator_run_shows_curves_and_generated_pairs(make_napari_viewer, qtbot, tmp_path, errors):
+    viewer = make_napari_viewer()
+    yy, xx = np.mgrid[:32, :32]
+    labels = np.stack([((yy - 16) ** 2 + (xx - 14 - z) ** 2 < 40).astype(np.uint8) for z in range(6)])
+    image = (labels * 80.0 + np.random.default_rng(1).normal(20, 5, labels.shape)).astype(np.float32)
+    viewer.add_image(image, name="slices")
+    viewer.add_labels(labels, name="structure")
+    widget = TrainWidget(viewer)
+    w = widget.w
+    w["model"].value = "dHVAE"
+    assert "feature matching" in w["weights_note"].value and "FID" in w["weights_note"].value
+    w["image"].value, w["labels"].value = viewer.layers["slices"], viewer.layers["structure"]
+    w["size"].value = 32
+    w["steps"].value = 4
+    w["epoch_steps"].value = 2
+    w["batch"].value = 2
+    w["run_dir"].value = str(tmp_path / "gen")
+    w["start"].native.click()
+    qtbot.waitUntil(lambda: not widget.running and GEN_MASKS in viewer.layers, timeout=45000)
+    widget.wait_idle()  # the finished child is reaped on a worker thread
+    assert not errors and widget.proc.error is None and widget.proc.exitcode == 0
+    assert w["start"].enabled and not w["stop"].enabled
+    assert len(widget.plot.lines["train/nelbo"].get_xdata()) == 4
+    assert list(widget.plot.lines["val/psnr"].get_xdata()) == [2, 4]
+    assert len(widget.plot.lines["sample/jsd"].get_xdata()) == 2
+    grid = viewer.layers[GEN_IMAGES].data
+    with np.load(tmp_path / "gen" / "samples_latest.npz") as z:
+        assert int(z["step"]) == 4
+        np.testing.assert_allclose(grid, tile(z["images"]))
+        np.testing.assert_array_equal(viewer.layers[GEN_MASKS].data, tile(z["masks"]))
+    assert grid.shape == (8 * 32, 8 * 32)
+    widget.wait_idle()
+
+
+def test_bad_input_gives_notifications(make_napari_viewer, qtbot, tmp_path, errors):
+    viewer = make_napari_viewer()
+    viewer.add_image(moving_blob(frames=3), name="short")
+    widget = TrainWidget(viewer)
+    w = widget.w
+    w["run_dir"].value = str(tmp_path / "bad")
+    w["series"].value = viewer.layers["short"]
+    widget.start()
+    assert "3 frames" in errors[-1] and widget.proc is None and not widget.running
+    w["series"].value = None
+    widget.start()
+    assert "no data" in errors[-1]
+    w["lr"].value = "fast"
+    viewer.add_image(moving_blob(), name="ok")
+    w["series"].value = viewer.layers["ok"]
+    widget.start()
+    assert "learning rate" in errors[-1]
+    # a failing child: image/mask pairs whose mask holds no structure (found by the child)
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    nib.save(nib.Nifti1Image(np.random.rand(8, 8, 4).astype(np.float32), np.eye(4)), pairs / "a.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.uint8), np.eye(4)), pairs / "a_seg.nii.gz")
+    w["model"].value = "VAE"
+    assert not w["lr"].native.isHidden() and w["series"].native.isHidden() and not w["vgg"].native.isHidden()
+    w["lr"].value = "1e-3"
+    w["size"].value = 32
+    w["steps"].value = 3
+    w["pairs"].value = str(pairs)
+    n = len(errors)
+    widget.start()
+    qtbot.waitUntil(lambda: len(errors) > n, timeout=45000)
+    assert "failed" in errors[-1] and "no structure" in errors[-1]
+    assert not widget.running
+    widget.wait_idle()
+
+
+def test_tile_grid():
+    stack = np.arange(5 * 2 * 3).reshape(5, 2, 3)
+    grid = tile(stack)
+    assert grid.shape == (2 * 2, 3 * 3)  # 3 columns, 2 rows
+    np.testing.assert_array_equal(grid[2:4, 3:6], stack[4])  # 5th sample: row 1, column 1
+    np.testing.assert_array_equal(grid[0:2, 6:9], stack[2])
+    assert not grid[2:4, 6:9].any()  # the empty cell
