@@ -82,6 +82,21 @@ def test_difference_is_zero_at_frame_0_and_follows_the_switch(dock, sample_pair)
     assert diff.visible
 
 
+def test_3d_display_computes_the_frame_in_the_background(dock, qtbot, sample_pair):
+    viewer, widget = dock
+    image, _ = sample_pair
+    _show_plane(viewer, 6, 90)
+    layer = viewer.layers[SERIES]
+    viewer.dims.ndisplay = 3
+    z6 = widget.model.z_mm[6]
+    key = ("image", z6, id(widget.model.augmenter))
+    qtbot.waitUntil(lambda: key in widget.model._cache and not widget.busy, timeout=30000)
+    shown = np.asarray(layer._slice.image.raw)
+    assert shown.shape[-3:] == image.data.shape
+    assert np.array_equal(shown.reshape(image.data.shape), widget.model._cache[key])  # the warped frame
+    assert not np.array_equal(shown.reshape(image.data.shape), image.data)
+
+
 def test_kind_change_recomputes_the_field_in_a_worker(dock, qtbot, sample_pair):
     viewer, widget = dock
     _, mask = sample_pair
@@ -133,5 +148,6 @@ def test_export_takes_the_panel_parameters_and_matches_the_cli_and_preview(dock,
     assert gui.tobytes() == cli.tobytes()
     # and what was exported is what the preview showed (file layout is X, Y, Z, T for this RAS file)
     qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
-    preview = np.asarray(viewer.layers[SERIES].data[2])
+    series = viewer.layers[SERIES].data
+    preview = np.stack([np.asarray(series[2, k]) for k in range(series.shape[1])])  # plane by plane, as shown
     np.testing.assert_allclose(gui[..., 2].transpose(2, 1, 0), preview, atol=1e-4)

@@ -34,6 +34,9 @@ class PreviewModel:
         self._cache: dict[tuple, np.ndarray] = {}
         self._cache_size = cache_frames
         self._lock = threading.Lock()
+        # when set, an uncached full frame is not computed by the caller: this is called with z
+        # instead and the input frame is returned (the caller then warms it on a worker thread)
+        self.on_missing_frame = None
 
     @property
     def frames(self) -> int:
@@ -96,12 +99,16 @@ class PreviewModel:
     def _cached(self, what: str, z: float) -> np.ndarray | None:
         return self._cache.get((what, z, id(self.augmenter)))
 
-    def _frame(self, what: str, z: float) -> np.ndarray:
+    def _frame(self, what: str, z: float, compute: bool | None = None) -> np.ndarray:
         key = (what, z, id(self.augmenter))
         with self._lock:
             hit = self._cache.get(key)
         if hit is not None:
             return hit
+        if compute is False or (compute is None and self.on_missing_frame is not None):
+            # a viewer thread asks: show the input now, compute in the background, redraw later
+            self.on_missing_frame(z)
+            return self.image if what == "image" else self.labels
         aug = self.augmenter
         if what == "image":
             out = aug.warper.image_frame(z).cpu().numpy()
@@ -116,8 +123,10 @@ class PreviewModel:
 
     def warm_frame(self, t: int) -> None:
         """Compute and cache the full image and label frame ``t`` (call from a worker thread)."""
-        self.image_frame(t)
-        self.label_frame(t)
+        z = self.magnitude(t)
+        if z != 0.0:
+            self._frame("image", z, compute=True)
+            self._frame("labels", z, compute=True)
 
     # -- summaries for plots ------------------------------------------------------------------
     def curves(self) -> dict:
@@ -187,15 +196,24 @@ class _LazySeries:
             return np.asarray(self)[key]  # fancy indexing: materialise (rare)
         t_key, spatial = key[0], key[1:]
         if isinstance(t_key, slice):
-            return np.stack([self[(t,) + spatial] for t in range(*t_key.indices(self.shape[0]))])
+            frames = range(*t_key.indices(self.shape[0]))
+            if len(frames) == 1:  # napari's 3D view asks for data[t:t+1]: no copy of the frame
+                return self[(frames[0],) + spatial][None]
+            return np.stack([self[(t,) + spatial] for t in frames])
         t = int(t_key) % self.shape[0]
-        ints = [a for a, k in enumerate(spatial) if isinstance(k, (int, np.integer))]
-        if len(ints) >= 1:
-            axis = ints[0]
-            index = int(spatial[axis]) % self.shape[1 + axis]
+        for axis, k in enumerate(spatial):
+            n = self.shape[1 + axis]
+            if isinstance(k, slice):
+                start, stop, step = k.indices(n)
+                if len(range(start, stop, step)) != 1:
+                    continue
+                index, keep_axis = start, True  # napari asks data[t, z:z+1, :, :]
+            else:
+                index, keep_axis = int(k) % n, False
             plane = self._plane(t, axis, index)
-            rest = tuple(k for a, k in enumerate(spatial) if a != axis)
-            return np.asarray(plane[rest])
+            rest = tuple(kk for a, kk in enumerate(spatial) if a != axis)
+            out = np.asarray(plane[rest])
+            return np.expand_dims(out, axis) if keep_axis else out
         return np.asarray(self._frame(t)[spatial])
 
     def __array__(self, dtype=None, copy=None):

@@ -120,3 +120,8 @@ class TrainingProcess:
     @property
     def exitcode(self) -> int | None:
         return self._proc.exitcode
+
+    @property
+    def pid(self) -> int | None:
+        """The child process id (None before start)."""
+        return self._proc.pid

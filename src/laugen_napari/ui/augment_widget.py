@@ -15,7 +15,7 @@ import torch
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, Select, SpinBox
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QThread, QTimer
+from qtpy.QtCore import Qt, QThread, QTimer, Signal
 from qtpy.QtWidgets import QProgressBar, QVBoxLayout, QWidget
 
 from ..core import KINDS, TRAJECTORIES, Augmenter, make_kind, make_trajectory, series_seed
@@ -23,7 +23,7 @@ from ..core.field import label_values
 from ..core.preview import LazyDifference, PreviewModel, preview_arrays
 from ..pipeline import GenerateOptions
 from .layers import volume_from_layer
-from .plots import SeriesCurvesPlot
+from .plots import SeriesCurvesPlot, render_curves
 from .workers import run_in_thread
 
 SERIES, MASKS, DIFF = "LAUGEN series", "LAUGEN mask series", "LAUGEN difference"
@@ -43,6 +43,9 @@ def _viewer_id(viewer) -> int:
 
 class AugmentWidget(QWidget):
     """Dock widget: parameters on top, a progress bar and status, the curves plot below."""
+
+    # emitted (from any thread) when the viewer asked for a full frame that is not computed yet
+    frame_needed = Signal()
 
     def __init__(self, napari_viewer):
         super().__init__()
@@ -68,6 +71,7 @@ class AugmentWidget(QWidget):
         napari_viewer.layers.events.removed.connect(self._reset_choices)
         napari_viewer.dims.events.ndisplay.connect(self._on_ndisplay)
         napari_viewer.dims.events.current_step.connect(self._on_step)
+        self.frame_needed.connect(self._warm_current_frame, Qt.ConnectionType.QueuedConnection)
         self._reset_choices()
 
     # -- workers --------------------------------------------------------------------------
@@ -276,6 +280,7 @@ class AugmentWidget(QWidget):
         self.w["driving"].reset_choices()
         self.w["driving"].value = values
         self.model = PreviewModel(img, lab)
+        self.model.on_missing_frame = lambda z: self.frame_needed.emit()
         self._ensure_layers(image)
         self._on_trajectory_changed()
         self._schedule_field()
@@ -397,16 +402,34 @@ class AugmentWidget(QWidget):
                 self._curves_pending = False
                 self._curves_timer.start()
 
-        self._curves_worker = self._run(self.model.curves, returned=self.plot.show_curves, finished=finished,
+        model, size = self.model, self.plot.size_px
+
+        def curves_image():
+            return render_curves(model.curves(), *size)
+
+        self._curves_worker = self._run(curves_image, returned=self.plot.show_rgba, finished=finished,
                                         errored=lambda exc: show_error(f"LAUGEN curves: {exc}"))
 
     def _current_frame(self) -> int:
         return int(self.viewer.dims.current_step[0]) if self.viewer.dims.ndim >= 4 else 0
 
     def _warm_current_frame(self) -> None:
+        """Compute the full frame on screen on a worker thread, then redraw (3D display)."""
         if self.model is None or self.model.augmenter is None:
             return
-        self._run(self.model.warm_frame, self._current_frame(), finished=self.refresh_layers)
+        if getattr(self, "_warm_worker", None) is not None:
+            self._warm_pending = True
+            return
+
+        def finished():
+            self._warm_worker = None
+            if getattr(self, "_warm_pending", False):
+                self._warm_pending = False
+                self._warm_current_frame()
+            else:
+                self.refresh_layers()
+
+        self._warm_worker = self._run(self.model.warm_frame, self._current_frame(), finished=finished)
 
     def _on_ndisplay(self, event) -> None:
         if self.viewer.dims.ndisplay == 3:

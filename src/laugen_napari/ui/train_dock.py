@@ -660,7 +660,7 @@ def _prepare_and_start(plan: dict) -> tuple:
     factory, kwargs, run = prepare(plan)
     Path(run["run_dir"]).mkdir(parents=True, exist_ok=True)
     proc = TrainingProcess(factory, kwargs, threads=plan["threads"]).start()
-    pid = getattr(getattr(proc, "_proc", None), "pid", None)
+    pid = proc.pid
     if pid is not None and hasattr(os, "setpriority"):
         try:  # lower the child's priority (raising niceness needs no privilege)
             os.setpriority(os.PRIO_PROCESS, pid, os.getpriority(os.PRIO_PROCESS, 0) + CHILD_NICENESS)
