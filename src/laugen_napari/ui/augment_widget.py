@@ -15,7 +15,7 @@ import torch
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, Select, SpinBox
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt, QThread, QTimer, Signal
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import QProgressBar, QVBoxLayout, QWidget
 
 from ..core import KINDS, TRAJECTORIES, Augmenter, make_kind, make_trajectory, series_seed
@@ -24,7 +24,7 @@ from ..core.preview import LazyDifference, PreviewModel, preview_arrays
 from ..pipeline import GenerateOptions
 from .layers import volume_from_layer
 from .plots import SeriesCurvesPlot, render_curves
-from .workers import run_in_thread
+from .workers import WorkerSet
 
 SERIES, MASKS, DIFF = "LAUGEN series", "LAUGEN mask series", "LAUGEN difference"
 FIELD_DEBOUNCE_MS = 150
@@ -65,7 +65,7 @@ class AugmentWidget(QWidget):
         self._field_timer.timeout.connect(self._start_field_worker)
         self._curves_timer = QTimer(self, singleShot=True, interval=60)
         self._curves_timer.timeout.connect(self._start_curves_worker)
-        self._workers: set = set()  # running workers, kept alive until they finish
+        self._workers = WorkerSet("LAUGEN")
         self._curves_pending = False
         napari_viewer.layers.events.inserted.connect(self._reset_choices)
         napari_viewer.layers.events.removed.connect(self._reset_choices)
@@ -75,20 +75,9 @@ class AugmentWidget(QWidget):
         self._reset_choices()
 
     # -- workers --------------------------------------------------------------------------
-    def _run(self, fn, *args, returned=None, errored=None, finished=None, **kwargs):
-        """Run ``fn`` on a worker thread; the worker is referenced until it has finished."""
-        holder = {}
-
-        def done():
-            self._workers.discard(holder.get("worker"))
-            if finished is not None:
-                finished()
-
-        worker = run_in_thread(fn, *args, returned=returned, finished=done,
-                               errored=errored or (lambda exc: show_error(f"LAUGEN: {exc}")), **kwargs)
-        holder["worker"] = worker
-        self._workers.add(worker)
-        return worker
+    def _run(self, fn, *args, **kwargs):
+        """Run ``fn`` on a worker thread (see :class:`~laugen_napari.ui.workers.WorkerSet`)."""
+        return self._workers.run(fn, *args, **kwargs)
 
     @property
     def busy(self) -> bool:
@@ -97,13 +86,7 @@ class AugmentWidget(QWidget):
 
     def wait_idle(self, timeout_ms: int = 30000) -> None:
         """Block until every worker of this panel has finished (for shutdown and tests)."""
-        from qtpy.QtCore import QCoreApplication, QElapsedTimer
-
-        timer = QElapsedTimer()
-        timer.start()
-        while self._workers and timer.elapsed() < timeout_ms:
-            QCoreApplication.processEvents()
-            QThread.msleep(5)
+        self._workers.wait_idle(timeout_ms)
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
         self.wait_idle()

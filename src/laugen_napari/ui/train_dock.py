@@ -32,7 +32,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinB
 from matplotlib.ticker import NullFormatter
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QCoreApplication, QThread, QTimer
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..training.datasets import SliceSpec, SyntheticSource, build_data
@@ -41,7 +41,7 @@ from ..training.loop import load_checkpoint
 from ..training.process import TrainingProcess
 from ..training.simvp import build_task, simvp_factory
 from .plots import BACKGROUND, FOREGROUND, MplCanvas
-from .workers import run_in_thread
+from .workers import WorkerSet
 
 SIMVP_MODELS = {"SimVP (gSTA)": "gsta", "SimVP (IncepU)": "incepu"}
 GENERATORS = {"dHVAE": "dhvae", "HVAE": "hvae", "VAE": "vae"}
@@ -233,7 +233,7 @@ class TrainWidget(QWidget):
         self._stopping = False
         self._user_stopped = False
         self._samples_mtime = None
-        self._workers: set = set()
+        self._workers = WorkerSet("LAUGEN train")
         self._val_index = 0
         self._val_cache: tuple | None = None
         self._build()
@@ -245,25 +245,11 @@ class TrainWidget(QWidget):
 
     # -- workers ----------------------------------------------------------------------------
     def _run_bg(self, fn, *args, returned=None, errored=None, finished=None):
-        holder = {}
-
-        def done():
-            self._workers.discard(holder.get("worker"))
-            if finished is not None:
-                finished()
-
-        worker = run_in_thread(fn, *args, returned=returned, finished=done,
-                               errored=errored or (lambda exc: show_error(f"LAUGEN train: {exc}")))
-        holder["worker"] = worker
-        self._workers.add(worker)
-        return worker
+        return self._workers.run(fn, *args, returned=returned, errored=errored, finished=finished)
 
     def wait_idle(self, timeout_ms: int = 30000) -> None:
         """Process events until every worker thread of this dock has finished."""
-        t0 = time.monotonic()
-        while self._workers and (time.monotonic() - t0) * 1000 < timeout_ms:
-            QCoreApplication.processEvents()
-            QThread.msleep(5)
+        self._workers.wait_idle(timeout_ms)
 
     @property
     def running(self) -> bool:

@@ -65,3 +65,50 @@ def run_in_thread(fn: Callable[..., Any], *args, returned: Callable | None = Non
     if finished is not None:
         worker.finished.connect(finished, conn)
     return worker.start()
+
+
+class WorkerSet:
+    """The worker threads of one dock: started with :meth:`run`, referenced until they finish.
+
+    Args:
+        error_prefix: prefix of the napari error notification shown for a worker's exception
+            when the caller passes no ``errored`` callback.
+    """
+
+    def __init__(self, error_prefix: str = "LAUGEN"):
+        self.error_prefix = error_prefix
+        self._running: set[ThreadWorker] = set()
+
+    def run(self, fn: Callable[..., Any], *args, returned: Callable | None = None, errored: Callable | None = None,
+            finished: Callable | None = None, **kwargs) -> ThreadWorker:
+        """Start ``fn(*args, **kwargs)``; callbacks run on the GUI thread."""
+        holder: dict[str, ThreadWorker] = {}
+
+        def done() -> None:
+            self._running.discard(holder.get("worker"))
+            if finished is not None:
+                finished()
+
+        if errored is None:
+            from napari.utils.notifications import show_error
+
+            def errored(exc: Exception) -> None:
+                show_error(f"{self.error_prefix}: {exc}")
+
+        worker = run_in_thread(fn, *args, returned=returned, errored=errored, finished=done, **kwargs)
+        holder["worker"] = worker
+        self._running.add(worker)
+        return worker
+
+    def __bool__(self) -> bool:
+        return bool(self._running)
+
+    def wait_idle(self, timeout_ms: int = 30000) -> None:
+        """Process Qt events until every worker has finished (for shutdown and tests)."""
+        from qtpy.QtCore import QCoreApplication, QElapsedTimer, QThread
+
+        timer = QElapsedTimer()
+        timer.start()
+        while self._running and timer.elapsed() < timeout_ms:
+            QCoreApplication.processEvents()
+            QThread.msleep(5)
