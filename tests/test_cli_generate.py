@@ -109,6 +109,15 @@ def test_directional_world_direction_and_gaussian_file_centre(tmp_path):
     assert changed[:, 1].max() < 23  # the far side of the disc (j up to 23) is untouched
 
 
+def test_nested_outdir_is_created(tmp_path):
+    img_path, seg_path, *_ = _lps_pair(tmp_path)
+    out = tmp_path / "new" / "deeper" / "out"
+    assert run(img_path, seg_path, "-o", out, "--frames", 2, "--sigma-mm", 2) == 0
+    assert (out / "series.json").exists()
+    (tmp_path / "a_file").write_text("x")
+    assert run(img_path, seg_path, "-o", tmp_path / "a_file" / "out", "--frames", 2) == 2
+
+
 def test_several_series(tmp_path):
     img_path, seg_path, *_ = _lps_pair(tmp_path)
     out = tmp_path / "many"

@@ -195,7 +195,7 @@ def local_cluster_client(workers: int) -> Iterator["distributed.Client"]:  # noq
 def _run_distributed(client, pairs, outdir, options, overwrite, on_done) -> list[dict]:
     from distributed import as_completed
 
-    Path(outdir).mkdir(exist_ok=True)  # only once a cluster is there
+    Path(outdir).mkdir(parents=True, exist_ok=True)  # only once a cluster is there
     futures = client.map(run_pair, pairs, outdir=str(outdir), options=options, overwrite=overwrite,
                          key=[f"laugen-pair-{p.id}" for p in pairs], pure=False, retries=0)
     index = {f.key: i for i, f in enumerate(futures)}
@@ -220,7 +220,7 @@ def _run_local(pairs, outdir, options, overwrite, on_done, scheduler: str) -> li
     import dask
     from dask.callbacks import Callback
 
-    Path(outdir).mkdir(exist_ok=True)
+    Path(outdir).mkdir(parents=True, exist_ok=True)
     tasks = [dask.delayed(run_pair, pure=False)(p, str(outdir), options, overwrite, dask_key_name=f"laugen-pair-{p.id}")
              for p in pairs]
 

@@ -8,6 +8,7 @@ import sys
 from tqdm import tqdm
 
 from ..core import KINDS, TRAJECTORIES
+from ..io.export import check_output_dir
 from ..pipeline import GenerateOptions, generate_from_files
 
 
@@ -89,6 +90,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
+    check_output_dir(args.out, args.overwrite)  # refuse before the progress bar appears
     bar = None if args.quiet else tqdm(total=options.frames * options.series, unit="frame", desc="laugen generate",
                                        file=sys.stderr, leave=False)
 

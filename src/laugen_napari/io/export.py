@@ -80,15 +80,19 @@ def write_series(directory: str | os.PathLike, series: Series, image: Volume, ma
 
 
 def check_output_dir(outdir: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse an ``outdir`` that exists and is not an empty directory, unless ``overwrite``."""
+    """Refuse an ``outdir`` that exists and is not an empty directory, unless ``overwrite``, or
+    whose nearest existing ancestor is a file. Missing parent folders are created when writing."""
     outdir = Path(outdir)
     if outdir.exists():
         if not outdir.is_dir():
             raise FileExistsError(f"{outdir} exists and is not a directory")
         if any(outdir.iterdir()) and not overwrite:
             raise FileExistsError(f"{outdir} exists and is not empty; pass --overwrite to replace it")
-    if not outdir.parent.exists():
-        raise FileNotFoundError(f"{outdir.parent}: parent directory does not exist")
+    for parent in outdir.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"{parent} is not a directory")
+            break
     return outdir
 
 
@@ -97,6 +101,7 @@ def staged_directory(outdir: str | os.PathLike, overwrite: bool = False) -> Iter
     """Yield a temporary directory beside ``outdir``; on success it replaces ``outdir``, on any
     failure it is removed and ``outdir`` is left as it was."""
     outdir = check_output_dir(outdir, overwrite)
+    outdir.parent.mkdir(parents=True, exist_ok=True)  # like mkdir -p: OUTDIR may be nested in new folders
     tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
     umask = os.umask(0)
     os.umask(umask)
