@@ -10,6 +10,7 @@ EXP_DIR/<sweep>/<sweep>.png; each run's folder holds its metrics.csv, checkpoint
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .train import add_data_arguments, add_model_arguments, data_kwargs, model_size
 
@@ -35,18 +36,20 @@ def _run(args: argparse.Namespace) -> int:
     values = _numbers(args.ratios) if args.sweep == "mixing" else _numbers(args.sizes, int)
     if args.sweep == "mixing" and not all(0 <= v <= 1 for v in values):
         raise ValueError("mixing ratios must lie in [0, 1]")
-    bar = tqdm(total=len(values) * args.repeats, unit="run")
+    bar = tqdm(total=len(values) * args.repeats, unit="run", file=sys.stderr)
 
     def progress(msg: str) -> None:
         bar.set_description(msg.split(":")[0])
         bar.update(0 if bar.n == 0 and not getattr(progress, "started", False) else 1)
         progress.started = True
 
-    rows = run_sweep(args.sweep, values, data_kwargs(args), args.out, repeats=args.repeats, epochs=args.epochs,
-                     mix=args.mix, train_options=dict(batch_size=args.batch_size, translator=args.translator,
-                                                      size=model_size(args), lr=args.lr), progress=progress)
-    bar.update(1)
-    bar.close()
+    try:
+        rows = run_sweep(args.sweep, values, data_kwargs(args), args.out, repeats=args.repeats, epochs=args.epochs,
+                         mix=args.mix, train_options=dict(batch_size=args.batch_size, translator=args.translator,
+                                                          size=model_size(args), lr=args.lr), progress=progress)
+        bar.update(1)
+    finally:
+        bar.close()
     for r in rows:
         print(f"{args.sweep} {r['value']:g} rep {r['repeat']}: RMSE {r['rmse']:.4g} SSIM {r['ssim']:.4f} "
               f"PSNR {r['psnr']:.2f} (last image {r['baseline_rmse']:.4g} / {r['baseline_ssim']:.4f} / {r['baseline_psnr']:.2f})")
