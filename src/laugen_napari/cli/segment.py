@@ -16,41 +16,34 @@ import numpy as np
 AXIS_NAMES = {"i": 0, "j": 1, "k": 2, "0": 0, "1": 1, "2": 2}
 
 
-def parse_points(text: str | None, what: str = "points") -> list[tuple[float, float, float]]:
-    """Parse ``"I,J,K;I,J,K"`` into a list of (i, j, k) voxel indices."""
+def _parse_groups(text: str | None, option: str, names: str) -> list[tuple[float, ...]]:
+    """Split ``"a,b,c;a,b,c"`` into tuples of as many numbers as ``names`` (e.g. "I,J,K") has."""
     if text is None or not text.strip():
         return []
+    n = len(names.split(","))
+    words = {3: "three", 6: "six"}.get(n, str(n))
     out = []
     for part in text.replace(" ", "").split(";"):
         if not part:
             continue
-        bits = part.split(",")
         try:
-            values = tuple(float(b) for b in bits)
+            values = tuple(float(b) for b in part.split(","))
         except ValueError:
-            raise ValueError(f"--{what}: {part!r} is not three numbers I,J,K") from None
-        if len(values) != 3:
-            raise ValueError(f"--{what}: {part!r} has {len(values)} numbers, expected three (I,J,K)")
+            raise ValueError(f"--{option}: {part!r} is not {words} numbers {names}") from None
+        if len(values) != n:
+            raise ValueError(f"--{option}: {part!r} has {len(values)} numbers, expected {words} ({names})")
         out.append(values)
     return out
 
 
+def parse_points(text: str | None, what: str = "points") -> list[tuple[float, float, float]]:
+    """Parse ``"I,J,K;I,J,K"`` into a list of (i, j, k) voxel indices."""
+    return _parse_groups(text, what, "I,J,K")
+
+
 def parse_boxes(text: str | None) -> list[tuple[tuple[float, ...], tuple[float, ...]]]:
     """Parse ``"I0,J0,K0,I1,J1,K1[;…]"`` (two opposite corners on one slice) into corner pairs."""
-    if text is None or not text.strip():
-        return []
-    out = []
-    for part in text.replace(" ", "").split(";"):
-        if not part:
-            continue
-        try:
-            values = [float(b) for b in part.split(",")]
-        except ValueError:
-            raise ValueError(f"--box: {part!r} is not six numbers I0,J0,K0,I1,J1,K1") from None
-        if len(values) != 6:
-            raise ValueError(f"--box: {part!r} has {len(values)} numbers, expected six (I0,J0,K0,I1,J1,K1)")
-        out.append((tuple(values[:3]), tuple(values[3:])))
-    return out
+    return [(v[:3], v[3:]) for v in _parse_groups(text, "box", "I0,J0,K0,I1,J1,K1")]
 
 
 def parse_window(text: str | None) -> tuple[float, float] | None:
