@@ -14,6 +14,7 @@ writes RUN_DIR/metrics.csv, last.pt, best.pt and report.json (model vs last-imag
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 from pathlib import Path
 
@@ -114,7 +115,8 @@ def _run_simvp(args: argparse.Namespace) -> int:
     bar = tqdm(total=args.epochs * steps_per_epoch, unit="step", dynamic_ncols=True)
     first = True
     for rec in train_simvp(bundle, args.out, epochs=args.epochs, batch_size=args.batch_size, translator=args.translator,
-                           size=model_size(args), lr=args.lr, seed=args.seed, resume=args.resume):
+                           size=model_size(args), lr=args.lr, seed=args.seed, resume=args.resume,
+                           warn=lambda m: print(f"laugen train simvp: warning: {m}", file=sys.stderr)):
         if first:
             bar.update(rec.step - 1 if rec.phase == "train" else rec.step)
             first = False

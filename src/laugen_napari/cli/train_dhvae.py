@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.variant}: {sum(p.numel() for p in task.model.parameters()):,} parameters, {n_train} training slices "
           f"of {args.size}x{args.size}, K={task.cfg.leapfrog_steps}", file=sys.stderr)
     bar = None if args.quiet else tqdm(total=args.steps, unit="step", file=sys.stderr)
-    for rec in run_training(task, batches, **kw):
+    for rec in run_training(task, batches, **kw,
+                            warn=lambda m: print(f"laugen train dhvae: warning: {m}", file=sys.stderr)):
         if rec.phase == "train" and bar is not None:
             bar.n = rec.step
             bar.set_postfix(nelbo=f"{rec.values.get('nelbo', float('nan')):.1f}", refresh=False)

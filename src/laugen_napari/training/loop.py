@@ -31,7 +31,9 @@ from __future__ import annotations
 import csv
 import math
 import os
+import pickle
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
@@ -100,28 +102,89 @@ class TrainTask(Protocol):
 Callback = Callable[[Record], None]
 
 
-def save_atomic(obj: Any, path: str | os.PathLike) -> None:
+def save_atomic(obj: Any, path: str | os.PathLike, keep_previous: bool = False) -> None:
     """``torch.save`` to ``path`` through a temporary file in the same folder and a rename, so a
-    crash never leaves a truncated checkpoint."""
+    crash never leaves a truncated checkpoint. With ``keep_previous`` the file being replaced is
+    kept as ``<name>.prev`` (``last.pt.prev``), the fallback of :func:`load_resumable`."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         torch.save(obj, tmp)
+        if keep_previous and path.is_file():
+            os.replace(path, previous_checkpoint(path))
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a checkpoint written by :func:`run_training` (checks its format)."""
+def previous_checkpoint(path: str | os.PathLike) -> Path:
+    """Where :func:`save_atomic` keeps the checkpoint that ``path`` replaced."""
+    path = Path(path)
+    return path.with_name(path.name + ".prev")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: empty, truncated, not a torch file, or holding
+    anything beyond tensors and plain Python values (code, custom classes)."""
+
+
+def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors, numbers, strings, lists and dicts only,
+    so a file can never run code. Every failure is one :class:`CheckpointError` line naming ``path``.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        raise FileNotFoundError(f"no {what} at {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the {what} file is empty")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in str(exc) or "global" in str(exc).lower():
+            raise CheckpointError(f"{path}: refused, the {what} holds Python objects other than tensors and plain "
+                                  "values (it could run code); only files written by laugen-napari are loaded") from None
+        raise CheckpointError(f"{path}: not a readable {what} ({first})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError,
+            MemoryError, OverflowError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable {what}, truncated or corrupt ({first[:200]})") from None
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint written by :func:`run_training` (safely, see :func:`read_torch_file`;
+    checks its format)."""
+    ckpt = read_torch_file(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a LAUGEN training checkpoint")
+        raise CheckpointError(f"{path} is not a LAUGEN training checkpoint")
+    if not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt.get("task"), dict):
+        raise CheckpointError(f"{path} is not a LAUGEN training checkpoint (no config or state)")
     return ckpt
+
+
+def load_resumable(out: str | os.PathLike, warn: Callable[[str], None] | None = None) -> tuple[dict, Path]:
+    """The checkpoint to resume a run in folder ``out`` from: ``last.pt``, or, when that is broken,
+    the previous intact one (``last.pt.prev``), announced through ``warn`` (default: ``warnings.warn``).
+    Returns ``(checkpoint, path)``; raises :class:`CheckpointError` when none is usable."""
+    out = Path(out)
+    last = out / "last.pt"
+    if not last.is_file():
+        raise FileNotFoundError(f"nothing to resume: no last.pt in {out}")
+    try:
+        return load_checkpoint(last), last
+    except CheckpointError as exc:
+        prev = previous_checkpoint(last)
+        if not prev.is_file():
+            raise
+        try:
+            ckpt = load_checkpoint(prev)
+        except CheckpointError:
+            raise exc from None
+        message = (f"{last} is broken ({exc}); resuming from the previous checkpoint {prev.name} "
+                   f"(step {int(ckpt.get('step', 0))})")
+        (warn or (lambda m: warnings.warn(m, stacklevel=3)))(message)
+        return ckpt, prev
 
 
 def check_config(saved: dict, current: dict, source: str = "the checkpoint") -> None:
@@ -195,6 +258,7 @@ def run_training(
     resume: bool = False,
     stop: Any = None,
     callbacks: Sequence[Callback] = (),
+    warn: Callable[[str], None] | None = None,
 ) -> Iterator[Record]:
     """Train ``task`` and yield its records (see the module docstring for the contract).
 
@@ -206,6 +270,8 @@ def run_training(
         resume: continue from ``out_dir/last.pt``. Without it an existing ``last.pt`` is an error.
         stop: event whose ``is_set()`` ends the run cleanly between steps.
         callbacks: called with every record, before it is yielded.
+        warn: receives notices such as "last.pt is broken, resuming from last.pt.prev"
+            (default: ``warnings.warn``).
     """
     if epochs is None and steps is None:
         raise ValueError("give a number of epochs or of steps")
@@ -222,10 +288,8 @@ def run_training(
         out.mkdir(parents=True, exist_ok=True)
         last = out / "last.pt"
         if resume:
-            if not last.is_file():
-                raise FileNotFoundError(f"nothing to resume: no last.pt in {out}")
-            ckpt = load_checkpoint(last)
-            check_config(ckpt["config"], task.config(), f"checkpoint {last}")
+            ckpt, source = load_resumable(out, warn)
+            check_config(ckpt["config"], task.config(), f"checkpoint {source}")
             task.load_state_dict(ckpt["task"])
             step, epoch, best = int(ckpt["step"]), int(ckpt["epoch"]), ckpt.get("best")
             if "torch_rng" in ckpt:
@@ -250,7 +314,7 @@ def run_training(
             return
         save_atomic({"format": CHECKPOINT_FORMAT, "config": task.config(), "task": task.state_dict(),
                      "step": step, "epoch": ep_done, "best": best, "monitor": monitor,
-                     "torch_rng": torch.get_rng_state()}, out / name)
+                     "torch_rng": torch.get_rng_state()}, out / name, keep_previous=name == "last.pt")
 
     def budget_left() -> bool:
         return (epochs is None or epoch < epochs) and (steps is None or step < steps)

@@ -145,12 +145,12 @@ def write_report(out_dir: str | Path, task: SimVPTask, bundle: DataBundle, final
 
 def train_simvp(bundle: DataBundle, out_dir: str | Path, *, epochs: int, batch_size: int = 8,
                 translator: str = "gsta", size: dict | None = None, lr: float = 1e-3, seed: int = 0,
-                resume: bool = False, stop: Any = None, callbacks=()) -> Iterator[Record]:
+                resume: bool = False, stop: Any = None, callbacks=(), warn=None) -> Iterator[Record]:
     """Train SimVP on ``bundle`` into ``out_dir`` (metrics.csv, last.pt, best.pt, report.json)."""
     task = build_task(bundle, translator=translator, size=size, lr=lr, seed=seed)
     final: dict[str, float] = {}
     for rec in run_training(task, make_batches(bundle.train, batch_size, seed), epochs=epochs, out_dir=out_dir,
-                            resume=resume, stop=stop, callbacks=callbacks):
+                            resume=resume, stop=stop, callbacks=callbacks, warn=warn):
         if rec.phase == "val":
             final = rec.values
         yield rec

@@ -1,0 +1,116 @@
+"""Checkpoints are untrusted files: no code runs on load, broken files give one line, and a
+resume over a broken last.pt falls back to the previous intact checkpoint."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from laugen_napari.cli import main
+from laugen_napari.training.loop import CheckpointError, load_checkpoint, run_training
+
+from test_training import ToyTask, toy_batches
+
+
+class _Payload:
+    """Unpickling this object runs ``os.system`` (creates a marker file)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _payload_checkpoint(path: Path, marker: Path) -> Path:
+    good = {"format": "laugen-train/1", "config": {"task": "dhvae"}, "task": {"model": {}}, "step": 1,
+            "epoch": 1, "evil": _Payload(marker)}
+    torch.save(good, path)
+    return path
+
+
+def _payload_run_dir(tmp_path: Path, marker: Path) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    _payload_checkpoint(run / "last.pt", marker)
+    return run
+
+
+def test_a_pickle_payload_never_runs_on_any_loading_path(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    ckpt = _payload_checkpoint(tmp_path / "evil.pt", marker)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(ckpt)
+    from laugen_napari.training.dhvae import load_generator
+
+    with pytest.raises(CheckpointError):
+        load_generator(ckpt)
+    run = _payload_run_dir(tmp_path, marker)
+    with pytest.raises(CheckpointError):
+        next(run_training(ToyTask(), toy_batches(), epochs=2, out_dir=run, resume=True))
+    assert main(["sample", "dhvae", "--checkpoint", str(ckpt), "-n", "2", "-o", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "refused" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "s").exists()
+    # the train dock's "show validation sample" reads the run's checkpoint with the same loader
+    from laugen_napari.ui import train_dock
+
+    assert train_dock.load_checkpoint is load_checkpoint
+    assert not marker.exists(), "a checkpoint ran code while being loaded"
+    # and the payload really is live: plain pickle would run it (the test would catch a regression)
+    pickle.loads(pickle.dumps(_Payload(marker)))
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated", os.urandom(4096)], ids=["empty", "truncated-zip", "random"])
+def test_broken_checkpoints_are_one_line_errors(tmp_path, content, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(content)
+    with pytest.raises(CheckpointError, match=str(bad.name)):
+        load_checkpoint(bad)
+    assert main(["sample", "dhvae", "--checkpoint", str(bad), "-n", "1", "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("laugen sample: error:") and "\n" not in err
+
+
+def test_truncated_real_checkpoint_is_refused(tmp_path):
+    list(run_training(ToyTask(), toy_batches(), epochs=1, out_dir=tmp_path))
+    data = (tmp_path / "last.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(tmp_path / "cut.pt")
+
+
+def test_resume_on_broken_last_falls_back_to_previous_and_says_so(tmp_path):
+    full = list(run_training(ToyTask(seed=5), toy_batches(), epochs=4, out_dir=tmp_path / "a"))
+    list(run_training(ToyTask(seed=5), toy_batches(), epochs=3, out_dir=tmp_path / "b"))
+    b = tmp_path / "b"
+    assert (b / "last.pt.prev").is_file()
+    assert load_checkpoint(b / "last.pt.prev")["epoch"] == 2
+    data = (b / "last.pt").read_bytes()
+    (b / "last.pt").write_bytes(data[:100])  # killed mid-copy, disk full, ...
+    notices = []
+    resumed = list(run_training(ToyTask(seed=5), toy_batches(), epochs=4, out_dir=b, resume=True, warn=notices.append))
+    assert len(notices) == 1 and "last.pt.prev" in notices[0] and "broken" in notices[0]
+    assert resumed[0].epoch == 2  # epoch 3 is redone from the epoch-2 checkpoint
+    assert resumed[-1].values["loss"] == pytest.approx(full[-1].values["loss"], rel=1e-6)
+    assert load_checkpoint(b / "last.pt")["epoch"] == 4
+
+
+def test_resume_with_nothing_intact_is_one_error(tmp_path):
+    list(run_training(ToyTask(), toy_batches(), epochs=1, out_dir=tmp_path))
+    (tmp_path / "last.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="last.pt"):
+        next(run_training(ToyTask(), toy_batches(), epochs=2, out_dir=tmp_path, resume=True))
+
+
+def test_no_weights_only_false_in_the_sources():
+    src = Path(__file__).resolve().parents[1] / "src"
+    offenders = [str(p) for p in src.rglob("*.py") if "weights_only=False" in p.read_text()]
+    assert offenders == []
