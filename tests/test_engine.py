@@ -216,3 +216,35 @@ def test_bad_engine_input(sample_arrays):
     bad[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="non-finite"):
         Augmenter(bad, labels, spacing)
+
+
+def test_iter_frames_streams_the_same_frames_in_fresh_arrays(sample_arrays, uniform):
+    aug, series = uniform
+    frames = []
+    seen = []
+    for frame in aug.iter_frames(series.trajectory, progress=lambda done, total: seen.append((done, total))):
+        frames.append(frame)
+    assert [f.t for f in frames] == list(range(series.frames))
+    assert seen == [(t + 1, series.frames) for t in range(series.frames)]
+    for f in frames:
+        assert f.z_mm == series.z_mm[f.t]
+        np.testing.assert_array_equal(f.image, series.images[f.t])
+        np.testing.assert_array_equal(f.labels, series.labels[f.t])
+        assert f.labels.dtype == series.labels.dtype and f.image.dtype == np.float32
+        assert f.volumes_ml == {v: series.volumes_ml[v][f.t] for v in series.volumes_ml}
+        assert f.jacobian_min == series.jacobian_min[f.t] and f.folded_fraction == series.folded_fraction[f.t]
+    # every frame owns its arrays: none shares memory with another frame or with the engine
+    for a, b in zip(frames, frames[1:]):
+        assert not np.shares_memory(a.image, b.image) and not np.shares_memory(a.labels, b.labels)
+    assert not np.shares_memory(frames[0].image, aug.warper.image.numpy())
+
+
+def test_iter_frames_keeps_an_unsigned_label_dtype():
+    labels = np.zeros((1, 48, 48), np.uint16)
+    labels[0, 18:30, 18:30] = 300
+    image = np.linspace(0, 1, labels.size, dtype=np.float32).reshape(labels.shape)
+    aug = Augmenter(image, labels, (1.0, 1.0, 1.0), sigma_mm=2.0, device="cpu")
+    frames = list(aug.iter_frames(CustomTrajectory([0, 1.0, 2.0]).sample(3)))
+    assert all(f.labels.dtype == np.uint16 for f in frames)
+    assert frames[2].volumes_ml[300] > frames[0].volumes_ml[300]
+    np.testing.assert_array_equal(frames[0].labels, labels)

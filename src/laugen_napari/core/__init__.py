@@ -10,12 +10,12 @@
 from .device import resolve_device
 from .field import KINDS, Directional, Gaussian, Kind, Uniform, UnitField, make_kind, selection_mask, unit_field
 from .quality import JacobianStats, difference_maps, label_volumes_ml
-from .series import Augmenter, Series, generate_series, series_seed
+from .series import Augmenter, Frame, Series, generate_series, series_seed
 from .trajectory import TRAJECTORIES, CustomTrajectory, Trajectory, TrajectoryDraw, make_trajectory
 from .warp import Warper
 
 __all__ = [
-    "KINDS", "TRAJECTORIES", "Augmenter", "CustomTrajectory", "Directional", "Gaussian", "JacobianStats", "Kind",
+    "KINDS", "TRAJECTORIES", "Augmenter", "CustomTrajectory", "Directional", "Frame", "Gaussian", "JacobianStats", "Kind",
     "Series", "Trajectory", "TrajectoryDraw", "Uniform", "UnitField", "Warper", "difference_maps", "generate_series",
     "label_volumes_ml", "make_kind", "make_trajectory", "resolve_device", "selection_mask", "series_seed", "unit_field",
 ]

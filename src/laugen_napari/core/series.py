@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -57,6 +57,29 @@ class Series:
     @property
     def frames(self) -> int:
         return int(self.images.shape[0])
+
+
+@dataclass
+class Frame:
+    """One frame of a series, as streamed by :meth:`Augmenter.iter_frames`.
+
+    Attributes:
+        t: frame index (0 is the input).
+        z_mm: boundary displacement of this frame in mm.
+        image: (Z, Y, X) or (C, Z, Y, X) float32, a fresh array owned by the caller.
+        labels: (Z, Y, X) label map in the input's dtype, a fresh array owned by the caller.
+        volumes_ml: label value -> volume in mL in this frame.
+        jacobian_min: lowest Jacobian determinant of this frame's warp.
+        folded_fraction: fraction of voxels with determinant <= 0.
+    """
+
+    t: int
+    z_mm: float
+    image: np.ndarray
+    labels: np.ndarray
+    volumes_ml: dict[int, float]
+    jacobian_min: float
+    folded_fraction: float
 
 
 def _validate_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
@@ -132,34 +155,79 @@ class Augmenter:
         draw = trajectory.sample(frames, rng)
         return self.series_from_values(draw, progress=progress)
 
-    def series_from_values(self, draw: TrajectoryDraw, progress: Callable[[int, int], None] | None = None) -> Series:
-        """Generate the frames for an already drawn trajectory."""
+    def _frame_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        w = self.warper
+        image_shape = tuple(w.image.shape[1:]) if w.single_channel else tuple(w.image.shape)
+        return image_shape, tuple(self.field.shape)
+
+    def _frames(
+        self,
+        draw: TrajectoryDraw,
+        buffers: Callable[[int], tuple[np.ndarray, np.ndarray]],
+        progress: Callable[[int, int], None] | None,
+    ) -> Iterator[Frame]:
+        """Frames of ``draw``, each written into the host arrays ``buffers(t)`` returns
+        (image float32, labels in the working dtype)."""
         z = np.asarray(draw.z_mm, dtype=np.float64)
-        if not np.all(np.isfinite(z)):
-            raise ValueError("trajectory values must be finite")
+        if z.ndim != 1 or not np.all(np.isfinite(z)):
+            raise ValueError("trajectory values must be finite (one value per frame)")
         frames = len(z)
-        image_shape = tuple(self.warper.image.shape[1:]) if self.warper.single_channel else tuple(self.warper.image.shape)
-        images = np.empty((frames,) + image_shape, np.float32)
-        labels = np.empty((frames,) + tuple(self.field.shape), self._work_dtype)
         on_cpu = self.device.type == "cpu"
-        volumes: dict[int, list[float]] = {v: [] for v in self.label_values}
         counter = _LabelCounter(self.warper, self.spacing, self.label_values)
-        jac_min, folded = [], []
+        dev_img = dev_lab = None
         for t, zt in enumerate(z):
-            img_out = torch.from_numpy(images[t]) if on_cpu else None
-            lab_out = torch.from_numpy(labels[t]) if on_cpu else None
-            img = self.warper.image_frame(float(zt), out=img_out)
-            lab = self.warper.label_frame(float(zt), out=lab_out)
-            if not on_cpu:
-                images[t] = img.cpu().numpy()
-                labels[t] = lab.cpu().numpy()
-            for v, ml in counter.volumes_ml(lab).items():
-                volumes[v].append(ml)
+            img_np, lab_np = buffers(t)
+            if on_cpu:
+                img = self.warper.image_frame(float(zt), out=torch.from_numpy(img_np))
+                lab = self.warper.label_frame(float(zt), out=torch.from_numpy(lab_np))
+            else:  # one device buffer per series, copied to the host arrays
+                if dev_img is None:
+                    dev_img = torch.empty_like(self.warper.image)
+                    dev_lab = torch.empty_like(self.warper.labels)
+                img = self.warper.image_frame(float(zt), out=dev_img)
+                lab = self.warper.label_frame(float(zt), out=dev_lab)
+                torch.from_numpy(img_np).copy_(img.reshape(img_np.shape))
+                torch.from_numpy(lab_np).copy_(lab)
+            volumes = counter.volumes_ml(lab)
             low, fold = self.jacobian.summary(zt)
-            jac_min.append(low)
-            folded.append(fold)
+            yield Frame(t, float(zt), img_np, lab_np, volumes, low, fold)
             if progress is not None:
                 progress(t + 1, frames)
+
+    def iter_frames(self, draw: TrajectoryDraw, progress: Callable[[int, int], None] | None = None) -> Iterator[Frame]:
+        """Stream the frames of an already drawn trajectory, one :class:`Frame` at a time.
+
+        Every frame's arrays are fresh (never reused by the engine), so a consumer that writes a
+        frame and drops it keeps its memory flat in the number of frames. ``progress(done,
+        total)`` is called after the consumer has taken each frame.
+        """
+        image_shape, label_shape = self._frame_shapes()
+        cast = np.dtype(self._work_dtype) != np.dtype(self.labels_dtype)
+
+        def fresh(t: int) -> tuple[np.ndarray, np.ndarray]:
+            return np.empty(image_shape, np.float32), np.empty(label_shape, self._work_dtype)
+
+        for frame in self._frames(draw, fresh, progress):
+            if cast:
+                frame.labels = frame.labels.astype(self.labels_dtype)
+            yield frame
+
+    def series_from_values(self, draw: TrajectoryDraw, progress: Callable[[int, int], None] | None = None) -> Series:
+        """Generate the frames for an already drawn trajectory, all held in memory."""
+        z = np.asarray(draw.z_mm, dtype=np.float64)
+        if z.ndim != 1 or not np.all(np.isfinite(z)):
+            raise ValueError("trajectory values must be finite")
+        frames = len(z)
+        image_shape, label_shape = self._frame_shapes()
+        images = np.empty((frames,) + image_shape, np.float32)
+        labels = np.empty((frames,) + label_shape, self._work_dtype)
+        volumes: dict[int, list[float]] = {v: [] for v in self.label_values}
+        jac_min, folded = [], []
+        for frame in self._frames(draw, lambda t: (images[t], labels[t]), progress):
+            for v, ml in frame.volumes_ml.items():
+                volumes[v].append(ml)
+            jac_min.append(frame.jacobian_min)
+            folded.append(frame.folded_fraction)
         return Series(
             images=images,
             labels=labels.astype(self.labels_dtype, copy=False),
