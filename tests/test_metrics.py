@@ -132,3 +132,46 @@ def test_mask_divergences_equal_direct_scipy_computation():
     assert math.isfinite(metrics.mask_divergences(np.zeros((2, 4, 4), int), np.ones((2, 4, 4), int))["kld"])
     with pytest.raises(ValueError, match=r"\[0, 2\)"):
         metrics.class_distribution(np.full((1, 3, 3), 2), 2)
+
+
+def test_mean_psnr_is_infinite_only_if_every_frame_is_exact():
+    rng = np.random.default_rng(5)
+    t = rng.random((1, 3, 16, 16))
+    p = t + 0.1 * rng.standard_normal(t.shape)
+    p[0, 1] = t[0, 1]  # one exact frame among three
+    got = metrics.frame_metrics(p, t, 1.0)["psnr"]
+    per_frame = [peak_signal_noise_ratio(t[0, j], p[0, j], data_range=1.0) for j in (0, 2)]
+    assert math.isfinite(got) and got == pytest.approx(np.mean(per_frame))
+    assert metrics.frame_metrics(t.copy(), t, 1.0)["psnr"] == math.inf
+    assert metrics.mean_psnr([math.inf, 20.0, 30.0]) == 25.0
+
+
+def test_openstl_conventions_equal_a_direct_computation(mni_slices):
+    """Real MNI planes as a (N=2, T=2) prediction: OpenSTL-style sums over C*H*W per frame,
+    SSIM/PSNR on [0, 1] after clipping, computed here directly with numpy and scikit-image."""
+    a, b = mni_slices
+    target = np.stack([np.stack([a, b]), np.stack([b, a])])[:, :, 40:104, 50:114]  # (2, 2, 64, 64)
+    rng = np.random.default_rng(6)
+    pred = target + rng.normal(0, 8, target.shape)  # intensity units, some values beyond the range
+    offset, scale = 0.0, 100.0  # a normalisation that maps part of the data above 1
+    got = metrics.openstl_metrics(pred, target, offset, scale)
+    pn, tn = (pred - offset) / scale, (target - offset) / scale
+    n_frames = 4
+    mse_direct = sum(((pn[i, j] - tn[i, j]) ** 2).sum() for i in range(2) for j in range(2)) / n_frames
+    mae_direct = sum(np.abs(pn[i, j] - tn[i, j]).sum() for i in range(2) for j in range(2)) / n_frames
+    clipped = np.clip(pn, 0, 1)
+    ssim_direct = np.mean([structural_similarity(tn[i, j], clipped[i, j], data_range=1.0)
+                           for i in range(2) for j in range(2)])
+    psnr_direct = np.mean([10 * np.log10(1.0 / np.mean((clipped[i, j] - tn[i, j]) ** 2))
+                           for i in range(2) for j in range(2)])
+    assert got["openstl_mse"] == pytest.approx(mse_direct, rel=1e-10)
+    assert got["openstl_mae"] == pytest.approx(mae_direct, rel=1e-10)
+    assert got["openstl_ssim"] == pytest.approx(ssim_direct, abs=1e-10)
+    assert got["openstl_psnr"] == pytest.approx(psnr_direct, abs=1e-10)
+    # summed over the 64*64 pixels of a frame: 4096 times the per-pixel mean of ours (unclipped)
+    ours = metrics.frame_metrics(pn, tn, 1.0)
+    assert got["openstl_mae"] == pytest.approx(4096 * ours["mae"], rel=1e-10)
+    # channels axis (N, T, C, H, W) gives the same numbers for C = 1
+    assert metrics.openstl_metrics(pred[:, :, None], target[:, :, None], offset, scale) == pytest.approx(got)
+    with pytest.raises(ValueError, match="expected"):
+        metrics.openstl_metrics(pred[0], target[0])

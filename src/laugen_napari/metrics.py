@@ -12,6 +12,12 @@ Conventions
   float32 inputs in float32, so float32 agrees to ~1e-6). PSNR in dB; +inf for identical images.
 - :func:`frame_metrics` evaluates predictions (..., T, H, W) frame by frame (every 2D image) and
   averages the per-frame values — RMSE, MAE, SSIM and PSNR per predicted frame, then the mean.
+  PSNR's mean is taken over the frames that differ from their target (an exact frame has an
+  infinite PSNR and would make any mean infinite); it is +inf only if every frame is exact.
+- :func:`openstl_metrics` gives the same predictions in OpenSTL's conventions, to set results
+  beside OpenSTL and the LAUGEN paper: intensities mapped to [0, 1], MSE/MAE **summed** over
+  C·H·W per frame and averaged over samples and frames, SSIM/PSNR per frame on [0, 1] after
+  clipping the prediction to [0, 1], averaged.
 - Dice per label value; JSD/KLD between class distributions of mask sets (see
   :func:`mask_divergences`).
 """
@@ -26,10 +32,12 @@ from scipy import ndimage
 
 __all__ = [
     "mse", "rmse", "mae", "psnr", "ssim", "frame_metrics", "dice", "class_distribution",
-    "jsd", "kld", "mask_divergences", "FRAME_METRICS",
+    "jsd", "kld", "mask_divergences", "FRAME_METRICS", "openstl_metrics", "OPENSTL_METRICS", "mean_psnr",
 ]
 
 FRAME_METRICS = ("rmse", "mae", "ssim", "psnr")
+#: keys of :func:`openstl_metrics`
+OPENSTL_METRICS = ("openstl_mse", "openstl_mae", "openstl_ssim", "openstl_psnr")
 
 
 def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
@@ -138,7 +146,55 @@ def frame_metrics(pred, target, data_range: float, *, gaussian_ssim: bool = Fals
         out["mae"].append(mae(x, y))
         out["ssim"].append(ssim(x, y, data_range, gaussian=gaussian_ssim))
         out["psnr"].append(psnr(x, y, data_range))
-    return {k: float(np.mean(v)) for k, v in out.items()}
+    values = {k: float(np.mean(v)) for k, v in out.items() if k != "psnr"}
+    values["psnr"] = mean_psnr(out["psnr"])
+    return {k: values[k] for k in FRAME_METRICS}
+
+
+def mean_psnr(values: Iterable[float]) -> float:
+    """Mean of per-frame PSNRs (dB) over the frames with an error; +inf only if every frame is
+    exact (each exact frame's +inf would otherwise make the mean infinite)."""
+    v = np.asarray(list(values), np.float64)
+    if v.size == 0:
+        raise ValueError("no PSNR values to average")
+    finite = v[np.isfinite(v)]
+    return float(finite.mean()) if finite.size else math.inf
+
+
+def openstl_metrics(pred, target, offset: float = 0.0, scale: float = 1.0) -> dict[str, float]:
+    """Metrics in OpenSTL's conventions for predictions (N, T, H, W) or (N, T, C, H, W).
+
+    Both arrays are first mapped to [0, 1] by ``(x - offset) / scale`` (the training data's
+    min-max normalisation; give the data's own offset and scale). Then:
+
+    - ``openstl_mse`` / ``openstl_mae``: squared / absolute error **summed over C·H·W** of each
+      frame, averaged over samples and frames (unclipped prediction);
+    - ``openstl_ssim``: SSIM per frame (per channel, averaged) with data range 1, after clipping
+      the prediction to [0, 1];
+    - ``openstl_psnr``: ``10 log10(1 / MSE_pixel)`` per frame after clipping, averaged as in
+      :func:`mean_psnr`.
+    """
+    a, b = _pair(pred, target)
+    s = _range(scale)
+    if a.ndim == 4:
+        a, b = a[:, :, None], b[:, :, None]
+    if a.ndim != 5:
+        raise ValueError(f"expected (N, T, H, W) or (N, T, C, H, W) predictions, got shape {a.shape}")
+    a = (a - float(offset)) / s
+    b = (b - float(offset)) / s
+    err = a - b
+    out = {"openstl_mse": float(np.mean(np.sum(err ** 2, axis=(2, 3, 4)))),
+           "openstl_mae": float(np.mean(np.sum(np.abs(err), axis=(2, 3, 4))))}
+    a = np.clip(a, 0.0, 1.0)
+    frames_a = a.reshape((-1,) + a.shape[2:])
+    frames_b = b.reshape((-1,) + b.shape[2:])
+    ssims, psnrs = [], []
+    for x, y in zip(frames_a, frames_b):
+        ssims.append(float(np.mean([ssim(xc, yc, 1.0) for xc, yc in zip(x, y)])))
+        psnrs.append(psnr(x, y, 1.0))
+    out["openstl_ssim"] = float(np.mean(ssims))
+    out["openstl_psnr"] = mean_psnr(psnrs)
+    return out
 
 
 def dice(pred, target, labels: Iterable[int] | None = None) -> dict[int, float]:
