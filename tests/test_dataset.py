@@ -6,9 +6,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from laugen_napari.batch import Pair, pair_seed, read_manifest, run_dataset
+from laugen_napari.batch import pair_seed, run_dataset
+from laugen_napari.io.pairs import Pair, read_manifest
 from laugen_napari.cli import main
-from laugen_napari.pipeline import GenerateOptions
+from laugen_napari.settings import GenerationSettings
 
 SHAPE = (24, 24, 12)  # file order I, J, K
 AFFINE = np.diag([1.5, 1.5, 2.0, 1.0])
@@ -84,7 +85,7 @@ def test_local_cluster_matches_synchronous(tmp_path):
     pairs = read_manifest(data)
     assert [(p.id, p.mask.endswith(s)) for p, s in zip(pairs, ("_mask.nii.gz", "_label.nii.gz"))] == \
         [("p1", True), ("p2", True)]
-    options = GenerateOptions(frames=3, sigma_mm=2.0, slope_range=(0.3, 0.6), seed=9, device="cpu")
+    options = GenerationSettings(frames=3, sigma_mm=2.0, slope_range=(0.3, 0.6), seed=9, device="cpu")
     seen = []
     cluster = run_dataset(pairs[::-1], tmp_path / "cluster", options, workers=1,
                           progress=lambda done, total, rec: seen.append((done, total, rec["status"])))

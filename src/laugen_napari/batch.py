@@ -1,30 +1,27 @@
 """Many scans at once: one independent Dask task per (image, mask) pair.
 
-A *manifest* is a CSV file (columns ``image,mask`` and optionally ``id``; relative paths are taken
-from the CSV's folder) or a folder of pairs ``NAME.nii.gz`` + ``NAME_seg.nii.gz`` (or ``_mask``,
-``_label``; ``.nii`` too). Every pair runs :func:`laugen_napari.pipeline.generate_from_files` into
+A *manifest* (:mod:`laugen_napari.io.pairs`, the rule ``laugen train`` uses too) is a CSV file
+or a folder of image/mask pairs. Every pair runs :func:`laugen_napari.pipeline.generate_from_files` into
 ``OUTDIR/<id>`` with its own seed, derived from the base seed and the pair's id, so results do not
 depend on the order, the number of workers or the scheduler. A failing pair is recorded and the
 others go on; ``OUTDIR/dataset.json`` lists each pair's status.
 
 Example::
 
-    from laugen_napari.batch import read_manifest, run_dataset
-    from laugen_napari.pipeline import GenerateOptions
-    summary = run_dataset(read_manifest("pairs.csv"), "out", GenerateOptions(frames=6), workers=4)
+    from laugen_napari.batch import run_dataset
+    from laugen_napari.io.pairs import read_manifest
+    from laugen_napari.settings import GenerationSettings
+    summary = run_dataset(read_manifest("pairs.csv"), "out", GenerationSettings(frames=6), workers=4)
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
 import os
-import re
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -32,106 +29,15 @@ import numpy as np
 
 from . import __version__
 from .io.export import check_output_dir
-from .io.nifti import NIFTI_SUFFIXES
-from .pipeline import GenerateOptions, generate_from_files
+from .io.pairs import Pair, check_pair_ids
+from .pipeline import generate_from_files
+from .settings import GenerationSettings
 
 DATASET_JSON = "dataset.json"
-MASK_SUFFIXES = ("_seg", "_mask", "_label")
 SYNC_SCHEDULERS = ("synchronous", "sync", "single-threaded")
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 # (done, total, record of the pair just finished)
 PairProgress = Callable[[int, int, dict], None]
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One scan and its label map; ``id`` names the output folder ``OUTDIR/<id>``."""
-
-    id: str
-    image: str
-    mask: str
-
-
-# -- manifests ------------------------------------------------------------------------------------
-def _strip_nifti(name: str) -> str | None:
-    low = name.lower()
-    for suffix in sorted(NIFTI_SUFFIXES, key=len, reverse=True):
-        if low.endswith(suffix):
-            return name[: -len(suffix)]
-    return None
-
-
-def _check_ids(pairs: list[Pair], source: str) -> list[Pair]:
-    seen: dict[str, int] = {}
-    for n, p in enumerate(pairs, 1):
-        if not _SAFE_ID.match(p.id):
-            raise ValueError(f"{source}: pair {n}: id {p.id!r} is not a usable folder name "
-                             "(letters, digits, '.', '_', '-'; not starting with '.')")
-        if p.id in seen:
-            raise ValueError(f"{source}: id {p.id!r} is used by pairs {seen[p.id]} and {n}")
-        seen[p.id] = n
-    if not pairs:
-        raise ValueError(f"{source}: no pairs found")
-    return pairs
-
-
-def read_csv_manifest(path: str | os.PathLike) -> list[Pair]:
-    """Pairs from a CSV with a header row ``image,mask[,id]``; the id defaults to the image's name
-    without its NIfTI suffix. Files are not opened here (a missing file fails only its pair)."""
-    path = Path(path)
-    base = path.resolve().parent
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip().lower() for c in (reader.fieldnames or [])]
-        if "image" not in columns or "mask" not in columns:
-            raise ValueError(f"{path}: a manifest needs a header row with columns image,mask[,id]; got {columns}")
-        pairs = []
-        for n, row in enumerate(reader, 2):
-            row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
-            if not any(row.values()):
-                continue
-            if not row.get("image") or not row.get("mask"):
-                raise ValueError(f"{path}:{n}: empty image or mask")
-            image, mask = (str(base / row[k]) for k in ("image", "mask"))  # absolute paths stay as they are
-            pid = row.get("id") or _strip_nifti(Path(image).name) or Path(image).name
-            pairs.append(Pair(pid, image, mask))
-    return _check_ids(pairs, str(path))
-
-
-def read_folder_manifest(folder: str | os.PathLike) -> list[Pair]:
-    """Pairs ``NAME.nii[.gz]`` + ``NAME_seg``/``_mask``/``_label`` ``.nii[.gz]`` in ``folder`` (not
-    recursive), sorted by name. An image without a mask is an error."""
-    folder = Path(folder)
-    stems = {}
-    for f in sorted(folder.iterdir()):
-        stem = _strip_nifti(f.name)
-        if stem is not None and f.is_file() and not f.name.startswith("."):
-            stems.setdefault(stem, f)
-    masks = {s for s in stems if s.endswith(MASK_SUFFIXES) and s.rsplit("_", 1)[0] in stems}
-    pairs, missing = [], []
-    for stem, f in stems.items():
-        if stem in masks:
-            continue
-        found = [stems[stem + s] for s in MASK_SUFFIXES if stem + s in stems]
-        if not found:
-            missing.append(f.name)
-        elif len(found) > 1:
-            raise ValueError(f"{folder}: {f.name} has several masks: {', '.join(m.name for m in found)}")
-        else:
-            pairs.append(Pair(stem, str(f.resolve()), str(found[0].resolve())))
-    if missing:
-        raise ValueError(f"{folder}: no mask (NAME_seg/_mask/_label.nii.gz) for {', '.join(missing[:5])}"
-                         + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
-    return _check_ids(pairs, str(folder))
-
-
-def read_manifest(path: str | os.PathLike) -> list[Pair]:
-    """Pairs from a CSV manifest or a folder of pairs (see the module docstring)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such manifest file or folder")
-    return read_folder_manifest(path) if path.is_dir() else read_csv_manifest(path)
 
 
 # -- seeds and one pair -------------------------------------------------------------------------
@@ -143,7 +49,7 @@ def pair_seed(seed: int, pair_id: str) -> int:
     return int(state[0] >> 1)
 
 
-def run_pair(pair: Pair, outdir: str | os.PathLike, options: GenerateOptions, overwrite: bool = False) -> dict:
+def run_pair(pair: Pair, outdir: str | os.PathLike, options: GenerationSettings, overwrite: bool = False) -> dict:
     """Generate the series of one pair into ``outdir/<id>`` with the pair's derived seed.
 
     Never raises for a bad pair: returns its record with ``status`` ``"ok"`` (and the written
@@ -236,7 +142,7 @@ def _run_local(pairs, outdir, options, overwrite, on_done, scheduler: str) -> li
 def run_dataset(
     pairs: Sequence[Pair],
     outdir: str | os.PathLike,
-    options: GenerateOptions | None = None,
+    options: GenerationSettings | None = None,
     scheduler: str | None = None,
     workers: int | None = None,
     overwrite: bool = False,
@@ -261,10 +167,10 @@ def run_dataset(
     Returns the dataset record (also written to dataset.json), pairs in manifest order with
     ``status`` ``"ok"`` or ``"error"``.
     """
-    options = options or GenerateOptions()
+    options = options or GenerationSettings()
     options.validate()
     pairs = list(pairs)
-    _check_ids(pairs, str(manifest or "pairs"))
+    check_pair_ids(pairs, str(manifest or "pairs"))
     outdir = check_dataset_dir(outdir, overwrite)
     if workers is not None and int(workers) < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")

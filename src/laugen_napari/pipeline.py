@@ -3,74 +3,24 @@ export panel both run, so that they write identical files for identical paramete
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
 from . import __version__
-from .core import Augmenter, make_kind, make_trajectory, series_seed
+from .core import Augmenter, make_kind, series_seed
 from .io.export import sha256, staged_directory, write_series
 from .io.nifti import Volume, check_same_grid, load_volume
+from .settings import GenerationSettings
 
 Progress = Callable[[int, int], None]
 
 
-@dataclass
-class GenerateOptions:
-    """Parameters of ``laugen generate`` (units: mm, frames, voxels).
-
-    ``direction`` is in the image's world axes (RAS+ x, y, z); ``center`` is a voxel index
-    (i, j, k) of the input file. ``labels`` None means every non-zero label.
-    """
-
-    kind: str = "uniform"
-    trajectory: str = "linear"
-    frames: int = 8
-    slope_range: tuple[float, float] = (0.1, 0.4)
-    values: Sequence[float] | None = None
-    rate: float | None = None
-    midpoint: float | None = None
-    labels: Sequence[int] | None = None
-    sigma_mm: float = 5.0
-    direction: Sequence[float] | None = None
-    center: Sequence[float] | None = None
-    spread_mm: float = 10.0
-    seed: int = 0
-    series: int = 1
-    device: str = "auto"
-    label_interpolation: str = "linear"
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` with one clear line for any unusable parameter."""
-        if int(self.frames) != self.frames or self.frames < 2:
-            raise ValueError(f"--frames must be an integer >= 2, got {self.frames}")
-        if int(self.series) != self.series or self.series < 1:
-            raise ValueError(f"--series must be an integer >= 1, got {self.series}")
-        numbers = {"--sigma-mm": self.sigma_mm, "--spread-mm": self.spread_mm}
-        numbers.update({f"--slope-range[{i}]": v for i, v in enumerate(self.slope_range)})
-        for name, group in (("--direction", self.direction), ("--center", self.center), ("--values", self.values)):
-            for i, v in enumerate(group or ()):
-                numbers[f"{name}[{i}]"] = v
-        for name, v in numbers.items():
-            if not math.isfinite(float(v)):
-                raise ValueError(f"{name} must be finite, got {v}")
-        if self.sigma_mm <= 0:
-            raise ValueError(f"--sigma-mm must be positive, got {self.sigma_mm}")
-        if self.trajectory == "custom" and self.values is not None and len(self.values) != self.frames:
-            raise ValueError(f"--values has {len(self.values)} values but --frames is {self.frames}")
-        if self.direction is not None and len(self.direction) != 3:
-            raise ValueError("--direction takes three numbers X Y Z")
-        if self.center is not None and len(self.center) != 3:
-            raise ValueError("--center takes three voxel indices I J K")
-        make_trajectory(self.trajectory, self.slope_range, self.rate, self.midpoint, self.values)  # raises on bad values
-        if self.kind == "directional" and self.direction is None:
-            raise ValueError("--kind directional needs --direction X Y Z")
-        if self.kind == "gaussian" and self.center is None:
-            raise ValueError("--kind gaussian needs --center I J K")
+# The generation settings have one form, :class:`~laugen_napari.settings.GenerationSettings`;
+# ``GenerateOptions`` is kept as its old name for scripts written against version 0.1.
+GenerateOptions = GenerationSettings
 
 
 def load_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike) -> tuple[Volume, Volume]:
@@ -85,7 +35,7 @@ def load_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike) -> tu
     return image, mask
 
 
-def build_augmenter(image: Volume, mask: Volume, options: GenerateOptions) -> Augmenter:
+def build_augmenter(image: Volume, mask: Volume, options: GenerationSettings) -> Augmenter:
     """The engine for a pair of volumes, with world/file coordinates turned into array ones."""
     direction = center = None
     if options.kind == "directional":
@@ -93,7 +43,7 @@ def build_augmenter(image: Volume, mask: Volume, options: GenerateOptions) -> Au
     if options.kind == "gaussian":
         ijk = options.center
         if any(not (0 <= float(v) <= n - 1) for v, n in zip(ijk, image.file_shape)):
-            raise ValueError(f"--center {list(ijk)} lies outside the image (shape {image.file_shape})")
+            raise ValueError(f"center: {list(ijk)} lies outside the image (voxel indices of shape {image.file_shape})")
         center = image.file_to_array_index(ijk)
     kind = make_kind(options.kind, direction=direction, center=center, spread_mm=options.spread_mm)
     return Augmenter(
@@ -112,7 +62,7 @@ def generate_to_directory(
     image: Volume,
     mask: Volume,
     outdir: str | os.PathLike,
-    options: GenerateOptions,
+    options: GenerationSettings,
     overwrite: bool = False,
     progress: Progress | None = None,
     augmenter: Augmenter | None = None,
@@ -125,7 +75,7 @@ def generate_to_directory(
     options.validate()
     outdir = Path(outdir)
     aug = augmenter or build_augmenter(image, mask, options)
-    trajectory = make_trajectory(options.trajectory, options.slope_range, options.rate, options.midpoint, options.values)
+    trajectory = options.trajectory_model()
     total = options.series * options.frames
     inputs = {}
     for role, vol in (("image", image), ("mask", mask)):
@@ -134,7 +84,7 @@ def generate_to_directory(
     common = {
         "inputs": inputs,
         "seed": options.seed,
-        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()},
+        "options": options.to_record(),
         "spacing_mm_zyx": list(image.spacing),
         "laugen_napari_version": __version__,
     }
@@ -156,12 +106,12 @@ def generate_from_files(
     image_path: str | os.PathLike,
     mask_path: str | os.PathLike,
     outdir: str | os.PathLike,
-    options: GenerateOptions | None = None,
+    options: GenerationSettings | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> list[Path]:
     """Read the pair and run :func:`generate_to_directory`; inputs are checked before anything is written."""
-    options = options or GenerateOptions()
+    options = options or GenerationSettings()
     options.validate()
     from .io.export import check_output_dir
 

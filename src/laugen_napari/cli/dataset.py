@@ -11,8 +11,10 @@ import sys
 
 from tqdm import tqdm
 
-from ..batch import DATASET_JSON, read_manifest, run_dataset
-from .generate import add_generate_options, options_from_args
+from ..batch import DATASET_JSON, run_dataset
+from ..io.pairs import read_manifest
+from ..settings import settings_from_args
+from .generate import add_generate_options
 
 _HELP = {
     "seed": "base seed; each pair's seed is derived from it and the pair's id (default: %(default)s)",
@@ -41,7 +43,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    options = options_from_args(args)
+    options = settings_from_args(args)
     if args.workers is not None and args.scheduler is not None:
         raise ValueError("--workers applies to the local cluster only; size a --scheduler cluster on its own")
     pairs = read_manifest(args.manifest)

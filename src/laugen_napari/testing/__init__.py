@@ -1,0 +1,1 @@
+"""LAUGEN as a test harness for longitudinal models (pytest plugin ``laugen``)."""
