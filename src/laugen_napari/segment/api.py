@@ -3,12 +3,13 @@
 A backend has ``describe()``, ``segment_slice(volume, axis, index, slice_prompts, window)`` → 2D
 bool mask and ``segment_volume(volume, axis, prompts, window, progress, cancel)`` → 3D bool mask.
 :func:`get_backend` gives SAM when a checkpoint is named, else the weightless region growing.
+A backend whose ``uses_spacing`` is true also receives ``spacing=`` (voxel size in mm, array order).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import numpy as np
 
@@ -52,11 +53,12 @@ def choose_axis(prompts: Prompts, default: int = 0) -> int:
 
 def segment(volume: np.ndarray, prompts: Prompts, backend: Backend | None = None, *, axis: int = 0,
             index: int | None = None, window: Window | None = None, progress: ProgressFn | None = None,
-            cancel: CancelFn | None = None) -> np.ndarray:
+            cancel: CancelFn | None = None, spacing: Sequence[float] | None = None) -> np.ndarray:
     """Segment ``volume`` (Z, Y, X) from ``prompts`` (array indices); returns a bool mask of its shape.
 
     With ``index`` only slice ``index`` along ``axis`` is segmented (the rest stays False);
     otherwise the whole volume (3D region growing, or SAM propagation along ``axis``).
+    ``spacing`` is the voxel size (z, y, x) in mm; give it for anisotropic scans (default 1 mm each).
     Clicks outside the volume raise ``ValueError``.
     """
     volume = np.asarray(volume)
@@ -69,12 +71,20 @@ def segment(volume: np.ndarray, prompts: Prompts, backend: Backend | None = None
         raise ValueError("give at least one positive click or a box")
     backend = backend if backend is not None else RegionGrowingBackend()
     win = normalise_window(window, volume)
+    extra = {}
+    if spacing is not None:
+        sp = np.asarray(spacing, dtype=float).reshape(-1)
+        if sp.size != 3 or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
+            raise ValueError(f"spacing must be three positive voxel sizes (z, y, x) in mm, got {tuple(spacing)}")
+        if getattr(backend, "uses_spacing", False):
+            extra["spacing"] = tuple(float(v) for v in sp)
     if index is None:
-        return np.asarray(backend.segment_volume(volume, axis, prompts, win, progress, cancel), dtype=bool)
+        return np.asarray(backend.segment_volume(volume, axis, prompts, win, progress, cancel, **extra), dtype=bool)
     if not 0 <= index < volume.shape[axis]:
         raise ValueError(f"slice {index} lies outside the {volume.shape[axis]} slices along axis {axis}")
     out = np.zeros(volume.shape, dtype=bool)
-    out[slice_key(axis, index)] = backend.segment_slice(volume, axis, index, prompts.on_slice(axis, index), win, cancel)
+    out[slice_key(axis, index)] = backend.segment_slice(volume, axis, index, prompts.on_slice(axis, index), win, cancel,
+                                                            **extra)
     if progress is not None:
         progress(1, 1, "done")
     return out

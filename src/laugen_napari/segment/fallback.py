@@ -1,18 +1,30 @@
-"""A segmentation backend that needs no weights: seeded region growing.
+"""A segmentation backend that needs no weights: seeded region growing that stops at the strongest edge.
 
-The intensity model is learned from the clicked region (median and robust spread of the voxels
-within ``stats_radius`` of the positive clicks). The tolerance around that median is then widened
-step by step; the region is the connected component of the seeds among the voxels within the
-tolerance. Widening stops just before the region *leaks* (its size jumps by ``leak_ratio`` in one
-step, exceeds ``max_fraction`` of the image, or reaches a negative click). Holes are filled.
-Negative clicks that already share the seeds' component at the tightest tolerance split it:
-only voxels closer to a positive click than to a negative one are kept.
+Everything is measured in physical units, so the same settings work on 1 mm, 1x1x3 mm and oblique
+scans (pass the voxel ``spacing`` in mm, array order).
+
+1. Intensity model: median and robust spread (MAD) of the voxels within ``stats_radius_mm`` of the
+   positive clicks.
+2. Tolerance sweep: the candidate region at tolerance ``t`` is the connected component of the
+   seeds among the voxels whose intensity lies within ``t`` of the median. ``t`` grows in steps
+   of 1/``steps`` of the image's robust range.
+3. Edge score: for every candidate the mean gradient magnitude (intensity per mm, after a Gaussian
+   of ``edge_sigma_mm``) over its boundary shell. A boundary drawn on a real edge sits on steep
+   gradients; one that has crossed a weak edge (partial volume, a thin septum, grey matter) runs
+   through flat tissue, so its score falls. The sweep stops once the score has fallen below
+   ``edge_drop`` times the best seen (the strongest edge is behind), or on a leak (the region
+   jumps by ``leak_ratio`` in one step or exceeds ``max_fraction`` of the image), or when it reaches
+   a negative click. The region with the best score wins; holes are filled.
+
+Negative clicks that already share the seeds' component at the tightest tolerance split it: only
+voxels closer (in mm) to a positive click than to a negative one are kept.
 Works on 2D slices and on whole 3D volumes (n-dimensional).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -23,10 +35,12 @@ from .prompts import (CancelFn, Prompts, ProgressFn, SlicePrompts, Window, check
 
 @dataclass(frozen=True)
 class RegionGrowing:
-    """Settings of the region growing (sizes in voxels, intensities relative to the image range)."""
+    """Settings of the region growing (lengths in mm, intensities relative to the image range)."""
 
-    stats_radius: int = 2          # voxels around each click used to learn the intensity model
+    stats_radius_mm: float = 2.0   # the intensity model is learned within this distance of each click
     steps: int = 64                # the robust intensity range is split into this many tolerance steps
+    edge_sigma_mm: float = 1.0     # Gaussian smoothing before the gradient (mm)
+    edge_drop: float = 0.6         # the sweep stops once the edge score falls below this fraction of the best
     leak_ratio: float = 8.0        # region growing by more than this factor in one step = a leak
     min_leak_base: int = 27        # growth below this many voxels never counts as a leak
     max_fraction: float = 0.25     # a region larger than this fraction of the image is a leak
@@ -36,7 +50,7 @@ class RegionGrowing:
 
 @dataclass
 class GrowthReport:
-    """What the region growing learned and chose (intensities in image units)."""
+    """What the region growing learned and chose (intensities in image units, edge scores per mm)."""
 
     median: float = 0.0
     spread: float = 0.0
@@ -45,11 +59,24 @@ class GrowthReport:
     stop: str = ""
     split_by_negatives: bool = False
     sizes: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    chosen: int = 0
 
 
-def _ball_offsets(radius: int, ndim: int) -> np.ndarray:
-    grid = np.indices((2 * radius + 1,) * ndim).reshape(ndim, -1).T - radius
-    return grid[(grid ** 2).sum(axis=1) <= radius * radius]
+def _spacing(spacing: Sequence[float] | None, ndim: int) -> np.ndarray:
+    if spacing is None:
+        return np.ones(ndim)
+    sp = np.asarray(spacing, dtype=float).reshape(-1)
+    if sp.size != ndim or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
+        raise ValueError(f"spacing must be {ndim} positive voxel sizes in mm, got {tuple(spacing)}")
+    return sp
+
+
+def _ball_offsets(radius_mm: float, spacing: np.ndarray) -> np.ndarray:
+    """Integer offsets within ``radius_mm`` (physical distance) of the origin."""
+    reach = np.floor(radius_mm / spacing).astype(int)
+    grid = np.indices(tuple(2 * r + 1 for r in reach)).reshape(len(reach), -1).T - reach
+    return grid[((grid * spacing) ** 2).sum(axis=1) <= radius_mm ** 2 + 1e-9]
 
 
 def _clip_points(points: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -81,19 +108,50 @@ def _crop_around(mask_crop: np.ndarray, crop: tuple[slice, ...], shape: tuple[in
     return tuple(slice(int(max(0, a)), int(min(n, b))) for a, b, n in zip(lo, hi, shape))
 
 
+class _EdgeMap:
+    """Gradient magnitude (intensity per mm) of the smoothed image, computed lazily per region of interest."""
+
+    def __init__(self, img: np.ndarray, spacing: np.ndarray, sigma_mm: float) -> None:
+        self.img, self.spacing = img, spacing
+        self.sigma = sigma_mm / spacing  # per-axis sigma in voxels
+        self.pad = np.ceil(4 * self.sigma).astype(int) + 1
+        self.known = np.zeros(img.shape, dtype=bool)
+        self.values = np.zeros(img.shape, dtype=np.float32)
+
+    def at(self, where: np.ndarray) -> np.ndarray:
+        """Gradient magnitude at the voxels of the bool mask ``where`` (same shape as the image)."""
+        need = where & ~self.known
+        if need.any():
+            pts = np.argwhere(need)
+            lo = np.maximum(pts.min(axis=0) - self.pad, 0)
+            hi = np.minimum(pts.max(axis=0) + self.pad + 1, self.img.shape)
+            box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+            sub = ndi.gaussian_filter(self.img[box], self.sigma, mode="nearest")
+            grads = np.gradient(sub, *self.spacing) if min(sub.shape) > 1 else [
+                np.gradient(sub, s, axis=a) if n > 1 else np.zeros_like(sub)
+                for a, (s, n) in enumerate(zip(self.spacing, sub.shape))]
+            mag = np.sqrt(sum(g * g for g in grads)).astype(np.float32)
+            fresh = ~self.known[box]
+            self.values[box][fresh] = mag[fresh]
+            self.known[box] = True
+        return self.values[where]
+
+
 def grow_region(image: np.ndarray, seeds: np.ndarray, negatives: np.ndarray | None = None, *,
                 allowed: np.ndarray | None = None, settings: RegionGrowing | None = None,
                 fill_axis: int | None = None, cancel: CancelFn | None = None,
-                progress: ProgressFn | None = None) -> tuple[np.ndarray, GrowthReport]:
+                progress: ProgressFn | None = None,
+                spacing: Sequence[float] | None = None) -> tuple[np.ndarray, GrowthReport]:
     """Grow a region from integer ``seeds`` (N, ndim) in ``image``; returns (bool mask, report).
 
-    ``negatives`` (M, ndim) are voxels that must stay outside; ``allowed`` (bool, image shape)
-    limits where the region may grow; ``fill_axis`` additionally fills 2D holes slice by slice
-    along that axis.
+    ``spacing`` is the voxel size in mm per array axis (default 1 mm each); ``negatives`` (M, ndim)
+    are voxels that must stay outside; ``allowed`` (bool, image shape) limits where the region may
+    grow; ``fill_axis`` additionally fills 2D holes slice by slice along that axis.
     """
     cfg = settings or RegionGrowing()
     img = np.asarray(image, dtype=np.float32)
     shape = img.shape
+    sp = _spacing(spacing, img.ndim)
     seeds = _clip_points(np.asarray(seeds, dtype=np.int64).reshape(-1, img.ndim), shape)
     negs = np.asarray(negatives if negatives is not None else np.zeros((0, img.ndim)), dtype=np.int64)
     negs = _clip_points(negs.reshape(-1, img.ndim), shape)
@@ -101,8 +159,8 @@ def grow_region(image: np.ndarray, seeds: np.ndarray, negatives: np.ndarray | No
         raise ValueError("region growing needs at least one positive click inside the image")
     report = GrowthReport()
 
-    # intensity model from the clicked region
-    offsets = _ball_offsets(cfg.stats_radius, img.ndim)
+    # intensity model from the clicked region (a ball in mm)
+    offsets = _ball_offsets(cfg.stats_radius_mm, sp)
     around = _clip_points((seeds[:, None, :] + offsets[None]).reshape(-1, img.ndim), shape)
     if allowed is not None:
         around = around[allowed[tuple(around.T)]] if allowed[tuple(around.T)].any() else seeds
@@ -118,6 +176,8 @@ def grow_region(image: np.ndarray, seeds: np.ndarray, negatives: np.ndarray | No
     blocked = np.zeros(shape, dtype=bool) if allowed is None else ~allowed
     max_tol = float(max(distance.max(), spread))
     neg_set = negs[~blocked[tuple(negs.T)]] if len(negs) else negs
+    edges = _EdgeMap(img, sp, cfg.edge_sigma_mm)
+    shell_structure = ndi.generate_binary_structure(img.ndim, 1)
 
     def region_at(tol: float, crop: tuple[slice, ...]) -> tuple[np.ndarray, tuple[slice, ...]]:
         comp, touches = _component((distance[crop] <= tol) & ~blocked[crop], seeds, crop, shape)
@@ -128,20 +188,34 @@ def grow_region(image: np.ndarray, seeds: np.ndarray, negatives: np.ndarray | No
         full[crop] = comp
         return full, crop
 
+    def edge_score(mask: np.ndarray, crop: tuple[slice, ...]) -> float:
+        """Mean gradient magnitude over the region's boundary shell (voxels in and just outside)."""
+        box = _crop_around(mask[crop], crop, shape, 2, seeds)
+        sub = mask[box]
+        shell = ndi.binary_dilation(sub, shell_structure) & ~ndi.binary_erosion(sub, shell_structure,
+                                                                                   border_value=1)
+        shell &= ~blocked[box]
+        if not shell.any():
+            return 0.0
+        where = np.zeros(shape, dtype=bool)
+        where[box] = shell
+        return float(edges.at(where).mean())
+
     def reaches_negative(mask: np.ndarray) -> bool:
         return bool(len(neg_set)) and bool(mask[tuple(neg_set.T)].any())
 
     whole = tuple(slice(0, n) for n in shape)
     tol = spread
-    best, crop = region_at(tol, whole)
-    if reaches_negative(best):
+    region, crop = region_at(tol, whole)
+    if reaches_negative(region):
         # a negative click shares the seeds' component: keep the positive side of the Voronoi split
-        d_pos = ndi.distance_transform_edt(~_point_mask(seeds, shape))
-        d_neg = ndi.distance_transform_edt(~_point_mask(neg_set, shape))
+        d_pos = ndi.distance_transform_edt(~_point_mask(seeds, shape), sampling=sp)
+        d_neg = ndi.distance_transform_edt(~_point_mask(neg_set, shape), sampling=sp)
         blocked = blocked | (d_neg < d_pos)
         report.split_by_negatives = True
-        best, crop = region_at(tol, whole)
-    sizes = [int(best.sum())]
+        region, crop = region_at(tol, whole)
+    best, best_tol, best_score = region, tol, edge_score(region, crop)
+    sizes, scores = [int(region.sum())], [best_score]
     report.stop = "tolerance covers the whole intensity range"
     total = max(1, int(np.ceil((max_tol - tol) / step)))
     level = 0
@@ -150,9 +224,9 @@ def grow_region(image: np.ndarray, seeds: np.ndarray, negatives: np.ndarray | No
         level += 1
         if progress is not None:
             progress(level, total, "region growing")
-        nxt_tol = tol + step
-        crop = _crop_around(best[crop], crop, shape, cfg.crop_margin, seeds)
-        nxt, crop = region_at(nxt_tol, crop)
+        tol = tol + step
+        crop = _crop_around(region[crop], crop, shape, cfg.crop_margin, seeds)
+        nxt, crop = region_at(tol, crop)
         size = int(nxt.sum())
         sizes.append(size)
         if reaches_negative(nxt):
@@ -164,9 +238,17 @@ def grow_region(image: np.ndarray, seeds: np.ndarray, negatives: np.ndarray | No
         if size > cfg.max_fraction * img.size:
             report.stop = "region larger than the allowed fraction of the image"
             break
-        best, tol = nxt, nxt_tol
-    report.tolerance, report.levels, report.sizes = tol, level, sizes
+        region = nxt
+        score = edge_score(region, crop)
+        scores.append(score)
+        if score > best_score:
+            best, best_tol, best_score, report.chosen = region, tol, score, level
+        elif score < cfg.edge_drop * best_score:
+            report.stop = f"edge score fell to {score / best_score:.2f} of its best: the strongest edge is behind"
+            break
+    report.tolerance, report.levels, report.sizes, report.scores = best_tol, level, sizes, scores
 
+    best = best.copy()
     if not best.any():
         best = _point_mask(seeds, shape)
     box = _crop_around(best, whole, shape, 1, seeds)
@@ -224,21 +306,33 @@ class RegionGrowingBackend:
         """Human-readable name of the backend for the UI."""
         return "Fallback: region growing (no weights)"
 
+    #: :func:`~laugen_napari.segment.segment` passes the voxel size (mm) to backends that say so.
+    uses_spacing = True
+
     def segment_slice(self, volume: np.ndarray, axis: int, index: int, prompts: SlicePrompts,
-                      window: Window | None = None, cancel: CancelFn | None = None) -> np.ndarray:
-        """2D mask on slice ``index`` along ``axis`` from the slice's prompts (``window`` unused)."""
+                      window: Window | None = None, cancel: CancelFn | None = None,
+                      spacing: Sequence[float] | None = None) -> np.ndarray:
+        """2D mask on slice ``index`` along ``axis`` from the slice's prompts (``window`` unused).
+
+        ``spacing``: voxel size (z, y, x) of ``volume`` in mm (default 1 mm each).
+        """
         if prompts.is_empty:
             raise ValueError(f"no positive click or box on slice {index} along axis {axis}")
         image = take_slice(volume, axis, index)
         seeds = prompts.positive if len(prompts.positive) else _box_centres(prompts.boxes)
         allowed = _box_mask_2d(image.shape, prompts.boxes)
+        plane = None if spacing is None else tuple(_spacing(spacing, 3)[list(other_axes(axis))])
         mask, self.last_report = grow_region(image, seeds, prompts.negative, allowed=allowed,
-                                             settings=self.settings, cancel=cancel)
+                                             settings=self.settings, cancel=cancel, spacing=plane)
         return mask
 
     def segment_volume(self, volume: np.ndarray, axis: int, prompts: Prompts, window: Window | None = None,
-                       progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> np.ndarray:
-        """3D mask: region growing from all clicks; boxes (drawn along ``axis``) limit the in-plane extent."""
+                       progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+                       spacing: Sequence[float] | None = None) -> np.ndarray:
+        """3D mask: region growing from all clicks; boxes (drawn along ``axis``) limit the in-plane extent.
+
+        ``spacing``: voxel size (z, y, x) of ``volume`` in mm (default 1 mm each).
+        """
         if prompts.is_empty:
             raise ValueError("no positive click or box to segment from")
         seeds = [prompts.positive]
@@ -256,5 +350,5 @@ class RegionGrowingBackend:
                     seeds.append(centre[None, :])
         mask, self.last_report = grow_region(volume, np.concatenate(seeds), prompts.negative,
                                              allowed=allowed, settings=self.settings, fill_axis=axis,
-                                             cancel=cancel, progress=progress)
+                                             cancel=cancel, progress=progress, spacing=spacing)
         return mask
