@@ -284,3 +284,52 @@ def test_cli_with_a_sam_checkpoint_propagates(tmp_path, tiny_as_vit_b):
     mask = np.asarray(nib.load(str(out)).dataobj)
     assert mask.shape == (30, 32, 20) and set(np.unique(mask)) <= {0, 1}
     assert mask[:, :, 6].any()
+
+
+def test_cli_checks_the_output_before_any_work(tmp_path, capsys, monkeypatch):
+    import laugen_napari.io.nifti as nifti
+
+    image = tmp_path / "lps.nii.gz"
+    write_lps_cube(image)
+    loads = []
+    real_load = nifti.load_volume
+    monkeypatch.setattr(nifti, "load_volume", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "folder.nii.gz").mkdir()
+    existing = tmp_path / "old.nii.gz"
+    existing.write_bytes(b"old")
+    cases = {
+        str(tmp_path / "missing" / "mask.nii.gz"): "the folder",
+        str(tmp_path / "afile" / "mask.nii.gz"): "is not a folder",
+        str(tmp_path / "mask.png"): "name it .nii.gz",
+        str(tmp_path / "folder.nii.gz"): "is a folder",
+        str(existing): "exists; pass --overwrite",
+    }
+    for out, message in cases.items():
+        assert cli_main(["segment", str(image), "--points", "6,21,5", "-o", out]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("laugen segment: error: -o ") and message in err and len(err.splitlines()) == 1
+    assert existing.read_bytes() == b"old"
+    assert cli_main(["segment", str(image), "--points", "6,21,5", "-o", str(image), "--overwrite"]) == 2
+    assert "is the input image" in capsys.readouterr().err
+    assert not loads, "the image was read before the output was checked"
+    assert cli_main(["segment", str(image), "--points", "6,21,5", "-o", str(existing), "--overwrite"]) == 0
+    assert nib.load(str(existing)).shape == (30, 32, 20)
+
+
+@pytest.mark.parametrize("option, value", [("--points", "inf,21,5"), ("--points", "6,nan,5"),
+                                           ("--negative-points", "6,21,-inf"), ("--box", "5,20,6,12,inf,6"),
+                                           ("--points", "6,21,5;6,21,500"), ("--negative-points", "-1,0,0"),
+                                           ("--box", "5,20,6,40,27,6")])
+def test_cli_refuses_non_finite_and_outside_coordinates(tmp_path, capsys, option, value):
+    image = tmp_path / "lps.nii.gz"
+    write_lps_cube(image)
+    out = tmp_path / "mask.nii.gz"
+    args = ["segment", str(image), "-o", str(out), f"{option}={value}"]
+    if option != "--points":
+        args += ["--points", "6,21,5"]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"laugen segment: error: {option}: "), err
+    assert ("non-finite" in err) or ("outside the image" in err)
+    assert not out.exists() and not list(tmp_path.glob(".*tmp*"))

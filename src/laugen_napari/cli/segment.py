@@ -7,6 +7,7 @@ show them; the mask is written with the image's affine and header.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,8 @@ def _parse_groups(text: str | None, option: str, names: str) -> list[tuple[float
             raise ValueError(f"--{option}: {part!r} is not {words} numbers {names}") from None
         if len(values) != n:
             raise ValueError(f"--{option}: {part!r} has {len(values)} numbers, expected {words} ({names})")
+        if not all(np.isfinite(values)):
+            raise ValueError(f"--{option}: {part!r} holds a non-finite number (inf or nan); give voxel indices")
         out.append(values)
     return out
 
@@ -54,7 +57,34 @@ def parse_window(text: str | None) -> tuple[float, float] | None:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
         raise ValueError(f"--window: {text!r} is not two numbers LOW,HIGH") from None
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi <= lo:
+        raise ValueError(f"--window: {text!r} must be two finite numbers with LOW < HIGH")
     return lo, hi
+
+
+def check_output_file(output: str | os.PathLike, overwrite: bool, inputs: tuple[str | os.PathLike, ...] = ()) -> Path:
+    """Refuse ``-o`` before any work: not a NIfTI name, an existing folder, an existing file without
+    ``overwrite``, one of the ``inputs``, or a parent that is missing, not a folder or not writable."""
+    from ..io.nifti import is_nifti
+
+    out = Path(output)
+    if out.is_dir():
+        raise FileExistsError(f"-o {out}: is a folder; give a file name such as {out / 'mask.nii.gz'}")
+    if not is_nifti(out):
+        raise ValueError(f"-o {out}: the mask is written as NIfTI; name it .nii.gz or .nii")
+    for src in inputs:
+        if out.exists() and Path(src).exists() and os.path.samefile(out, src):
+            raise ValueError(f"-o {out}: is the input image; write the mask to another file")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"-o {out}: exists; pass --overwrite to replace it")
+    parent = out.parent
+    if not parent.exists():
+        raise FileNotFoundError(f"-o {out}: the folder {parent} does not exist")
+    if not parent.is_dir():
+        raise NotADirectoryError(f"-o {out}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"-o {out}: the folder {parent} is not writable")
+    return out
 
 
 def _check_inside(ijk: tuple[float, ...], shape: tuple[int, int, int], what: str) -> None:
@@ -78,9 +108,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io.nifti import load_volume, save_volume
     from ..segment import Prompts, choose_axis, get_backend, segment
 
-    out_path = Path(args.output)
-    if out_path.exists() and not args.overwrite:
-        raise FileExistsError(f"{out_path} exists; pass --overwrite to replace it")
+    out_path = check_output_file(args.output, args.overwrite, (args.image,))
     if not (1 <= args.label <= 65535):
         raise ValueError(f"--label must be between 1 and 65535, got {args.label}")
     points = parse_points(args.points, "points")
@@ -95,12 +123,12 @@ def run(args: argparse.Namespace) -> int:
     volume = load_volume(args.image, ndim=3)
     shape = volume.file_shape
     for p in points:
-        _check_inside(p, shape, "click")
+        _check_inside(p, shape, "--points: click")
     for p in negatives:
-        _check_inside(p, shape, "negative click")
+        _check_inside(p, shape, "--negative-points: negative click")
     for a, b in boxes:
-        _check_inside(a, shape, "box corner")
-        _check_inside(b, shape, "box corner")
+        _check_inside(a, shape, "--box: corner")
+        _check_inside(b, shape, "--box: corner")
     prompts = Prompts.create(
         positive=[volume.file_to_array_index(p) for p in points],
         negative=[volume.file_to_array_index(p) for p in negatives],
@@ -121,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--slice-only needs all prompts on one slice along the axis, found slices {slices}")
         index = slices[0]
     t0 = time.perf_counter()
-    mask = segment(data, prompts, backend, axis=axis, index=index, window=window)
+    mask = segment(data, prompts, backend, axis=axis, index=index, window=window, spacing=volume.spacing)
     elapsed = time.perf_counter() - t0
     dtype = np.uint8 if args.label <= 255 else np.uint16
     save_volume(out_path, mask.astype(dtype) * dtype(args.label), volume, dtype=dtype)
