@@ -22,21 +22,23 @@ from .series import Augmenter
 class PreviewModel:
     """The state behind a live preview: an :class:`Augmenter` (or None) and the values z_t in mm.
 
-    Full frames are cached per magnitude (a few at most), so switching to 3D or playing the time
-    axis does not resample twice.
+    Every read returns computed data: a plane is resampled on demand, a full frame is computed
+    on demand and cached (up to ``cache_bytes`` of frames), so switching to 3D, playing the time
+    axis or reading the whole array (``np.asarray``, a writer) does not resample twice. Two
+    threads asking for the same uncached frame compute it once (the second waits for the first).
+    A viewer keeps itself responsive by computing frames on a worker (:meth:`warm_frame`) before
+    it displays them, never by being handed something else.
     """
 
-    def __init__(self, image: np.ndarray, labels: np.ndarray, frames: int = 8, cache_frames: int = 4):
+    def __init__(self, image: np.ndarray, labels: np.ndarray, frames: int = 8, cache_bytes: int = 1 << 30):
         self.image = np.asarray(image, dtype=np.float32)
         self.labels = np.asarray(labels)
         self.augmenter: Augmenter | None = None
         self.z_mm = np.zeros(frames)
         self._cache: dict[tuple, np.ndarray] = {}
-        self._cache_size = cache_frames
+        self._cache_bytes = int(cache_bytes)
         self._lock = threading.Lock()
-        # when set, an uncached full frame is not computed by the caller: this is called with z
-        # instead and the input frame is returned (the caller then warms it on a worker thread)
-        self.on_missing_frame = None
+        self._inflight: dict[tuple, threading.Event] = {}
 
     @property
     def frames(self) -> int:
@@ -99,34 +101,51 @@ class PreviewModel:
     def _cached(self, what: str, z: float) -> np.ndarray | None:
         return self._cache.get((what, z, id(self.augmenter)))
 
-    def _frame(self, what: str, z: float, compute: bool | None = None) -> np.ndarray:
-        key = (what, z, id(self.augmenter))
+    def is_cached(self, t: int) -> bool:
+        """Whether the full image and label frames ``t`` are ready (frame 0 always is)."""
+        z = self.magnitude(t)
+        if z == 0.0:
+            return True
+        key = id(self.augmenter)
         with self._lock:
-            hit = self._cache.get(key)
-        if hit is not None:
-            return hit
-        if compute is False or (compute is None and self.on_missing_frame is not None):
-            # a viewer thread asks: show the input now, compute in the background, redraw later
-            self.on_missing_frame(z)
-            return self.image if what == "image" else self.labels
+            return ("image", z, key) in self._cache and ("labels", z, key) in self._cache
+
+    def _frame(self, what: str, z: float) -> np.ndarray:
         aug = self.augmenter
-        if what == "image":
-            out = aug.warper.image_frame(z).cpu().numpy()
-        else:
-            out = aug.warper.label_frame(z).cpu().numpy().astype(self.labels.dtype, copy=False)
-        with self._lock:
-            if key[2] == id(self.augmenter):
-                while len(self._cache) >= 2 * self._cache_size:
-                    self._cache.pop(next(iter(self._cache)))
-                self._cache[key] = out
+        key = (what, z, id(aug))
+        while True:
+            with self._lock:
+                hit = self._cache.get(key)
+                if hit is not None:
+                    return hit
+                busy = self._inflight.get(key)
+                if busy is None:
+                    busy = self._inflight[key] = threading.Event()
+                    break
+            busy.wait()  # another thread computes this frame: take its result
+        try:
+            if what == "image":
+                out = aug.warper.image_frame(z).cpu().numpy()
+            else:
+                out = aug.warper.label_frame(z).cpu().numpy().astype(self.labels.dtype, copy=False)
+            with self._lock:
+                if key[2] == id(self.augmenter):
+                    budget = max(self._cache_bytes, 2 * out.nbytes)
+                    while self._cache and sum(a.nbytes for a in self._cache.values()) + out.nbytes > budget:
+                        self._cache.pop(next(iter(self._cache)))
+                    self._cache[key] = out
+        finally:
+            with self._lock:
+                self._inflight.pop(key, None)
+            busy.set()
         return out
 
     def warm_frame(self, t: int) -> None:
         """Compute and cache the full image and label frame ``t`` (call from a worker thread)."""
         z = self.magnitude(t)
         if z != 0.0:
-            self._frame("image", z, compute=True)
-            self._frame("labels", z, compute=True)
+            self._frame("image", z)
+            self._frame("labels", z)
 
     # -- summaries for plots ------------------------------------------------------------------
     def curves(self) -> dict:

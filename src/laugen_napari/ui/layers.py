@@ -96,16 +96,58 @@ def volume_layer_data(
 
 
 def series_layer_kwargs(source: Any, leading: int = 1) -> dict[str, Any]:
-    """``scale``, ``translate`` (``rotate``) and ``metadata`` for a layer of ``leading`` extra axes
-    (a series: (T, Z, Y, X)) that overlays ``source`` exactly.
+    """``scale``, ``translate``, ``rotate``, ``shear``, ``affine`` and ``metadata`` for a layer of
+    ``leading`` extra axes (a series: (T, Z, Y, X)) that overlays ``source`` exactly.
 
-    ``source`` is a :class:`Volume` or a napari layer (its geometry, or its own scale/translate if
-    it has none). Pass the result to ``viewer.add_image(series, **series_layer_kwargs(image))``.
+    ``source`` is a :class:`Volume` (its file geometry) or a napari layer: then its *whole*
+    data-to-world transform is copied (scale, translate, rotation, shear and the extra affine,
+    each extended by identity on the leading axes), so the series sits on the layer even when the
+    file is oblique or sheared or the user moved the layer. Pass the result to
+    ``viewer.add_image(series, **series_layer_kwargs(image))``.
     """
-    volume = source if isinstance(source, Volume) else layer_geometry(source)
-    kwargs = transform_kwargs(volume, leading)
-    kwargs["metadata"] = {LAUGEN_VOLUME: geometry_only(volume)}
+    if isinstance(source, Volume):
+        kwargs = transform_kwargs(source, leading)
+        kwargs["metadata"] = {LAUGEN_VOLUME: geometry_only(source)}
+        return kwargs
+    kwargs = layer_transform_kwargs(source, leading)
+    kwargs["metadata"] = {LAUGEN_VOLUME: geometry_only(layer_geometry(source))}
     return kwargs
+
+
+def _embed(matrix: np.ndarray, leading: int) -> np.ndarray:
+    n = matrix.shape[0]
+    out = np.eye(n + leading)
+    out[leading:, leading:] = matrix
+    return out
+
+
+def layer_transform_kwargs(layer: Any, leading: int = 1) -> dict[str, Any]:
+    """The transform keyword arguments of ``layer`` (its last three axes) for a layer with
+    ``leading`` extra axes in front: same world position for every voxel."""
+    nd = int(layer.ndim)
+    keep = min(nd, 3)
+    scale = np.asarray(layer.scale, dtype=np.float64)[-keep:]
+    translate = np.asarray(layer.translate, dtype=np.float64)[-keep:]
+    rotate = np.asarray(layer.rotate, dtype=np.float64)[-keep:, -keep:]
+    shear = np.asarray(layer.shear, dtype=np.float64)
+    if shear.ndim == 1:  # upper-triangular values, row by row
+        full = np.eye(nd)
+        full[np.triu_indices(nd, 1)] = shear
+        shear = full
+    shear = shear[-keep:, -keep:]
+    affine = np.asarray(layer.affine.affine_matrix, dtype=np.float64)
+    linear, offset = affine[:-1, :-1][-keep:, -keep:], affine[:-1, -1][-keep:]
+    aff = np.eye(keep + 1)
+    aff[:keep, :keep], aff[:keep, -1] = linear, offset
+    aff_full = np.eye(keep + leading + 1)
+    aff_full[leading:, leading:] = aff
+    return {
+        "scale": (1.0,) * leading + tuple(float(v) for v in scale),
+        "translate": (0.0,) * leading + tuple(float(v) for v in translate),
+        "rotate": _embed(rotate, leading),
+        "shear": _embed(shear, leading),
+        "affine": aff_full,
+    }
 
 
 # -- layer -> Volume -----------------------------------------------------------------------------

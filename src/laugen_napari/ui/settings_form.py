@@ -1,0 +1,263 @@
+"""Widgets for :class:`~laugen_napari.settings.GenerationSettings`, built from its fields.
+
+The docks never declare a generation default, a limit or a label of their own: every widget here
+comes from :func:`~laugen_napari.settings.setting_fields` (label and unit, tooltip from ``help``,
+choices, minimum/maximum/step, the field's default) and a field that does not apply to the current
+kind or trajectory (``Param.when``) is hidden. Values are read back into a validated
+:class:`GenerationSettings`, so a problem is a :class:`~laugen_napari.settings.SettingsError` whose
+message names the field (``frames: ...``), never a command-line flag.
+
+Also here: :func:`settings_summary` (the read-only text the export dock shows) and the small JSON
+store of the panels' last settings (:func:`remembered`, :func:`remember`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, LineEdit, SpinBox
+
+from ..core.trajectory import DEFAULT_RATE
+from ..settings import GenerationSettings, SettingField, SettingsError, parse_numbers, setting_fields
+
+CONFIG_ENV = "LAUGEN_NAPARI_CONFIG_DIR"
+"""Environment variable naming the folder of the remembered panel settings (tests set it)."""
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (tuple, list)):
+        return ", ".join(_fmt(v) for v in value)
+    return str(value)
+
+
+def _default_of(name: str, current: GenerationSettings) -> float | None:
+    """What an empty optional number means (rate: the trajectory's rate; midpoint: the middle)."""
+    if name == "rate":
+        return DEFAULT_RATE.get(current.trajectory)
+    if name == "midpoint":
+        return (current.frames - 1) / 2.0
+    return None
+
+
+class SettingsForm(Container):
+    """A form of :class:`GenerationSettings` fields (all but ``exclude``).
+
+    ``form.settings()`` gives the validated settings; ``form.set_settings(s)`` shows ``s``;
+    ``form.fields[name]`` is the widget of a field (``slope_range`` is a row of two spin boxes,
+    also in ``form.fields["slope_min"]`` / ``["slope_max"]``). ``on_change(callback)`` calls
+    ``callback(name)`` after any field changed.
+    """
+
+    def __init__(self, exclude: Iterable[str] = (), **kwargs):
+        super().__init__(**kwargs)
+        self.margins = (0, 0, 0, 0)
+        self.excluded = set(exclude)
+        self.spec: dict[str, SettingField] = {sf.name: sf for sf in setting_fields() if sf.name not in self.excluded}
+        self.fields: dict[str, Any] = {}
+        self._explicit: dict[str, bool] = {"rate": False, "midpoint": False}
+        self._quiet = False
+        self._callbacks: list[Callable[[str], None]] = []
+        for sf in self.spec.values():
+            widget = self._make(sf)
+            self.fields[sf.name] = widget
+            self.append(widget)
+        self._refresh_dependent()
+
+    # -- construction ---------------------------------------------------------------------------
+    def _make(self, sf: SettingField):
+        p = sf.param
+        tip = p.help + (f" [{p.unit}]" if p.unit else "")
+        opts = {"label": sf.label, "tooltip": tip, "name": sf.name}
+        if p.choices is not None:
+            w = ComboBox(choices=list(p.choices), value=sf.default, **opts)
+        elif p.length == 2:  # a range: two spin boxes in a row
+            lo = FloatSpinBox(name=f"{sf.name}_min", label="min", min=p.minimum, max=p.maximum, step=p.step,
+                              value=sf.default[0], tooltip=tip)
+            hi = FloatSpinBox(name=f"{sf.name}_max", label="max", min=p.minimum, max=p.maximum, step=p.step,
+                              value=sf.default[1], tooltip=tip)
+            w = Container(widgets=[lo, hi], layout="horizontal", labels=False, **opts)
+            w.margins = (0, 0, 0, 0)
+            short = sf.name.replace("_range", "")
+            self.fields[f"{short}_min"], self.fields[f"{short}_max"] = lo, hi
+            for part in (lo, hi):
+                part.changed.connect(lambda *_, n=sf.name: self._emit(n))
+            return w
+        elif p.length is not None or (sf.optional and p.minimum is None):  # vectors, lists: text
+            hint = {3: "X, Y, Z" if sf.name == "direction" else "I, J, K"}.get(p.length, "comma-separated")
+            w = LineEdit(value="" if sf.default is None else _fmt(sf.default), **opts)
+            w.native.setPlaceholderText(hint)
+        elif sf.item_type is int:
+            w = SpinBox(min=int(p.minimum), max=int(p.maximum), step=int(p.step or 1), value=sf.default, **opts)
+        else:
+            value = sf.default if sf.default is not None else _default_of(sf.name, GenerationSettings()) or p.minimum
+            w = FloatSpinBox(min=p.minimum, max=p.maximum, step=p.step, value=value, **opts)
+        w.changed.connect(lambda *_, n=sf.name: self._emit(n))
+        return w
+
+    def on_change(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(field_name)`` after a field changed (by the user or :meth:`set_settings`)."""
+        self._callbacks.append(callback)
+
+    def _emit(self, name: str) -> None:
+        if self._quiet:
+            return
+        if name in self._explicit:
+            current = self._draft()
+            self._explicit[name] = abs(float(self.fields[name].value) - float(_default_of(name, current))) > 1e-9
+        self._refresh_dependent()
+        for cb in list(self._callbacks):
+            cb(name)
+
+    # -- state ----------------------------------------------------------------------------------
+    def _draft(self) -> GenerationSettings:
+        """The choices and counts of the form (not validated), for ``applies`` and defaults."""
+        values = {}
+        for name in ("kind", "trajectory", "frames", "label_interpolation", "device"):
+            if name in self.fields:
+                values[name] = self.fields[name].value
+        return GenerationSettings(**values)
+
+    def _refresh_dependent(self) -> None:
+        """Hide fields that do not apply; optional numbers show their effective default."""
+        draft = self._draft()
+        self._quiet = True
+        try:
+            for name, widget in self.fields.items():
+                if name in self.spec:
+                    widget.visible = draft.applies(name)
+            for name, explicit in self._explicit.items():
+                if name in self.fields and not explicit:
+                    default = _default_of(name, draft)
+                    if default is not None:
+                        self.fields[name].value = default
+                    if name == "rate":
+                        self.fields[name].tooltip = (f"{self.spec[name].param.help} [1/frame]; "
+                                                     f"{draft.trajectory} default: {_fmt(default)}")
+            if "frames" in self.fields and "values" in self.fields:
+                custom = draft.trajectory == "custom"
+                self.fields["frames"].enabled = not custom
+                if custom:
+                    try:
+                        n = len(parse_numbers(self.fields["values"].value, name="values"))
+                    except SettingsError:
+                        n = None
+                    if n is not None and n >= 2:
+                        self.fields["frames"].value = n
+        finally:
+            self._quiet = False
+
+    def settings(self, **fixed) -> GenerationSettings:
+        """The validated settings of the form; ``fixed`` sets fields it does not show (labels,
+        series). Raises :class:`SettingsError` naming the field."""
+        draft = self._draft()
+        values: dict[str, Any] = {}
+        for name, sf in self.spec.items():
+            if not draft.applies(name):
+                continue
+            w = self.fields[name]
+            if sf.param.length == 2:
+                short = name.replace("_range", "")
+                values[name] = (float(self.fields[f"{short}_min"].value), float(self.fields[f"{short}_max"].value))
+            elif isinstance(w, LineEdit):
+                text = w.value.strip()
+                values[name] = tuple(parse_numbers(text, sf.item_type, name=name)) if text else None
+            elif name in self._explicit:
+                values[name] = float(w.value) if self._explicit[name] else None
+            else:
+                values[name] = w.value
+        if values.get("trajectory") == "custom" and values.get("values") is not None:
+            values["frames"] = len(values["values"])  # as `laugen generate --values` does
+        values.update(fixed)
+        return GenerationSettings(**values).validate()
+
+    def set_settings(self, settings: GenerationSettings) -> None:
+        """Show ``settings`` (every field of the form; ``rate``/``midpoint`` None: the default)."""
+        self._quiet = True
+        try:
+            for name, sf in self.spec.items():
+                value = getattr(settings, name)
+                w = self.fields[name]
+                if sf.param.length == 2:
+                    short = name.replace("_range", "")
+                    self.fields[f"{short}_min"].value, self.fields[f"{short}_max"].value = value
+                elif isinstance(w, LineEdit):
+                    w.value = "" if value is None else _fmt(value)
+                elif name in self._explicit:
+                    self._explicit[name] = value is not None
+                    if value is not None:
+                        w.value = value
+                else:
+                    w.value = value
+        finally:
+            self._quiet = False
+        self._refresh_dependent()
+        for cb in list(self._callbacks):
+            cb("*")
+
+
+def settings_summary(settings: GenerationSettings, skip: Iterable[str] = ()) -> str:
+    """One line per field that applies: ``label: value`` (what the export dock shows, read-only)."""
+    skip = set(skip)
+    lines = []
+    for sf in setting_fields():
+        if sf.name in skip or not settings.applies(sf.name):
+            continue
+        value = getattr(settings, sf.name)
+        if sf.name == "rate" and value is None:
+            text = f"{_fmt(settings.effective_rate())} ({settings.trajectory} default)"
+        elif sf.name == "midpoint" and value is None:
+            text = f"{_fmt((settings.frames - 1) / 2)} (the middle)"
+        elif sf.name == "labels" and value is None:
+            text = "every non-zero label"
+        else:
+            text = _fmt(value)
+        lines.append(f"{sf.label}: {text}")
+    return "\n".join(lines)
+
+
+# -- remembered settings -----------------------------------------------------------------------------
+def config_dir() -> Path | None:
+    """Folder of the remembered panel settings: ``$LAUGEN_NAPARI_CONFIG_DIR``, else the user's
+    config folder; None under pytest without the variable (tests never touch the user's files)."""
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    if "PYTEST_CURRENT_TEST" in os.environ:
+        return None
+    try:
+        import platformdirs
+
+        return Path(platformdirs.user_config_dir("laugen-napari"))
+    except ImportError:  # pragma: no cover
+        return Path.home() / ".config" / "laugen-napari"
+
+
+def remembered(panel: str) -> dict | None:
+    """The record last stored for ``panel`` (None if none or unreadable)."""
+    folder = config_dir()
+    if folder is None:
+        return None
+    try:
+        data = json.loads((folder / f"{panel}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def remember(panel: str, record: dict) -> None:
+    """Store ``record`` (JSON-able) as the last settings of ``panel``; failures are ignored."""
+    folder = config_dir()
+    if folder is None:
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{panel}.json.tmp"
+        tmp.write_text(json.dumps(record, indent=1))
+        tmp.replace(folder / f"{panel}.json")
+    except OSError:
+        pass
