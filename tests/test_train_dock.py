@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from laugen_napari.training.loop import load_checkpoint
+from laugen_napari.training.plan import tile
 from laugen_napari.ui import train_dock
-from laugen_napari.ui.train_dock import GEN_IMAGES, GEN_MASKS, VAL_CONTEXT, VAL_PREDICTION, VAL_TARGET, TrainWidget, tile
+from laugen_napari.ui.train_dock import GEN_IMAGES, GEN_MASKS, VAL_CONTEXT, VAL_PREDICTION, VAL_TARGET, TrainWidget
 
 MAX_STALL_MS = 300
 
@@ -57,6 +58,14 @@ class StallMeter:
     def stop(self):
         self.timer.stop()
         return self.worst * 1000
+
+
+@pytest.fixture(autouse=True)
+def settings_dir(tmp_path, monkeypatch):
+    """The docks remember their settings here, not in the user's configuration."""
+    d = tmp_path / "settings"
+    monkeypatch.setenv("LAUGEN_SETTINGS_DIR", str(d))
+    return d
 
 
 @pytest.fixture
@@ -114,7 +123,7 @@ def test_simvp_run_plots_records_stops_and_shows_a_sample(make_napari_viewer, qt
     assert proc.error is None and proc.exitcode == 0 and not errors
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert ckpt["step"] == proc.records[-1].step < 10_000
-    assert "stopped" in w["status"].value
+    assert "Stopped" in w["status"].value
     print("stalls over 100 ms (s into the run, ms, status):", meter.log)
     print(f"\nSimVP run in the dock: {len(proc.records)} records in {elapsed:.1f} s; "
           f"longest GUI-thread stall {stall_ms:.0f} ms")
@@ -129,7 +138,7 @@ def test_simvp_run_plots_records_stops_and_shows_a_sample(make_napari_viewer, qt
     assert viewer.layers[VAL_CONTEXT].data.shape == (4, 24, 24)
     assert viewer.layers[VAL_TARGET].data.shape == viewer.layers[VAL_PREDICTION].data.shape == (4, 24, 24)
     assert np.isfinite(viewer.layers[VAL_PREDICTION].data).all()
-    assert "validation sequence 0" in w["status"].value
+    assert "Validation sequence 0" in w["status"].value
     print(f"validation sample: longest GUI-thread stall {sample_stall_ms:.0f} ms")
     assert sample_stall_ms < 500
     widget.wait_idle()

@@ -1,59 +1,62 @@
-"""The "LAUGEN train" dock: train SimVP (next-frame prediction) or a dHVAE / HVAE / VAE (image+mask
-generator) from the layers on screen or from files, in a separate process, with live plots.
+"""The "LAUGEN train" dock: train SimVP (next-frame prediction) or an image+mask generator of the
+registry (:data:`laugen_napari.training.generators.GENERATORS`: dHVAE, HVAE, VAE, ...) from the
+layers on screen or from files, in a separate process, with live plots.
 
-Thin by design. Data preparation and training live in :mod:`laugen_napari.training`
-(:func:`~laugen_napari.training.simvp.simvp_factory`, :func:`~laugen_napari.training.dhvae.make_training`);
-the run itself is a :class:`~laugen_napari.training.process.TrainingProcess` (a spawned child, so
-torch and the GIL stay out of the viewer's way). Here:
+Thin by design. Planning lives in :mod:`laugen_napari.training.plan` (checks, data, factory,
+validation sample, status texts), training in a
+:class:`~laugen_napari.training.process.TrainingProcess` (a spawned child: torch, the GIL and
+every optimizer stay out of the viewer's process; building an optimizer imports Triton, which
+crashed the viewer beside Mesa's OpenGL). Here:
 
 - Start reads the widget values, pulls layer data off the GUI thread (a LAUGEN series is lazy and
-  computes its frames when read) and starts the child, also off the GUI thread (pickling the data
-  to the child can take a while);
-- a QTimer polls the child's records every 200 ms and feeds :class:`TrainPlot`;
+  computes its frames when read) and starts the child, also off the GUI thread;
+- a QTimer polls the child's records every 200 ms and feeds the plot, the status line and a
+  progress bar in napari's activity dock (updated on the GUI thread: no Qt thread pool involved);
 - for the generators, every time ``RUN_DIR/samples_latest.npz`` changes its image+mask grid is shown
-  as an Image and a Labels layer;
+  beside the scan as an Image and a Labels layer;
 - Stop sets the child's stop event (it writes ``last.pt`` at the current step and exits);
-- "show validation sample" (SimVP) loads the latest checkpoint in a worker thread and adds context,
-  target and prediction of one validation sequence as layers.
+- "show validation sample" (SimVP) runs the latest checkpoint's network, inference only, in a
+  worker thread and adds context, target and prediction of one validation sequence as layers.
 
+The settings are remembered between sessions (:mod:`laugen_napari.ui`'s settings files).
 Errors (bad input, a failed child) are napari notifications.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
-from matplotlib.ticker import NullFormatter
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QVBoxLayout, QWidget
 
-from ..training.datasets import SliceSpec, SyntheticSource, build_data
-from ..training.dhvae import find_pairs, make_training, slices_from_arrays
-from ..training.loop import load_checkpoint
-from ..training.process import TrainingProcess
-from ..training.simvp import build_task, simvp_factory
-from .plots import BACKGROUND, FOREGROUND, MplCanvas
+from ..training import plan as planning
+from ..training.loop import load_checkpoint  # noqa: F401  (the validation sample reads checkpoints with it, via plan)
+from ..training.plan import DHVAE_FAMILY, describe_end, describe_record, model_choices, tile  # noqa: F401 (tile: API)
+from . import load_settings, save_settings
+from .mpl_dock import PanelPlot, scroll_area
 from .workers import WorkerSet
 
-SIMVP_MODELS = {"SimVP (gSTA)": "gsta", "SimVP (IncepU)": "incepu"}
-GENERATORS = {"dHVAE": "dhvae", "HVAE": "hvae", "VAE": "vae"}
-MODELS = list(SIMVP_MODELS) + list(GENERATORS)
+CHOICES = model_choices()
+MODELS = list(CHOICES)
+SIMVP_MODELS = {k: c.key for k, c in CHOICES.items() if c.kind == "simvp"}
+GENERATORS = {k: c.key for k, c in CHOICES.items() if c.kind == "generator"}
 POLL_MS = 200
-REDRAW_S = 1.0  # the plot is redrawn at most this often (a redraw is ~100 ms of GUI thread on a slow CPU)
 CHILD_NICENESS = 5  # the training child yields the CPU to the viewer on a machine with few cores
+SETTINGS_NAME = "train_dock"
 VAL_CONTEXT, VAL_TARGET, VAL_PREDICTION = "LAUGEN val context", "LAUGEN val target", "LAUGEN val prediction"
 GEN_IMAGES, GEN_MASKS = "LAUGEN generated images", "LAUGEN generated masks"
 WEIGHTS_NOTE = ("Everything here trains from scratch: no pretrained weights are needed. "
                 "VGG16 and Inception files are optional (dHVAE): without VGG16 the perceptual term uses "
                 "feature matching on the discriminator's features; without Inception there is no FID.")
+#: widgets whose values are remembered between sessions
+REMEMBERED = ("model", "real_files", "acdc", "pairs", "context", "target", "mix", "axis", "crop", "length",
+              "size_preset", "epochs", "steps", "epoch_steps", "size", "warmup", "batch", "lr", "seed", "vgg",
+              "inception", "threads")
 
 # panels of the plot: (title, [(phase, value key, legend)], baseline key or None, log scale)
 SIMVP_PANELS = [
@@ -70,148 +73,24 @@ GENERATOR_PANELS = [
     ("val SSIM / Dice", [("val", "ssim", "SSIM"), ("val", "dice", "Dice")], None, False),
     ("samples", [("sample", "jsd", "mask JSD (bits)"), ("sample", "nonempty", "non-empty")], None, False),
 ]
+OTHER_PANELS = [("training", [], None, False)]  # lines appear as the records name them
 
 
-class TrainPlot(MplCanvas):
-    """Training curves: one panel per metric group, lines keyed ``"phase/key"`` in :attr:`lines`,
-    the last-image baseline as a horizontal line per panel (:attr:`baselines`).
-
-    Drawing runs on the GUI thread, and a full draw of four to six panels costs ~100-200 ms on a
-    slow CPU; so after the first full draw, :meth:`refresh` redraws one changed panel per call
-    (its grid cell is cleared, the axes drawn and only that cell blitted): short stalls only."""
+class TrainPlot(PanelPlot):
+    """Training curves of the dock (see :class:`~laugen_napari.ui.mpl_dock.PanelPlot`)."""
 
     def __init__(self, parent: QWidget | None = None):
-        super().__init__(parent, figsize=(4.0, 4.4), nrows=2, ncols=2)
-        # fixed margins: a layout engine would move every panel on every draw
-        self.figure.set_layout_engine("none")
-        self.lines: dict = {}
-        self.baselines: dict = {}
-        self._data: dict[str, tuple[list, list]] = {}
-        self._panel_of: dict[str, int] = {}
-        self.panels: list = []
-        self._dirty: list[int] = []  # panels to redraw, in order
-        self._full = True  # the next refresh draws the whole figure
-        self._last_draw = 0.0
-        self.canvas.mpl_connect("draw_event", self._on_full_draw)
+        super().__init__(parent)
         self.configure(SIMVP_PANELS)
 
-    def configure(self, panels: list) -> None:
-        """Start over with the given panels (empty lines; the axes are kept when the panels are the same)."""
-        if panels is self.panels:
-            for xs, ys in self._data.values():
-                xs.clear()
-                ys.clear()
-            for line in self.baselines.values():
-                line.set_ydata([np.nan, np.nan])
-            self._mark(range(len(self.axes)))
-            return
-        self.panels = panels
-        self.figure.clear()
-        self.ncols = 2
-        self.nrows = math.ceil(len(panels) / self.ncols)
-        grid = self.figure.add_gridspec(self.nrows, self.ncols, left=0.13, right=0.97, bottom=0.08, top=0.94,
-                                        wspace=0.4, hspace=0.5)
-        self.axes = [self.figure.add_subplot(grid[i // self.ncols, i % self.ncols]) for i in range(len(panels))]
-        self.lines, self.baselines, self._data, self._panel_of = {}, {}, {}, {}
-        for i, (ax, (title, series, baseline, log)) in enumerate(zip(self.axes, panels)):
-            self.style(ax)
-            ax.set_title(title, fontsize=8, color=FOREGROUND)
-            for phase, key, label in series:
-                marker = "" if phase == "train" else "o"
-                (line,) = ax.plot([], [], marker=marker, ms=3, lw=1.0, label=label)
-                self.lines[f"{phase}/{key}"] = line
-                self._data[f"{phase}/{key}"] = ([], [])
-                self._panel_of[f"{phase}/{key}"] = i
-            if baseline is not None:
-                self.baselines[baseline] = ax.axhline(np.nan, color="#f06060", lw=1.0, ls="--", label="last image")
-                self._panel_of[baseline] = i
-            if log:
-                ax.set_yscale("log")
-                ax.yaxis.set_minor_formatter(NullFormatter())  # minor labels crowd the small panel
-            # a fixed place: loc="best" searches for a spot on every draw
-            ax.legend(fontsize=6, loc="upper right", facecolor=BACKGROUND, labelcolor=FOREGROUND)
-        for ax in self.axes[-2:]:
-            ax.set_xlabel("step", fontsize=7)
-        self._full = True
-        self._dirty = list(range(len(self.axes)))
-        self.refresh(force=True)
-
-    def _mark(self, panels) -> None:
-        for i in panels:
-            if i not in self._dirty:
-                self._dirty.append(i)
-
-    def add(self, records) -> None:
-        """Append records (``Record`` objects) to the lines; drawn by :meth:`refresh`."""
-        for rec in records:
-            for key, value in rec.values.items():
-                name = f"{rec.phase}/{key}"
-                if name in self._data:
-                    xs, ys = self._data[name]
-                    xs.append(rec.step)
-                    ys.append(value)
-                    self._mark([self._panel_of[name]])
-                if rec.phase == "val" and key in self.baselines:
-                    self.baselines[key].set_ydata([value, value])
-                    self._mark([self._panel_of[key]])
-
-    def _push(self, i: int) -> None:
-        """Move panel ``i``'s data into its lines and rescale it."""
-        for name, (xs, ys) in self._data.items():
-            if self._panel_of[name] == i:
-                self.lines[name].set_data(xs, ys)
-        ax = self.axes[i]
-        ax.relim()
-        ax.autoscale_view()
-
-    def _on_full_draw(self, event) -> None:
-        self._full = False  # any full draw (resize, first show) brings every panel up to date
-
-    def refresh(self, force: bool = False) -> None:
-        """Redraw: everything when ``force`` or before the first full draw, else one changed panel
-        (at most every :data:`REDRAW_S` seconds per full round)."""
-        if not self._dirty:
-            return
-        now = time.monotonic()
-        if force or self._full:
-            for i in range(len(self.axes)):
-                self._push(i)
-            self._dirty.clear()
-            self._last_draw = now
-            self.canvas.draw()
-            return
-        if now - self._last_draw < REDRAW_S / max(1, len(self.axes)):
-            return
-        i = self._dirty.pop(0)
-        self._push(i)
-        self._last_draw = now
-        self._draw_panel(i)
-
-    def _draw_panel(self, i: int) -> None:
-        """Clear panel ``i``'s grid cell, draw its axes there and blit only that cell."""
-        from matplotlib.patches import Rectangle
-        from matplotlib.transforms import Bbox
-
-        r, c = divmod(i, self.ncols)
-        cell = Bbox.from_extents(c / self.ncols, 1 - (r + 1) / self.nrows, (c + 1) / self.ncols, 1 - r / self.nrows)
-        renderer = self.canvas.get_renderer()
-        clear = Rectangle((cell.x0, cell.y0), cell.width, cell.height, transform=self.figure.transFigure,
-                          facecolor=self.figure.get_facecolor(), edgecolor="none")
-        clear.set_figure(self.figure)
-        clear.draw(renderer)
-        self.axes[i].draw(renderer)
-        self.canvas.blit(cell.transformed(self.figure.transFigure))
-
-def tile(stack: np.ndarray, columns: int | None = None) -> np.ndarray:
-    """(N, H, W) -> one (rows*H, columns*W) grid image, row-major, empty cells zero."""
-    n, h, w = stack.shape
-    columns = columns or max(1, math.ceil(math.sqrt(n)))
-    rows = math.ceil(n / columns)
-    out = np.zeros((rows * h, columns * w), stack.dtype)
-    for i in range(n):
-        r, c = divmod(i, columns)
-        out[r * h:(r + 1) * h, c * w:(c + 1) * w] = stack[i]
-    return out
+    def configure_for(self, choice) -> None:
+        """The panels of a model choice."""
+        if choice.kind == "simvp":
+            self.configure(SIMVP_PANELS)
+        elif choice.key in DHVAE_FAMILY:
+            self.configure(GENERATOR_PANELS)
+        else:
+            self.configure(OTHER_PANELS, auto=True)
 
 
 def _text(edit: FileEdit) -> str:
@@ -219,14 +98,25 @@ def _text(edit: FileEdit) -> str:
     return edit.line_edit.value.strip()
 
 
+def _progress(total: int | None, desc: str):
+    """A napari progress bar (shown in the activity dock), or None where napari has none."""
+    try:
+        from napari.utils import progress
+    except ImportError:  # pragma: no cover - napari always has it
+        return None
+    return progress(total=total, desc=desc)
+
+
 class TrainWidget(QWidget):
-    """Dock widget: model, data, hyperparameters, Start/Stop, the live plot."""
+    """Dock widget: Start/Stop and the status on top, then the settings and the live plot, scrolled."""
 
     def __init__(self, napari_viewer):
         super().__init__()
+        import torch
+
         torch.set_num_threads(1)  # the GUI process keeps its torch work (validation sample) small
         self.viewer = napari_viewer
-        self.proc: TrainingProcess | None = None
+        self.proc = None
         self.run: dict | None = None  # what the current/last run was started with
         self._seen = 0
         self._starting = False
@@ -236,7 +126,9 @@ class TrainWidget(QWidget):
         self._workers = WorkerSet("LAUGEN train")
         self._val_index = 0
         self._val_cache: tuple | None = None
+        self._pbar = None
         self._build()
+        self.restore_settings()
         self.timer = QTimer(self, interval=POLL_MS)
         self.timer.timeout.connect(self._tick)
         napari_viewer.layers.events.inserted.connect(self._reset_choices)
@@ -263,14 +155,18 @@ class TrainWidget(QWidget):
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop a running child (blocking, for closing the viewer) and wait for the workers."""
         self.timer.stop()
+        self.save_settings()
         self.wait_idle()
         if self.proc is not None and not self.proc.finished:
             self.proc.stop(timeout)
+        self._close_progress()
 
     # -- construction -----------------------------------------------------------------------
     def _build(self) -> None:
         w = {}
         w["model"] = ComboBox(label="model", choices=MODELS, value=MODELS[0])
+        w["model_note"] = Label(value="")
+        w["model_note"].native.setWordWrap(True)
         w["data_note"] = Label(value="data: layers on screen and/or files")
         w["series"] = ComboBox(label="4D series layer", nullable=True,
                                choices=lambda _: [l for l in self.viewer.layers if isinstance(l, Image) and l.ndim == 4])
@@ -303,19 +199,32 @@ class TrainWidget(QWidget):
         w["threads"] = SpinBox(label="torch threads (child)", value=max(1, (os.cpu_count() or 2) - 1), min=1, max=256)
         w["weights_note"] = Label(value=WEIGHTS_NOTE)
         w["weights_note"].native.setWordWrap(True)
+        form_keys = list(w)
         w["start"] = PushButton(text="Start")
         w["stop"] = PushButton(text="Stop")
         w["show_val"] = PushButton(text="show validation sample")
-        w["status"] = Label(value="idle")
+        w["status"] = Label(value="Idle. Choose a model and data, then press Start.")
         w["status"].native.setWordWrap(True)
         # a fixed height: a status line that rewraps would re-layout the dock and resize the plot (a full redraw)
         w["status"].native.setFixedHeight(3 * w["status"].native.fontMetrics().lineSpacing() + 4)
         self.w = w
-        self.form = Container(widgets=list(w.values()))
+        self.form = Container(widgets=[w[k] for k in form_keys])
         self.plot = TrainPlot(self)
+        # Start/Stop and the status stay on top, always visible; the long form and the plot scroll
+        # (the dock fits a 1280x800 screen, stacked with the other LAUGEN docks)
+        buttons = QHBoxLayout()
+        for key in ("start", "stop", "show_val"):
+            buttons.addWidget(w[key].native)
+        inner = QWidget()
+        inner_layout = QVBoxLayout(inner)
+        inner_layout.setContentsMargins(0, 0, 0, 0)
+        inner_layout.addWidget(self.plot)
+        inner_layout.addWidget(self.form.native)
+        self.scroll = scroll_area(inner, min_height=140)
         layout = QVBoxLayout(self)
-        layout.addWidget(self.form.native)
-        layout.addWidget(self.plot)
+        layout.addLayout(buttons)
+        layout.addWidget(w["status"].native)
+        layout.addWidget(self.scroll, 1)
         w["model"].changed.connect(self._on_model)
         w["start"].changed.connect(self.start)
         w["stop"].changed.connect(self.stop)
@@ -333,88 +242,81 @@ class TrainWidget(QWidget):
                 self.w["series"].value = layer
 
     @property
+    def choice(self):
+        return CHOICES[self.w["model"].value]
+
+    @property
     def is_simvp(self) -> bool:
-        return self.w["model"].value in SIMVP_MODELS
+        return self.choice.kind == "simvp"
 
     def _on_model(self, *_) -> None:
-        simvp = self.is_simvp
+        choice = self.choice
+        simvp = choice.kind == "simvp"
         for name in ("series", "real_files", "acdc", "context", "target", "mix", "axis", "crop", "length",
                      "size_preset", "epochs", "show_val"):
             self.w[name].visible = simvp
-        for name in ("steps", "epoch_steps", "size", "warmup", "vgg", "inception"):
-            self.w[name].visible = not simvp
+        self.w["steps"].visible = self.w["size"].visible = not simvp
+        for name, option in (("epoch_steps", "steps_per_epoch"), ("warmup", "disc_warmup"), ("vgg", "vgg"),
+                             ("inception", "inception")):
+            self.w[name].visible = choice.has(option)
+        self.w["weights_note"].visible = choice.has("vgg")
+        self.w["model_note"].value = choice.description
+        self.w["model_note"].visible = bool(choice.description)
         lr = self.w["lr"].value.strip()
-        if lr in ("1e-3", "5e-05", "5e-5", ""):
-            self.w["lr"].value = "1e-3" if simvp else "5e-5"
+        defaults = {f"{c.default('lr', '')}" for c in CHOICES.values()} | {"1e-3", "5e-05", "5e-5", "0.001", ""}
+        if lr in defaults and choice.default("lr") is not None:
+            self.w["lr"].value = f"{choice.default('lr'):g}"
+        if choice.has("disc_warmup") and choice.default("disc_warmup") is not None:
+            self.w["warmup"].value = int(choice.default("disc_warmup"))
         if self.proc is None:
-            self.plot.configure(SIMVP_PANELS if simvp else GENERATOR_PANELS)
+            self.plot.configure_for(choice)
 
     def _status(self, text: str) -> None:
         self.w["status"].value = text
 
-    # -- start ------------------------------------------------------------------------------
-    def collect(self) -> dict:
-        """The run's settings from the widgets (GUI thread: cheap, no layer data read yet).
+    # -- settings memory --------------------------------------------------------------------
+    def settings(self) -> dict:
+        """The remembered widgets' values (paths as text)."""
+        out = {}
+        for key in REMEMBERED:
+            widget = self.w[key]
+            out[key] = _text(widget) if isinstance(widget, FileEdit) else widget.value
+        return out
 
-        Raises ValueError for missing or inconsistent input."""
+    def save_settings(self) -> None:
+        save_settings(SETTINGS_NAME, self.settings())
+
+    def restore_settings(self) -> None:
+        """Put back the last session's values (a value a widget refuses is skipped)."""
+        saved = load_settings(SETTINGS_NAME)
+        if saved.get("model") in CHOICES:
+            self.w["model"].value = saved["model"]
+        for key in REMEMBERED:
+            if key == "model" or key not in saved:
+                continue
+            widget = self.w[key]
+            try:
+                if isinstance(widget, FileEdit):
+                    widget.line_edit.value = str(saved[key])
+                else:
+                    widget.value = saved[key]
+            except (ValueError, TypeError):
+                pass
+
+    # -- start ------------------------------------------------------------------------------
+    def values(self) -> dict:
+        """The widgets' values as plain Python (paths as text)."""
+        out = {k: (_text(v) if isinstance(v, FileEdit) else v.value) for k, v in self.w.items()
+               if k not in ("series", "image", "labels", "start", "stop", "show_val", "status")
+               and not k.endswith("_note")}
+        return out
+
+    def collect(self) -> dict:
+        """The run's plan (:func:`laugen_napari.training.plan.make_plan`) from the widgets (GUI
+        thread: cheap, no layer data read yet). Raises ValueError for missing or inconsistent input."""
         w = self.w
-        try:
-            lr = float(w["lr"].value)
-        except ValueError:
-            raise ValueError(f"learning rate {w['lr'].value!r} is not a number") from None
-        if not (lr > 0 and math.isfinite(lr)):
-            raise ValueError(f"the learning rate must be a positive number, got {lr}")
-        run_dir = _text(w["run_dir"])
-        model = w["model"].value
-        if not run_dir:
-            run_dir = str(Path.home() / "laugen_runs" / f"{model.split()[0].lower()}-{time.strftime('%Y%m%d-%H%M%S')}")
-        run_dir_p = Path(run_dir).expanduser()
-        if (run_dir_p / "last.pt").exists() and not w["resume"].value:
-            raise ValueError(f"{run_dir_p} already holds a run (last.pt): tick 'resume' or choose another run directory")
-        if w["resume"].value and not (run_dir_p / "last.pt").exists():
-            raise ValueError(f"nothing to resume: no last.pt in {run_dir_p}")
-        image, labels = w["image"].value, w["labels"].value
-        if (image is None) != (labels is None):
-            raise ValueError("give both an image layer and a labels layer (or neither)")
-        pairs = _text(w["pairs"])
-        if pairs and not Path(pairs).is_dir():
-            raise ValueError(f"no such folder: {pairs}")
-        plan = {"model": model, "run_dir": str(run_dir_p), "lr": lr, "seed": int(w["seed"].value),
-                "batch": int(w["batch"].value), "resume": bool(w["resume"].value), "threads": int(w["threads"].value),
-                "image": None if image is None else (image.data, tuple(float(s) for s in image.scale[-3:]), image.name),
-                "labels": None if labels is None else labels.data, "pairs": pairs or None}
-        if self.is_simvp:
-            series = w["series"].value
-            real_files = [t.strip() for t in _text(w["real_files"]).split(",") if t.strip()] if _text(w["real_files"]) else []
-            for f in real_files:
-                if not Path(f).is_file():
-                    raise ValueError(f"no such file: {f}")
-            acdc = _text(w["acdc"]) or None
-            if acdc and not Path(acdc).is_dir():
-                raise ValueError(f"no such folder: {acdc}")
-            if series is None and not real_files and not acdc and image is None and not pairs:
-                raise ValueError("no data: choose a 4D series layer, an image + labels pair, or files/folders")
-            frames = int(w["context"].value) + int(w["target"].value)
-            if series is not None and series.data.shape[0] < frames:
-                raise ValueError(f"the series '{series.name}' has {series.data.shape[0]} frames; "
-                                 f"context + target needs at least {frames}")
-            crop = int(w["crop"].value)
-            plan.update(series=None if series is None else (series.data, series.name), real_files=real_files,
-                        acdc=acdc, context=int(w["context"].value), target=int(w["target"].value),
-                        mix=float(w["mix"].value), axis=int(w["axis"].value), crop=(crop, crop) if crop else None,
-                        length=int(w["length"].value) or None, size_preset=w["size_preset"].value,
-                        epochs=int(w["epochs"].value))
-        else:
-            if image is None and not pairs:
-                raise ValueError("no data: choose an image + labels layer pair or a folder of image/mask pairs")
-            for name in ("vgg", "inception"):
-                path = _text(w[name])
-                if path and not Path(path).is_file():
-                    raise ValueError(f"no such {name} weights file: {path}")
-            plan.update(steps=int(w["steps"].value), epoch_steps=int(w["epoch_steps"].value), size=int(w["size"].value),
-                        warmup=int(w["warmup"].value), vgg=_text(w["vgg"]) or None,
-                        inception=_text(w["inception"]) or None)
-        return plan
+        return planning.make_plan(self.values(), series=w["series"].value if self.is_simvp else None,
+                                  image=w["image"].value, labels=w["labels"].value, choices=CHOICES)
 
     def start(self, *_) -> None:
         """Start button: validate, then prepare the data and start the child off the GUI thread."""
@@ -426,16 +328,18 @@ class TrainWidget(QWidget):
         except ValueError as exc:
             show_error(f"LAUGEN train: {exc}")
             return
+        self.save_settings()
         self._starting = True
         self._user_stopped = False
         self.w["start"].enabled = False
-        self._status("preparing the data and starting the training process ...")
-        self._run_bg(_prepare_and_start, plan, returned=self._started, errored=self._start_failed)
+        self._status("Preparing the data and starting the training process ...")
+        self._run_bg(planning.prepare_and_start, plan, CHILD_NICENESS, returned=self._started,
+                     errored=self._start_failed)
 
     def _start_failed(self, exc: Exception) -> None:
         self._starting = False
         self.w["start"].enabled = True
-        self._status(f"not started: {exc}")
+        self._status(f"Not started: {exc}")
         show_error(f"LAUGEN train: {exc}")
 
     def _started(self, result: tuple) -> None:
@@ -446,10 +350,15 @@ class TrainWidget(QWidget):
         self._samples_mtime = None
         self._val_cache = None
         self._val_index = 0
-        self.plot.configure(SIMVP_PANELS if run["kind"] == "simvp" else GENERATOR_PANELS)
+        self.plot.configure_for(CHOICES[run["model"]])
         self.w["run_dir"].value = run["run_dir"]
         self.w["stop"].enabled = True
-        self._status(f"training {run['model']} in a separate process; run directory {run['run_dir']}")
+        self._status(f"Training {run['model']} in a separate process; its files go to {run['run_dir']}.")
+        self.scroll.ensureWidgetVisible(self.plot)
+        total = run["kwargs"]["steps"] if run["kind"] == "generator" else run["kwargs"]["run"]["epochs"]
+        self._close_progress()
+        self._pbar = _progress(int(total), f"LAUGEN train: {run['model']}")
+        self._pbar_unit = "step" if run["kind"] == "generator" else "epoch"
         self.timer.start()
 
     # -- following the run ------------------------------------------------------------------
@@ -465,30 +374,43 @@ class TrainWidget(QWidget):
         self._seen += len(new)
         if new:
             self.plot.add(new)
-            last = new[-1]
-            text = ", ".join(f"{k} {v:.4g}" for k, v in list(last.values.items())[:4])
-            self._status(f"step {last.step}, epoch {last.epoch} ({last.phase}): {text}")
+            self._status(describe_record(new[-1]))
+            self._advance_progress(new[-1])
         if self.run is not None and self.run["kind"] == "generator":
             self._check_samples()
         self.plot.refresh()
         if not alive:
             self._finished()
 
+    def _advance_progress(self, rec) -> None:
+        bar = self._pbar
+        if bar is None:
+            return
+        done = rec.step if self._pbar_unit == "step" else max(0, rec.epoch - (0 if rec.phase == "val" else 1))
+        done = min(int(done), int(bar.total or done))
+        if done > bar.n:
+            bar.update(done - bar.n)
+
+    def _close_progress(self) -> None:
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+
     def _finished(self) -> None:
         proc = self.proc
         self.timer.stop()
+        self._close_progress()
         self.plot.refresh(force=True)
         self.w["start"].enabled = True
         self.w["stop"].enabled = False
         if self.run is not None and self.run["kind"] == "generator":
             self._check_samples()
         if proc.error and not (self._user_stopped and proc.error == "interrupted"):
-            self._status(f"failed: {proc.error}")
+            self._status(f"The training failed: {proc.error}")
             show_error(f"LAUGEN train: the training process failed: {proc.error}")
         else:
-            how = "stopped" if self._user_stopped else "finished"
-            self._status(f"{how} at step {proc.records[-1].step if proc.records else 0}; "
-                         f"checkpoints in {self.run['run_dir']} (last.pt, best.pt)")
+            step = proc.records[-1].step if proc.records else 0
+            self._status(describe_end(self._user_stopped, step, self.run["run_dir"]))
         if proc.exitcode is None:
             self._run_bg(proc.join, 30)  # reap the child without blocking the GUI
 
@@ -500,7 +422,7 @@ class TrainWidget(QWidget):
         self._stopping = True
         self._user_stopped = True
         self.w["stop"].enabled = False
-        self._status("stopping after the current step (writing last.pt) ...")
+        self._status("Stopping after the current step and saving it (last.pt) ...")
 
         def done():
             self._stopping = False
@@ -510,7 +432,7 @@ class TrainWidget(QWidget):
 
         self._run_bg(proc.stop, 60, finished=done)
 
-    # -- generated samples (dHVAE) --------------------------------------------------------------
+    # -- generated samples (generators) --------------------------------------------------------
     def _check_samples(self) -> None:
         path = Path(self.run["run_dir"]) / "samples_latest.npz"
         try:
@@ -520,18 +442,37 @@ class TrainWidget(QWidget):
         if mtime == self._samples_mtime:
             return
         self._samples_mtime = mtime
-        self._run_bg(_load_samples, path, returned=self._show_samples)
+        self._run_bg(planning.load_samples, path, returned=self._show_samples)
+
+    def _scan_extent(self) -> np.ndarray | None:
+        """World extent of the layers other than the generated grids (None without any)."""
+        others = [l for l in self.viewer.layers if l.name not in (GEN_IMAGES, GEN_MASKS)]
+        if not others:
+            return None
+        ext = np.array([l.extent.world for l in others], float)  # (n, 2, ndim) of possibly several ndims
+        nd = min(e.shape[-1] for e in ext)
+        ext = np.stack([e[:, -nd:] for e in ext])
+        return np.stack([ext[:, 0].min(0), ext[:, 1].max(0)])
 
     def _show_samples(self, grid: tuple) -> None:
         images, masks, step = grid
+        extent = self._scan_extent()
+        place = {}
+        if extent is not None and extent.shape[-1] >= 2:
+            translate, scale = planning.beside(extent, images.shape)
+            place = {"translate": translate, "scale": scale}
         for name, data, cls in ((GEN_IMAGES, images, Image), (GEN_MASKS, masks, Labels)):
             if name in self.viewer.layers and isinstance(self.viewer.layers[name], cls):
-                self.viewer.layers[name].data = data
+                layer = self.viewer.layers[name]
+                layer.data = data
+                if place:
+                    layer.scale, layer.translate = place["scale"], place["translate"]
             elif cls is Image:
-                self.viewer.add_image(data, name=name, contrast_limits=(0.0, 1.0))
+                self.viewer.add_image(data, name=name, contrast_limits=(0.0, 1.0), **place)
             else:
-                self.viewer.add_labels(data, name=name, opacity=0.4)
-        self._status(f"generated samples of step {step} shown as '{GEN_IMAGES}' and '{GEN_MASKS}'")
+                self.viewer.add_labels(data, name=name, opacity=0.4, **place)
+        self._status(f"Generated samples of step {step} are shown beside the scan "
+                     f"('{GEN_IMAGES}' and '{GEN_MASKS}').")
 
     # -- validation sample (SimVP) ------------------------------------------------------------
     def show_validation_sample(self, *_) -> None:
@@ -541,32 +482,18 @@ class TrainWidget(QWidget):
             return
         index = self._val_index
         self._val_index += 1
-        self._status("loading the latest checkpoint for a validation sample ...")
+        self._status("Loading the latest checkpoint to predict a validation sequence ...")
         self._run_bg(self._validation_sample, run, index, returned=self._show_val)
 
-    def _validation_sample(self, run: dict, index: int) -> tuple:
-        """Worker thread: context, target and prediction of validation sequence ``index``."""
-        run_dir = Path(run["run_dir"])
-        ckpt_path = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "last.pt"
-        if not ckpt_path.is_file():
-            raise ValueError(f"no checkpoint yet in {run_dir}: wait for the first epoch to finish")
-        kw = run["kwargs"]
-        if self._val_cache is None or self._val_cache[0] is not run:
-            bundle = build_data(**kw["data"], seed=kw["seed"])
-            self._val_cache = (run, bundle)
-        bundle = self._val_cache[1]
-        task = build_task(bundle, seed=kw["seed"], **kw["model"])
-        ckpt = load_checkpoint(ckpt_path)
-        task.load_state_dict(ckpt["task"])
-        task.model.eval()
-        i = index % len(bundle.val)
-        seq = bundle.val[i:i + 1]
-        with torch.no_grad():
-            pred = task.predict_raw(seq[:, :task.context])[0]
-        return seq[0, :task.context], seq[0, task.context:], pred.astype(np.float32), i, ckpt_path.name, int(ckpt["step"])
+    def _validation_sample(self, run: dict, index: int):
+        """Worker thread: inference only (no optimizer: nothing here imports Triton)."""
+        cached = self._val_cache[1] if self._val_cache is not None and self._val_cache[0] is run else None
+        sample, val = planning.validation_sample(run, index, cached)
+        self._val_cache = (run, val)
+        return sample
 
-    def _show_val(self, result: tuple) -> None:
-        ctx, tgt, pred, i, ckpt_name, step = result
+    def _show_val(self, sample) -> None:
+        ctx, tgt, pred = sample.context, sample.target, sample.prediction
         lo, hi = float(min(ctx.min(), tgt.min())), float(max(ctx.max(), tgt.max()))
         limits = (lo, hi if hi > lo else lo + 1.0)
         todo = [(VAL_CONTEXT, ctx), (VAL_TARGET, tgt), (VAL_PREDICTION, pred)]
@@ -581,81 +508,7 @@ class TrainWidget(QWidget):
             if todo:
                 QTimer.singleShot(30, add_next)
             else:
-                self._status(f"validation sequence {i}: context, target and prediction ({ckpt_name}, step {step})")
+                self._status(f"Validation sequence {sample.index}: context, target and prediction "
+                             f"(from {sample.checkpoint}, step {sample.step}).")
 
         add_next()
-
-
-# -- worker-thread functions (no Qt) ----------------------------------------------------------------
-
-def _sources(plan: dict) -> list[SyntheticSource]:
-    if plan["image"] is None:
-        return []
-    data, spacing, name = plan["image"]
-    image = np.asarray(data, np.float32)
-    labels = np.asarray(plan["labels"])
-    if image.shape != labels.shape:
-        raise ValueError(f"image '{name}' {image.shape} and labels {labels.shape} differ in shape")
-    return [SyntheticSource(image, labels.astype(np.int32), spacing, name=name)]
-
-
-def prepare(plan: dict) -> tuple:
-    """``(factory, kwargs, run)`` for :class:`TrainingProcess` from :meth:`TrainWidget.collect`'s plan.
-
-    Reads layer data (a lazy LAUGEN series computes its frames here), so call it off the GUI thread."""
-    run = {"model": plan["model"], "run_dir": plan["run_dir"]}
-    if plan["model"] in SIMVP_MODELS:
-        real_arrays = []
-        if plan["series"] is not None:
-            data, name = plan["series"]
-            arr = np.asarray(data, np.float32)
-            if arr.ndim != 4:
-                raise ValueError(f"the series '{name}' must be (T, Z, Y, X), got {arr.shape}")
-            real_arrays.append(arr)
-        synthetic = [tuple(str(p) for p in pair) for pair in find_pairs(plan["pairs"])] if plan["pairs"] else []
-        sources = _sources(plan)
-        has_real = bool(real_arrays or plan["real_files"] or plan["acdc"])
-        has_syn = bool(sources or synthetic or plan["acdc"])
-        data = dict(real=list(plan["real_files"]), acdc=plan["acdc"], synthetic=synthetic, sources=sources,
-                    real_arrays=real_arrays, mix=plan["mix"] if (has_real and has_syn) else None,
-                    context=plan["context"], target=plan["target"],
-                    spec=SliceSpec(plan["axis"], None, None, plan["crop"]), length=plan["length"])
-        from ..models.simvp import CPU_DEFAULT, MMNIST
-
-        size = dict(MMNIST if plan["size_preset"] == "mmnist" else CPU_DEFAULT)
-        model = {"translator": SIMVP_MODELS[plan["model"]], "size": size, "lr": plan["lr"]}
-        runkw = {"epochs": plan["epochs"], "out_dir": plan["run_dir"], "resume": plan["resume"]}
-        kwargs = {"data": data, "model": model, "run": runkw, "batch_size": plan["batch"], "seed": plan["seed"]}
-        run.update(kind="simvp", kwargs=kwargs)
-        return simvp_factory, kwargs, run
-    kwargs = dict(size=plan["size"], model=GENERATORS[plan["model"]], steps=plan["steps"], out=plan["run_dir"],
-                  resume=plan["resume"], vgg=plan["vgg"], inception=plan["inception"], batch_size=plan["batch"],
-                  steps_per_epoch=plan["epoch_steps"], seed=plan["seed"], lr=plan["lr"], disc_warmup=plan["warmup"])
-    if plan["image"] is not None:
-        data, _, name = plan["image"]
-        kwargs["slices"] = slices_from_arrays(np.asarray(data, np.float32), np.asarray(plan["labels"]), plan["size"],
-                                              name=name)
-    else:
-        find_pairs(plan["pairs"])  # a folder without pairs fails here, with a clear message
-        kwargs["pairs"] = plan["pairs"]
-    run.update(kind="generator", kwargs=kwargs)
-    return make_training, kwargs, run
-
-
-def _prepare_and_start(plan: dict) -> tuple:
-    factory, kwargs, run = prepare(plan)
-    Path(run["run_dir"]).mkdir(parents=True, exist_ok=True)
-    proc = TrainingProcess(factory, kwargs, threads=plan["threads"]).start()
-    pid = proc.pid
-    if pid is not None and hasattr(os, "setpriority"):
-        try:  # lower the child's priority (raising niceness needs no privilege)
-            os.setpriority(os.PRIO_PROCESS, pid, os.getpriority(os.PRIO_PROCESS, 0) + CHILD_NICENESS)
-        except OSError:
-            pass
-    return proc, run
-
-
-def _load_samples(path: Path) -> tuple:
-    with np.load(path) as z:
-        images, masks, step = z["images"], z["masks"], int(z["step"])
-    return tile(images.astype(np.float32)), tile(masks.astype(np.uint8)), step
