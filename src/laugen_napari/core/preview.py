@@ -48,11 +48,18 @@ class PreviewModel:
     def spatial_shape(self) -> tuple[int, int, int]:
         return tuple(self.labels.shape)
 
-    def set_augmenter(self, augmenter: Augmenter | None) -> None:
-        """Use a new engine (after the field was recomputed); clears the frame cache."""
+    def set_augmenter(self, augmenter: Augmenter | None, image: np.ndarray | None = None,
+                      labels: np.ndarray | None = None) -> None:
+        """Use a new engine (after the field was recomputed), with new inputs if given (frame 0:
+        the labels as they were when the engine was built); clears the frame cache."""
         with self._lock:
+            if image is not None:
+                self.image = np.asarray(image, dtype=np.float32)
+            if labels is not None:
+                self.labels = np.asarray(labels)
             self.augmenter = augmenter
             self._cache.clear()
+            self._full_counts_for = None
 
     def set_trajectory(self, z_mm: Sequence[float]) -> None:
         """New values z_t (mm); the frame count may change."""
