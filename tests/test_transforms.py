@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from laugen_napari.transforms import LongitudinalAugment, longitudinal_augment, spacing_from_affine
+from laugen_napari.settings import SettingsError
+from laugen_napari.transforms import LongitudinalAugment, longitudinal_augment, spacing_from_affine, split_time
 
 SPACING = (2.0, 1.5, 1.5)
 
@@ -35,11 +36,17 @@ def test_shapes_and_frame0_numpy_and_channels():
     np.testing.assert_array_equal(out["label"][0], label)
     assert (out["label"][-1] == 1).sum() > (label == 1).sum()  # it grows
 
-    # (C, Z, Y, X) image and MONAI-style (1, Z, Y, X) label
+    # (C, Z, Y, X) image and MONAI-style (1, Z, Y, X) label: frames folded into the channel axis,
+    # frame-major, or on a leading axis
     multi = np.stack([image, 2 * image])
     out = _transform().set_random_state(0)({"image": multi, "label": label[None]})
-    assert out["image"].shape == (4, 2) + image.shape and out["label"].shape == (4, 1) + label.shape
-    np.testing.assert_array_equal(out["image"][0], multi)
+    assert out["image"].shape == (8,) + image.shape and out["label"].shape == (4,) + label.shape
+    np.testing.assert_array_equal(out["image"][:2], multi)
+    np.testing.assert_array_equal(split_time(out["image"], 4)[0], multi)
+    lead = _transform(time_dim="leading").set_random_state(0)({"image": multi, "label": label[None]})
+    assert lead["image"].shape == (4, 2) + image.shape and lead["label"].shape == (4, 1) + label.shape
+    np.testing.assert_array_equal(lead["image"], split_time(out["image"], 4))
+    np.testing.assert_array_equal(lead["image"][:, 1], 2 * lead["image"][:, 0])  # one field moves every channel
 
 
 def test_torch_in_torch_out_and_spacing_sources():
@@ -100,22 +107,31 @@ def test_in_a_torch_dataloader():
         return list(loader)
 
     first = batches(7)
-    assert [b["image"].shape for b in first] == [(2, 4, 1, 12, 20, 20), (1, 4, 1, 12, 20, 20)]
+    assert [b["image"].shape for b in first] == [(2, 4, 12, 20, 20), (1, 4, 12, 20, 20)]
     assert first[0]["label"].shape == (2, 4, 12, 20, 20) and first[0]["z_mm"].shape == (2, 4)
-    torch.testing.assert_close(first[0]["image"][:, 0, 0], torch.from_numpy(np.stack([_blob(seed=s)[0] for s in (0, 1)])))
+    torch.testing.assert_close(first[0]["image"][:, 0], torch.from_numpy(np.stack([_blob(seed=s)[0] for s in (0, 1)])))
     again = batches(7)
     for x, y in zip(first, again):
         torch.testing.assert_close(x["image"], y["image"])
         torch.testing.assert_close(x["z_mm"], y["z_mm"])
 
 
-def test_bad_parameters():
-    with pytest.raises(ValueError):
-        LongitudinalAugment(frames=1)
-    with pytest.raises(ValueError):
-        LongitudinalAugment(kind="gaussian")  # needs a centre
-    with pytest.raises(ValueError):
-        LongitudinalAugment(sigma_mm=0)
+@pytest.mark.parametrize("kw, field", [
+    ({"frames": 1}, "frames"), ({"kind": "gaussian"}, "center"), ({"sigma_mm": 0}, "sigma_mm"),
+    ({"slope_range": (0.5, 0.1)}, "slope_range"), ({"device": "tpu"}, "device"), ({"labels": (0,)}, "labels"),
+    ({"kind": "directional", "direction": (0, 0, 0)}, "direction"), ({"trajectory": "custom"}, "values"),
+])
+def test_bad_generation_arguments_name_the_field(kw, field):
+    with pytest.raises(SettingsError, match=f"^{field}:"):
+        LongitudinalAugment(**kw)
+
+
+def test_bad_host_arguments():
+    with pytest.raises(ValueError, match="time_dim"):
+        LongitudinalAugment(time_dim="last")
+    image, label = _blob()
+    with pytest.raises(SettingsError, match="^center:.*outside"):
+        _transform(kind="gaussian", center=(50, 5, 5))({"image": image, "label": label})
     with pytest.raises(KeyError):
         _transform()({"image": np.zeros((4, 4, 4))})
     assert _transform(allow_missing_keys=True)({"image": 1}) == {"image": 1}
