@@ -15,6 +15,7 @@ Run with ``OMP_WAIT_POLICY=PASSIVE nice``; threads default to 1 (``--threads``).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -80,90 +81,91 @@ def timing(args: argparse.Namespace) -> None:
 
 
 def plot_curves(run_dir: Path, png: Path) -> None:
+    """Every train value (moving mean) and every validation value of a run's metrics.csv."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     recs = read_metrics_csv(run_dir / "metrics.csv")
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
-
-    def series(phase: str, name: str):
-        pts = [(r.step, r.values[name]) for r in recs if r.phase == phase and name in r.values]
-        return np.array(pts) if pts else np.zeros((0, 2))
+    names = [(ph, n) for ph in ("train", "val") for n in sorted({k for r in recs if r.phase == ph for k in r.values})
+             if n not in ("stage",)]
+    cols = 4
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), squeeze=False)
 
     def smooth(v: np.ndarray, w: int = 25) -> np.ndarray:
         return np.convolve(v, np.ones(w) / w, mode="valid") if len(v) > w else v
 
-    tr, va = series("train", "nelbo"), series("val", "loss")
-    axes[0].plot(tr[:, 0], tr[:, 1], alpha=0.25, label="train (per step)")
-    axes[0].plot(tr[len(tr) - len(smooth(tr[:, 1])):, 0], smooth(tr[:, 1]), label="train (moving mean)")
-    axes[0].plot(va[:, 0], va[:, 1], "o-", label="validation")
-    axes[0].set(title="-ELBO_H (nats per slice)", xlabel="step")
-    axes[0].legend(fontsize=7)
-    for name in ("l1", "perc"):
-        s = series("train", name)
-        if len(s):
-            axes[1].plot(s[len(s) - len(smooth(s[:, 1])):, 0], smooth(s[:, 1]), label=name)
-    axes[1].set(title="reconstruction terms (moving mean)", xlabel="step")
-    axes[1].legend(fontsize=7)
-    for name in ("disc", "gen"):
-        s = series("train", name)
-        if len(s):
-            axes[2].plot(s[:, 0], s[:, 1], label=name, alpha=0.7)
-    axes[2].set(title="discriminator / generator", xlabel="step")
-    axes[2].legend(fontsize=7)
-    for name in ("psnr", "ssim", "dice"):
-        s = series("val", name)
-        if len(s):
-            axes[3].plot(s[:, 0], s[:, 1] if name == "psnr" else 20 * s[:, 1], "o-",
-                         label=name if name == "psnr" else f"{name} x20")
-    s = series("sample", "jsd")
-    if len(s):
-        axes[3].plot(s[:, 0], 100 * s[:, 1], "s--", label="mask JSD x100")
-    axes[3].set(title="validation / sample metrics", xlabel="step")
-    axes[3].legend(fontsize=7)
+    for ax, (ph, name) in zip(axes.flat, names):
+        pts = np.array([(r.step, r.values[name]) for r in recs if r.phase == ph and name in r.values])
+        if ph == "train":
+            ax.plot(pts[:, 0], pts[:, 1], alpha=0.2)
+            sm = smooth(pts[:, 1])
+            ax.plot(pts[len(pts) - len(sm):, 0], sm)
+        else:
+            ax.plot(pts[:, 0], pts[:, 1], "o-")
+        ax.set_title(f"{ph}: {name}", fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
     fig.tight_layout()
-    fig.savefig(png, dpi=90)
+    fig.savefig(png, dpi=80)
     plt.close(fig)
 
 
-def plot_samples(model, real: SliceSet, png: Path, n: int = 16, seed: int = 0) -> None:
+def plot_samples(model, real: SliceSet, png: Path, n: int = 16, seed: int = 0, title: str = "") -> dict:
+    """Real slices, 16 generated images with their mask contours, and the mask probabilities;
+    returns the diversity of the 16 generated images."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    s = model.sample(n, generator=torch.Generator().manual_seed(seed)).numpy()
+    from laugen_napari.training.generators import diversity, split_pairs
+
+    s = model.sample(n, generator=torch.Generator().manual_seed(seed))
+    ci = real.image_channels
+    imgs, labs = split_pairs(s, ci)
+    probs = s[:, ci:].sum(1).numpy()
     idx = np.linspace(0, len(real) - 1, min(8, len(real))).astype(int)
-    rows = [("real slices (mask contour red)", real.images[idx], real.masks[idx], False),
-            ("generated images 1-8", s[:8, 0], s[:8, 1] >= 0.5, False),
-            ("generated mask probabilities 1-8", s[:8, 1], None, True),
-            ("generated images 9-16", s[8:16, 0], s[8:16, 1] >= 0.5, False)]
+    real_imgs = real.images[idx] if real.images.ndim == 3 else real.images[idx, 0]
+    rows = [("real slices (mask contours)", real_imgs, real.masks[idx], False),
+            ("generated images 1-8", imgs[:8, 0], labs[:8], False),
+            ("generated mask probabilities 1-8", probs[:8], None, True),
+            ("generated images 9-16", imgs[8:16, 0], labs[8:16], False)]
     fig, axes = plt.subplots(len(rows), 8, figsize=(12, 6.6))
-    for r, (title, imgs, masks, is_prob) in enumerate(rows):
+    for r, (rtitle, ims, masks, is_prob) in enumerate(rows):
         for c in range(8):
             ax = axes[r, c]
             ax.axis("off")
-            if c >= len(imgs):
+            if c >= len(ims):
                 continue
-            ax.imshow(imgs[c], cmap="magma" if is_prob else "gray", vmin=0, vmax=1)
+            ax.imshow(ims[c], cmap="magma" if is_prob else "gray", vmin=0, vmax=1)
             if masks is not None and masks[c].any():
-                ax.contour(masks[c].astype(float), levels=[0.5], colors="r", linewidths=0.6)
-        axes[r, 0].set_title(title, fontsize=8, loc="left")
+                ax.contour(masks[c].astype(float), levels=np.arange(0.5, masks[c].max() + 0.5), colors="r",
+                           linewidths=0.6)
+        axes[r, 0].set_title(rtitle, fontsize=8, loc="left")
+    div = diversity(imgs[:, :1])
+    fig.suptitle(f"{title}  pairwise MS-SSIM {div['msssim_pairwise']:.3f}, near-duplicates "
+                 f"{div.get('near_duplicates', float('nan')):.2f}", fontsize=9)
     fig.tight_layout()
     fig.savefig(png, dpi=90)
     plt.close(fig)
+    return div
 
 
 def real_run(args: argparse.Namespace) -> None:
+    """Train a registry generator on the shipped sample for a wall-clock budget; curves + grid."""
+    from laugen_napari.training.generators import GENERATORS
+
     run_dir = Path(args.run_dir)
-    slices = slices_from_folder(SAMPLE, args.size)
-    task, batches, kw = make_training(slices=slices, size=args.size, steps=args.max_steps, out=run_dir,
-                                      resume=args.resume, lr=args.lr, disc_warmup=args.warmup,
-                                      leapfrog_steps=args.leapfrog)
-    print(f"{len(slices)} slices at {args.size}; {count_parameters(task.model):,} parameters; K={task.cfg.leapfrog_steps}; "
-          f"lr {task.cfg.lr}; budget {args.minutes} min", flush=True)
+    spec = GENERATORS[args.gen]
+    options = json.loads(args.options) if args.options else {}
+    task, batches, kw = spec.make_training(SAMPLE, size=args.size, steps=args.max_steps, out=run_dir,
+                                           resume=args.resume, **options)
+    print(f"{args.gen}: {count_parameters(task.model):,} parameters; options {options}; budget {args.minutes} min",
+          flush=True)
     stop = threading.Event()
     timer = threading.Timer(args.minutes * 60.0, stop.set)
     timer.start()
@@ -177,21 +179,22 @@ def real_run(args: argparse.Namespace) -> None:
         timer.cancel()
     print(f"trained {task.step} steps in {time.perf_counter() - t0:.0f} s", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    curves, grid = RESULTS / f"{args.prefix}_curves.png", RESULTS / f"{args.prefix}_samples.png"
+    curves, grid_png = RESULTS / f"{args.prefix}_curves.png", RESULTS / f"{args.prefix}_samples.png"
     plot_curves(run_dir, curves)
     task.model.eval()
-    plot_samples(task.model, slices, grid)
-    print(f"wrote {curves} and {grid}")
+    div = plot_samples(task.model, slices_from_folder(SAMPLE, args.size), grid_png, title=f"{args.gen}, step {task.step}")
+    print(f"diversity of 16 samples: {div}")
+    print(f"wrote {curves} and {grid_png}")
 
 
 def grid(args: argparse.Namespace) -> None:
-    """Sample grid of a checkpoint (e.g. best.pt of a run) against the real slices."""
-    from laugen_napari.training.dhvae import load_generator
+    """Sample grid of any generator checkpoint (e.g. best.pt of a run) against the real slices."""
+    from laugen_napari.training.generators import load_any
 
-    model = load_generator(args.checkpoint)
+    name, model = load_any(args.checkpoint)
     png = RESULTS / f"{args.prefix}_samples.png"
-    plot_samples(model, slices_from_folder(SAMPLE, model.cfg.size), png)
-    print(f"wrote {png}")
+    div = plot_samples(model, slices_from_folder(SAMPLE, model.cfg.size), png, title=name)
+    print(f"wrote {png}; diversity {div}")
 
 
 def main() -> None:
@@ -207,6 +210,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=500)
     ap.add_argument("--max-steps", type=int, default=100_000)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--gen", default="dhvae", help="real-run: generator of the registry")
+    ap.add_argument("--options", help="real-run: JSON dict of generator options, e.g. '{\"lr\": 5e-4}'")
     ap.add_argument("--prefix", default="dhvae", help="real-run/grid: PNG names bench/results/PREFIX_*.png")
     ap.add_argument("--checkpoint", help="grid: a last.pt/best.pt")
     args = ap.parse_args()

@@ -145,19 +145,19 @@ def test_cli_train_and_sample_write_nifti_pairs(tmp_path):
     data.mkdir()
     os.symlink(SAMPLE / "mni152_t1.nii.gz", data / "mni.nii.gz")
     os.symlink(SAMPLE / "mni152_ventricles_seg.nii.gz", data / "mni_seg.nii.gz")
-    assert find_pairs(data) == [(data / "mni.nii.gz", data / "mni_seg.nii.gz")]
+    assert [(p.name, m.name) for p, m in find_pairs(data)] == [("mni152_t1.nii.gz", "mni152_ventricles_seg.nii.gz")]
     run = tmp_path / "run"
-    assert cli_main(["train", "dhvae", "--pairs", str(data), "--size", "32", "--steps", "2", "--epoch-steps", "2",
-                     "--model", "vae", "--out", str(run), "--threads", "1", "-q"]) == 0
+    assert cli_main(["train", "vae", "--pairs", str(data), "--size", "32", "--steps", "2", "--steps-per-epoch", "2",
+                     "--out", str(run), "--threads", "1", "-q"]) == 0
     out = tmp_path / "gen"
-    assert cli_main(["sample", "dhvae", "--checkpoint", str(run / "last.pt"), "-n", "3", "-o", str(out),
+    assert cli_main(["sample", "vae", "--checkpoint", str(run / "last.pt"), "-n", "3", "-o", str(out),
                      "--min-mask-voxels", "0"]) == 0
     img = nib.load(out / "gen_0000.nii.gz")
     seg = np.asarray(nib.load(out / "gen_0000_seg.nii.gz").dataobj)
     assert img.shape == (32, 32, 1) and seg.shape == (32, 32, 1) and set(np.unique(seg)) <= {0, 1}
     assert len(list(out.glob("gen_*_seg.nii.gz"))) == 3
     # an untrained model's masks are not tiny-free: a huge threshold leaves nothing and is an error
-    assert cli_main(["sample", "dhvae", "--checkpoint", str(run / "last.pt"), "-n", "2", "-o", str(tmp_path / "none"),
+    assert cli_main(["sample", "vae", "--checkpoint", str(run / "last.pt"), "-n", "2", "-o", str(tmp_path / "none"),
                      "--min-mask-voxels", "5000", "--max-tries", "1"]) == 2
     assert not (tmp_path / "none").exists()
 

