@@ -12,9 +12,10 @@ scans (pass the voxel ``spacing`` in mm, array order).
    of ``edge_sigma_mm``) over its boundary shell. A boundary drawn on a real edge sits on steep
    gradients; one that has crossed a weak edge (partial volume, a thin septum, grey matter) runs
    through flat tissue, so its score falls. The sweep stops once the score has fallen below
-   ``edge_drop`` times the best seen (the strongest edge is behind), or on a leak (the region
-   jumps by ``leak_ratio`` in one step or exceeds ``max_fraction`` of the image), or when it reaches
-   a negative click. The region with the best score wins; holes are filled.
+   ``edge_drop`` times the best seen or the region has grown to ``past_best`` times the best one
+   (the strongest edge is behind), on a leak (the region jumps by ``leak_ratio`` in one step or
+   exceeds ``max_fraction`` of the image), or when it reaches a negative click. The region with
+   the best score wins; holes are filled.
 
 Negative clicks that already share the seeds' component at the tightest tolerance split it: only
 voxels closer (in mm) to a positive click than to a negative one are kept.
@@ -41,6 +42,7 @@ class RegionGrowing:
     steps: int = 64                # the robust intensity range is split into this many tolerance steps
     edge_sigma_mm: float = 1.0     # Gaussian smoothing before the gradient (mm)
     edge_drop: float = 0.6         # the sweep stops once the edge score falls below this fraction of the best
+    past_best: float = 8.0         # ... or once the region holds this many times the best region's voxels
     leak_ratio: float = 8.0        # region growing by more than this factor in one step = a leak
     min_leak_base: int = 27        # growth below this many voxels never counts as a leak
     max_fraction: float = 0.25     # a region larger than this fraction of the image is a leak
@@ -173,6 +175,7 @@ def grow_region(image: np.ndarray, seeds: np.ndarray, negatives: np.ndarray | No
     report.median, report.spread = median, spread
 
     distance = np.abs(img - median)
+    distance[tuple(seeds.T)] = 0.0  # a clicked voxel belongs to the region, whatever its noise
     blocked = np.zeros(shape, dtype=bool) if allowed is None else ~allowed
     max_tol = float(max(distance.max(), spread))
     neg_set = negs[~blocked[tuple(negs.T)]] if len(negs) else negs
@@ -216,6 +219,7 @@ def grow_region(image: np.ndarray, seeds: np.ndarray, negatives: np.ndarray | No
         region, crop = region_at(tol, whole)
     best, best_tol, best_score = region, tol, edge_score(region, crop)
     sizes, scores = [int(region.sum())], [best_score]
+    best_size = sizes[0]
     report.stop = "tolerance covers the whole intensity range"
     total = max(1, int(np.ceil((max_tol - tol) / step)))
     level = 0
@@ -239,10 +243,13 @@ def grow_region(image: np.ndarray, seeds: np.ndarray, negatives: np.ndarray | No
             report.stop = "region larger than the allowed fraction of the image"
             break
         region = nxt
+        if best_size >= cfg.min_leak_base and size > cfg.past_best * best_size:
+            report.stop = f"region grew to {cfg.past_best:g}x the best one: the strongest edge is behind"
+            break
         score = edge_score(region, crop)
         scores.append(score)
         if score > best_score:
-            best, best_tol, best_score, report.chosen = region, tol, score, level
+            best, best_tol, best_score, best_size, report.chosen = region, tol, score, size, level
         elif score < cfg.edge_drop * best_score:
             report.stop = f"edge score fell to {score / best_score:.2f} of its best: the strongest edge is behind"
             break
