@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -28,9 +29,10 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from . import __version__
-from .io.export import check_output_dir
+from .io.atomic import remove_stale_staging
+from .io.export import SIDECAR, check_output_dir, write_json
 from .io.pairs import Pair, check_pair_ids
-from .pipeline import generate_from_files
+from .pipeline import LaugenWarning, generate_from_files
 from .settings import GenerationSettings
 
 DATASET_JSON = "dataset.json"
@@ -60,12 +62,28 @@ def run_pair(pair: Pair, outdir: str | os.PathLike, options: GenerationSettings,
     start = time.perf_counter()
     try:
         opts = dataclasses.replace(options, seed=seed)
-        dirs = generate_from_files(pair.image, pair.mask, Path(outdir) / pair.id, opts, overwrite=overwrite)
-        record.update(status="ok", outputs=[str(d) for d in dirs])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LaugenWarning)  # recorded in series.json, reported from there
+            dirs = generate_from_files(pair.image, pair.mask, Path(outdir) / pair.id, opts, overwrite=overwrite)
+        record.update(status="ok", outputs=[str(d) for d in dirs], **_series_notes(dirs))
     except Exception as exc:  # a failing pair must not stop the others
         record.update(status="error", error=_one_line(exc))
     record["seconds"] = round(time.perf_counter() - start, 3)
     return record
+
+
+def _series_notes(dirs: Sequence[Path]) -> dict:
+    """``folding`` (earliest first folded frame, largest folded fraction over the pair's series)
+    and the distinct ``warnings`` of the series.json files in ``dirs``."""
+    first, worst, notes = None, 0.0, []
+    for d in dirs:
+        rec = json.loads((Path(d) / SIDECAR).read_text())
+        fold = rec.get("folding") or {}
+        if fold.get("first_frame") is not None:
+            first = fold["first_frame"] if first is None else min(first, fold["first_frame"])
+        worst = max(worst, float(fold.get("max_fraction") or 0.0))
+        notes += [w for w in rec.get("warnings") or [] if w not in notes]
+    return {"folding": {"first_frame": first, "max_fraction": worst}, "warnings": notes}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -74,10 +92,13 @@ def _one_line(exc: BaseException) -> str:
 
 
 # -- the whole dataset ----------------------------------------------------------------------------
-def check_dataset_dir(outdir: str | os.PathLike, overwrite: bool) -> Path:
+def check_dataset_dir(outdir: str | os.PathLike, overwrite: bool, overwrite_hint: str | None = None) -> Path:
     """Refuse an ``outdir`` that exists and is not empty, unless ``overwrite`` (then pair folders
-    are replaced one by one, atomically, and ``dataset.json`` is rewritten)."""
-    return check_output_dir(outdir, overwrite)
+    are replaced one by one, atomically, and ``dataset.json`` is rewritten). Temporaries left in it
+    by killed runs or workers (whose process is gone) are removed first."""
+    if Path(outdir).is_dir():
+        remove_stale_staging(outdir)
+    return check_output_dir(outdir, overwrite, overwrite_hint)
 
 
 @contextmanager
@@ -203,16 +224,16 @@ def run_dataset(
     summary = {
         "manifest": None if manifest is None else str(Path(manifest).resolve()),
         "base_seed": options.seed,
-        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(options).items()},
+        "options": options.to_record(),
         "scheduler": scheduler or "local-cluster",
         "pairs_total": len(records),
         "pairs_ok": len(records) - len(failed),
         "pairs_failed": len(failed),
+        "pairs_folding": [r["id"] for r in records if (r.get("folding") or {}).get("first_frame") is not None],
+        "pairs_with_warnings": [r["id"] for r in records if r.get("warnings")],
         "seconds": round(time.perf_counter() - start, 3),
         "laugen_napari_version": __version__,
         "pairs": records,
     }
-    tmp = outdir / (DATASET_JSON + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, outdir / DATASET_JSON)
+    write_json(outdir / DATASET_JSON, summary)
     return summary

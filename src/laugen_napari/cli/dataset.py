@@ -11,7 +11,7 @@ import sys
 
 from tqdm import tqdm
 
-from ..batch import DATASET_JSON, run_dataset
+from ..batch import DATASET_JSON, check_dataset_dir, run_dataset
 from ..io.pairs import read_manifest
 from ..settings import settings_from_args
 from .generate import add_generate_options
@@ -47,12 +47,17 @@ def run(args: argparse.Namespace) -> int:
     if args.workers is not None and args.scheduler is not None:
         raise ValueError("--workers applies to the local cluster only; size a --scheduler cluster on its own")
     pairs = read_manifest(args.manifest)
+    check_dataset_dir(args.out, args.overwrite, "--overwrite")  # refuse before the progress bar appears
     bar = None if args.quiet else tqdm(total=len(pairs), unit="pair", desc="laugen dataset", file=sys.stderr)
+
+    def say(message: str) -> None:
+        (bar.write(message, file=sys.stderr) if bar is not None else print(message, file=sys.stderr))
 
     def progress(done: int, total: int, record: dict) -> None:
         if record["status"] != "ok":
-            message = f"{record['id']}: {record['error']}"
-            (bar.write(message, file=sys.stderr) if bar is not None else print(message, file=sys.stderr))
+            say(f"{record['id']}: {record['error']}")
+        for note in record.get("warnings") or []:  # shown with -q too: a folding warp, a sheared affine
+            say(f"laugen dataset: warning: {record['id']}: {note}")
         if bar is not None:
             bar.update(1)
 
@@ -63,8 +68,10 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     if not args.quiet:
+        folding = summary["pairs_folding"]
+        note = f"; the warp folds in {len(folding)} pair(s): {', '.join(folding)}" if folding else ""
         print(f"{args.out}: {summary['pairs_ok']} of {summary['pairs_total']} pairs written "
-              f"in {summary['seconds']:.1f} s; see {DATASET_JSON}")
+              f"in {summary['seconds']:.1f} s{note}; see {DATASET_JSON}")
     if summary["pairs_failed"]:
         print(f"laugen dataset: {summary['pairs_failed']} pair(s) failed; see {args.out}/{DATASET_JSON}",
               file=sys.stderr)

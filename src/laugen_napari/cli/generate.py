@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
+from contextlib import contextmanager
+from typing import Iterator
 
 from tqdm import tqdm
 
@@ -18,7 +21,7 @@ def add_generate_options(parser: argparse.ArgumentParser, help_overrides: dict[s
     helps = help_overrides or {}
     group = add_settings_arguments(parser, help_overrides=helps)
     group.add_argument("--overwrite", action="store_true", help=helps.get("overwrite", "replace a non-empty OUTDIR"))
-    group.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    group.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary (warnings are still shown)")
 
 
 def register(subparsers) -> None:
@@ -38,7 +41,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = settings_from_args(args)
-    check_output_dir(args.out, args.overwrite)  # refuse before the progress bar appears
+    check_output_dir(args.out, args.overwrite, "--overwrite")  # refuse before the progress bar appears
     bar = None if args.quiet else tqdm(total=options.frames * options.series, unit="frame", desc="laugen generate",
                                        file=sys.stderr, leave=False)
 
@@ -47,14 +50,36 @@ def run(args: argparse.Namespace) -> int:
             bar.n = done
             bar.refresh()
 
-    try:
-        dirs = generate_from_files(args.image, args.mask, args.out, options, overwrite=args.overwrite, progress=progress)
-    finally:
-        if bar is not None:
-            bar.close()
+    with warnings_as_lines("generate"):  # printed after the bar is gone
+        try:
+            dirs = generate_from_files(args.image, args.mask, args.out, options, overwrite=args.overwrite,
+                                       progress=progress)
+        finally:
+            if bar is not None:
+                bar.close()
     if not args.quiet:
         _summary(dirs)
     return 0
+
+
+@contextmanager
+def warnings_as_lines(command: str) -> Iterator[None]:
+    """Print the library's warnings raised inside the block as ``laugen COMMAND: warning: ...``
+    lines on stderr (once each, also with ``-q``) when the block succeeds."""
+    from ..pipeline import LaugenWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LaugenWarning)
+        yield
+    seen = set()
+    for w in caught:  # reached only when the block succeeded: an error stays the one line printed
+        if issubclass(w.category, LaugenWarning):
+            text = " ".join(str(w.message).split())
+            if text not in seen:
+                seen.add(text)
+                print(f"laugen {command}: warning: {text}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def _summary(dirs) -> None:
@@ -64,9 +89,5 @@ def _summary(dirs) -> None:
         rec = json.loads((d / "series.json").read_text())
         vols = ", ".join(f"label {k}: {v[0]:.2f} -> {v[-1]:.2f} mL" for k, v in rec["volumes_ml"].items())
         jmin = min(rec["jacobian_min"])
-        folded = max(rec["folded_fraction"])
         z = rec["z_mm"]
         print(f"{d}: {rec['frames']} frames, z {z[0]:.2f} -> {z[-1]:.2f} mm; {vols}; min Jacobian {jmin:.3f}")
-        if folded > 0:
-            print(f"  warning: the warp folds (Jacobian <= 0) in up to {folded:.2e} of the voxels; "
-                  "lower --slope-range or raise --sigma-mm", file=sys.stderr)

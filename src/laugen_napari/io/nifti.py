@@ -10,9 +10,10 @@ tools overlay it on the original scan.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -183,6 +184,32 @@ def _atomic_save(img: nib.Nifti1Image, path: Path) -> None:
         nib.save(img, str(tmp))
 
 
+def _output_dtype(dtype: np.dtype | type) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if dtype == np.float64:
+        return np.dtype(np.float32)
+    if dtype == np.bool_:
+        return np.dtype(np.uint8)
+    return dtype
+
+
+def _output_image(dataobj, reference: Volume, dtype: np.dtype, time_step: float | None) -> nib.Nifti1Image:
+    """The NIfTI image of ``dataobj`` (already in the file's layout, I·J·K[·T]) with the reference's
+    affine and header: the one place that decides what a written header holds."""
+    header = reference.header.copy()
+    header.set_data_dtype(dtype)
+    header.set_slope_inter(None, None)
+    img = nib.Nifti1Image(dataobj, reference.file_affine, header)
+    if len(dataobj.shape) >= 4:
+        spatial = tuple(header.get_zooms()[:3])
+        spatial = spatial + (1.0,) * (3 - len(spatial))  # a 2D file's header has two zooms
+        zooms = spatial + (float(time_step) if time_step else 1.0,) + (1.0,) * (len(dataobj.shape) - 4)
+        img.header.set_zooms(zooms)
+    img.set_qform(reference.file_affine, code=int(header["qform_code"]) or 1)
+    img.set_sform(reference.file_affine, code=int(header["sform_code"]) or 1)
+    return img
+
+
 def save_volume(path: str | os.PathLike, data: np.ndarray, reference: Volume, dtype: np.dtype | type | None = None,
                 time_step: float | None = None) -> Path:
     """Write ``data`` (…, Z, Y, X) in the geometry of ``reference``: the file's orientation, affine
@@ -191,23 +218,89 @@ def save_volume(path: str | os.PathLike, data: np.ndarray, reference: Volume, dt
     The file is written under a temporary name and moved into place when complete.
     """
     path = Path(path)
-    dtype = np.dtype(dtype or data.dtype)
-    if dtype == np.float64:
-        dtype = np.dtype(np.float32)
-    if dtype == np.bool_:
-        dtype = np.dtype(np.uint8)
+    dtype = _output_dtype(dtype or data.dtype)
     out = reference.to_file_layout(np.asarray(data).astype(dtype, copy=False))
-    header = reference.header.copy()
-    header.set_data_dtype(dtype)
-    header.set_slope_inter(None, None)
-    img = nib.Nifti1Image(out, reference.file_affine, header)
-    if out.ndim == 4:
-        zooms = tuple(header.get_zooms()[:3]) + (float(time_step) if time_step else 1.0,)
-        img.header.set_zooms(zooms)
-    img.set_qform(reference.file_affine, code=int(header["qform_code"]) or 1)
-    img.set_sform(reference.file_affine, code=int(header["sform_code"]) or 1)
-    _atomic_save(img, path)
+    _atomic_save(_output_image(out, reference, dtype, time_step), path)
     return path
+
+
+class SeriesWriter:
+    """A 4D NIfTI written frame by frame: the header first, then each frame's voxels through the
+    (gzip) stream, so memory does not grow with the number of frames.
+
+    The file is identical to :func:`save_volume` of the stacked frames (same header, same bytes
+    before compression, same compression settings). Use :func:`open_series_writer`.
+    """
+
+    def __init__(self, fileobj, reference: Volume, frame_shape: tuple[int, ...], frames: int, dtype: np.dtype):
+        self._f = fileobj
+        self.reference = reference
+        self.frame_shape = tuple(frame_shape)
+        self.frames = int(frames)
+        self.written = 0
+        self.dtype = dtype
+
+    def write(self, frame: np.ndarray) -> None:
+        """Append one frame (…, Z, Y, X) in the reference's array geometry."""
+        frame = np.asarray(frame)
+        if tuple(frame.shape) != self.frame_shape:
+            raise ValueError(f"frame of shape {frame.shape}, expected {self.frame_shape}")
+        if self.written >= self.frames:
+            raise ValueError(f"all {self.frames} frames are written already")
+        # the file's layout (I, J, K, …) in Fortran order is (…, K, J, I) in C order: one copy
+        file_layout = self.reference.to_file_layout(frame.astype(self.dtype, copy=False))
+        block = np.ascontiguousarray(file_layout.T)
+        self._f.write(memoryview(block).cast("B"))
+        self.written += 1
+
+
+@contextmanager
+def open_series_writer(path: str | os.PathLike, reference: Volume, frames: int, dtype: np.dtype | type,
+                       frame_shape: Sequence[int] | None = None, time_step: float | None = None
+                       ) -> Iterator[SeriesWriter]:
+    """Write a (T, …, Z, Y, X) series of ``frames`` frames into ``path`` one frame at a time.
+
+    Args:
+        path: .nii or .nii.gz; written under a temporary name, moved into place only when all
+            ``frames`` frames were written (otherwise removed).
+        reference: the geometry (affine, header, orientation) of the frames.
+        frames: the number of frames T the file will hold.
+        dtype: stored type (float64 is stored as float32, bool as uint8).
+        frame_shape: (…, Z, Y, X) of one frame (default: the reference's spatial shape).
+        time_step: the 4th zoom (default 1).
+    """
+    from nibabel.openers import ImageOpener
+    from nibabel.volumeutils import seek_tell
+
+    path = Path(path)
+    frame_shape = tuple(int(n) for n in (frame_shape or reference.spatial_shape))
+    if frame_shape[-3:] != reference.spatial_shape:
+        raise ValueError(f"frames of shape {frame_shape} do not match the volume's {reference.spatial_shape}")
+    dtype = _output_dtype(dtype)
+    file_shape = frame_shape[::-1] + (int(frames),)
+    # a zero-stride stand-in of the full series: nibabel sets the header from its shape and dtype
+    stand_in = np.broadcast_to(np.zeros((), dtype), file_shape)
+    img = _output_image(stand_in, reference, dtype, time_step)
+    img.update_header()
+    header = img.header
+    header.set_slope_inter(1.0, 0.0)  # what nibabel stores when the data need no scaling
+    out_dtype = header.get_data_dtype()  # with the header's byte order
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        with ImageOpener(str(tmp), "wb") as f:
+            header.write_to(f)
+            seek_tell(f, header.get_data_offset(), write0=True)
+            writer = SeriesWriter(f, reference, frame_shape, frames, out_dtype)
+            yield writer
+            if writer.written != writer.frames:
+                raise ValueError(f"{path.name}: {writer.written} of {writer.frames} frames were written")
+
+
+def series_nbytes(reference: Volume, frames: int, dtype: np.dtype | type,
+                  frame_shape: Sequence[int] | None = None) -> int:
+    """Uncompressed size in bytes of a (T, …, Z, Y, X) series file (header included)."""
+    shape = tuple(frame_shape or reference.spatial_shape)
+    return 352 + int(np.prod(shape, dtype=np.int64)) * int(frames) * _output_dtype(dtype).itemsize
 
 
 def volume_from_array(data: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
