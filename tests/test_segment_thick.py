@@ -240,3 +240,19 @@ def test_bad_spacing_is_refused():
     for bad in ((1.0, 1.0), (1.0, 0.0, 1.0), (1.0, float("nan"), 1.0)):
         with pytest.raises(ValueError, match="spacing"):
             segment(vol, Prompts.create(positive=[(1, 4, 4)]), spacing=bad)
+
+
+def test_a_one_slice_structure_in_a_3mm_scan_needs_the_spacing():
+    # a disc 3 mm thick (one slice) in a 3 mm scan: the intensity model is learned within 2 mm of the
+    # click, i.e. in-plane only; counted in voxels, that ball would reach two slices up and down
+    rng = np.random.default_rng(1)
+    vol = 60.0 + rng.normal(0, 4, (12, 60, 60))
+    yy, xx = np.mgrid[:60, :60]
+    disc = (yy - 30) ** 2 + (xx - 30) ** 2 <= 15 ** 2
+    vol[6][disc] = 200.0 + rng.normal(0, 4, disc.sum())
+    truth = np.zeros(vol.shape, dtype=bool)
+    truth[6] = disc
+    prompts = Prompts.create(positive=[(6, 30, 30)])
+    mask = segment(vol.astype(np.float32), prompts, spacing=(3.0, 1.0, 1.0))
+    assert dice_of(mask, truth) >= 0.95
+    assert dice_of(segment(vol.astype(np.float32), prompts), truth) < 0.5, "without the spacing it fails"
