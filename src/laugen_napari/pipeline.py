@@ -33,11 +33,10 @@ Progress = Callable[[int, int], None]
 GenerateOptions = GenerationSettings
 
 SHEAR_TOLERANCE = 1e-4  # relative voxel-volume difference from a sheared affine worth a warning
-# peak memory of a run, measured by bench/memory.py (T-independent): interpreter + torch, and the
-# engine's working arrays per voxel of the input (field, warps, one frame, its file-layout copy)
-BASE_MEMORY_BYTES = 600 * 1024 ** 2
-MEMORY_BYTES_PER_VOXEL = 120
-
+# working memory of a run beyond the loaded interpreter, measured with bench/memory.py and
+# independent of T: about 28 bytes per input voxel on the 1 mm MNI152 pair (input, field, warp
+# coordinates, one frame and its file-layout copy); 48 leaves room for many labels
+MEMORY_BYTES_PER_VOXEL = 48
 
 class LaugenWarning(UserWarning):
     """Something the user should know about a written series (also recorded in series.json)."""
@@ -111,8 +110,9 @@ def estimate_output_bytes(image: Volume, mask: Volume, options: GenerationSettin
 
 
 def estimate_memory_bytes(image: Volume) -> int:
-    """Estimated peak memory in bytes of a run on ``image``, whatever the number of frames."""
-    return int(BASE_MEMORY_BYTES + MEMORY_BYTES_PER_VOXEL * image.data.size)
+    """Estimated working memory in bytes of a run on ``image`` (beyond the running interpreter),
+    whatever the number of frames."""
+    return int(MEMORY_BYTES_PER_VOXEL * image.data.size)
 
 
 def check_resources(image: Volume, mask: Volume, outdir: str | os.PathLike, options: GenerationSettings) -> None:

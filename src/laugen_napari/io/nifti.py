@@ -130,6 +130,34 @@ def _reorient(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndar
     return arr, zyx_affine
 
 
+def _declared_bytes(img) -> int:
+    return int(np.prod([int(n) for n in img.shape], dtype=object)) * img.get_data_dtype().itemsize
+
+
+def _size_text(img) -> str:
+    from .resources import human_bytes
+
+    dims = "x".join(str(int(n)) for n in img.shape)
+    return f"{dims} {img.get_data_dtype().name} voxels ({human_bytes(_declared_bytes(img))})"
+
+
+def _check_declared_size(p: Path, img) -> None:
+    """Refuse a header whose voxel data cannot be in the file (uncompressed) or in memory."""
+    from .resources import available_memory, human_bytes
+
+    need = _declared_bytes(img)
+    if not str(p).lower().endswith(".gz"):
+        have = p.stat().st_size - int(img.header.get_data_offset())
+        if have < need:
+            raise ValueError(f"{p}: the header declares {_size_text(img)} but the file holds {max(have, 0)} bytes of "
+                             "voxel data (truncated file or wrong header)")
+    memory = available_memory()
+    # the data are read once and reoriented once: two copies at most
+    if memory is not None and 2 * need > memory:
+        raise ValueError(f"{p}: the header declares {_size_text(img)}, more than the {human_bytes(memory)} of memory "
+                         "available (wrong header, or crop the image first)")
+
+
 def load_volume(path: str | os.PathLike, ndim: int | None = None) -> Volume:
     """Read a NIfTI file as a :class:`Volume` (closest-RAS, (…, Z, Y, X) order).
 
@@ -160,10 +188,14 @@ def load_volume(path: str | os.PathLike, ndim: int | None = None) -> Volume:
                          "extract one volume first (e.g. the first time point)")
     if len(shape) > 4:
         raise ValueError(f"{p}: {len(shape)}D images are not supported (3D or 4D only)")
+    _check_declared_size(p, img)
     try:
         data = np.asarray(img.dataobj).reshape(shape)
+    except MemoryError:
+        raise ValueError(f"{p}: not enough memory for its {_size_text(img)} of voxel data") from None
     except Exception as exc:
-        raise ValueError(f"{p}: the voxel data cannot be read ({exc})") from exc
+        raise ValueError(f"{p}: the voxel data cannot be read ({' '.join(str(exc).split()) or type(exc).__name__})"
+                         ) from exc
     arr, affine = _reorient(data, img.affine)
     return Volume(arr, affine, img.affine.copy(), img.header.copy(), p)
 
