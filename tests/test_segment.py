@@ -320,7 +320,8 @@ def test_cli_checks_the_output_before_any_work(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("option, value", [("--points", "inf,21,5"), ("--points", "6,nan,5"),
                                            ("--negative-points", "6,21,-inf"), ("--box", "5,20,6,12,inf,6"),
                                            ("--points", "6,21,5;6,21,500"), ("--negative-points", "-1,0,0"),
-                                           ("--box", "5,20,6,40,27,6")])
+                                           ("--box", "5,20,6,40,27,6"), ("--window", "nan,100"),
+                                           ("--window", "0,inf")])
 def test_cli_refuses_non_finite_and_outside_coordinates(tmp_path, capsys, option, value):
     image = tmp_path / "lps.nii.gz"
     write_lps_cube(image)
@@ -331,5 +332,5 @@ def test_cli_refuses_non_finite_and_outside_coordinates(tmp_path, capsys, option
     assert cli_main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"laugen segment: error: {option}: "), err
-    assert ("non-finite" in err) or ("outside the image" in err)
+    assert ("non-finite" in err) or ("outside the image" in err) or ("two finite numbers" in err)
     assert not out.exists() and not list(tmp_path.glob(".*tmp*"))
