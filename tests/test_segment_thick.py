@@ -14,6 +14,9 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from laugen_napari.io.nifti import load_volume
+from laugen_napari.segment import Prompts, segment
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_IMAGE = ROOT / "sample_data" / "mni152_t1.nii.gz"
 SAMPLE_MASK = ROOT / "sample_data" / "mni152_ventricles_seg.nii.gz"
@@ -155,10 +158,6 @@ def dice_of(mask: np.ndarray, truth: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------------------------------------
-
-from laugen_napari.io.nifti import load_volume  # noqa: E402
-from laugen_napari.segment import Prompts, segment  # noqa: E402
-
 
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory):
