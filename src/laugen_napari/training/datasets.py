@@ -2,16 +2,21 @@
 
 A *sequence* is a float array (T, H, W) of one plane over time, T = context + target frames.
 
-- Real: 4D NIfTI files (x, y, z, t — time last, as NIfTI stores them), read in closest-canonical
-  orientation and transposed to (T, Z, Y, X); every plane along ``axis`` in the slice range gives
-  sliding windows of T frames. ACDC folders (``patientNNN/patientNNN_4d.nii.gz`` with
-  ``patientNNN_frameNN.nii.gz`` and ``..._gt.nii.gz``) also give the ED frame and its ground truth.
-- Semi-synthetic: LAUGEN series generated on the fly (2D, a plane as a Z = 1 volume) from
-  image/mask pairs; per sample the source, plane, kind, trajectory and slope are drawn from
-  ``series_seed(seed, index)``, so sample ``index`` is the same in every run with that seed.
-- Mixed (the paper's protocol): an epoch of ``length`` samples of which exactly
-  ``round(ratio · length)`` are semi-synthetic and the rest real, the real set cycled (repeated)
-  as needed, so runs with different ratios see the same number of samples.
+- Real: 4D NIfTI files (x, y, z, t — time last, as NIfTI stores them), read with
+  :func:`laugen_napari.io.nifti.load_volume` (closest-RAS, (T, Z, Y, X)); every plane along
+  ``axis`` in the slice range gives sliding windows of T frames. ACDC folders
+  (``patientNNN/patientNNN_4d.nii.gz`` with ``patientNNN_frameNN.nii.gz`` and ``..._gt.nii.gz``)
+  also give the ED frame and its ground truth. Train/validation are split by patient (file) with a
+  fixed ``split_seed``; a training-set size keeps a seeded, nested subset of the training patients.
+- Semi-synthetic: LAUGEN series generated on the fly from image/mask pairs with the parameters of
+  a :class:`~laugen_napari.settings.GenerationSettings`, either per plane (``geometry="2d"``,
+  the plane as a Z = 1 volume) or in 3D and then sliced (``geometry="3d"``); per sample the
+  source, plane, kind, direction/centre and slope are drawn from ``series_seed(seed, index)``,
+  so sample ``index`` is the same in every run with that seed.
+- Mixed (the paper's protocol): an epoch of ``length`` samples of which a fraction ``ratio`` is
+  semi-synthetic in expectation (systematic stochastic rounding: floor or ceil of ratio · length
+  per epoch, the running total within one sample of the expectation) and the rest real, the real
+  set cycled (repeated) as needed, so runs with different ratios see the same number of samples.
 - Intensities are normalised with a recorded :class:`Normalizer` (min–max of the training data to
   [0, 1]); metrics are computed after :meth:`Normalizer.invert`, with ``data_range = scale``.
 """
@@ -22,12 +27,12 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from ..core import Augmenter, Trajectory, make_kind, series_seed
+from ..core import KINDS, Augmenter, make_kind, series_seed
 
 
 # ---- normalisation ---------------------------------------------------------------------------
@@ -73,29 +78,18 @@ def check_finite(array: np.ndarray, what: str) -> np.ndarray:
 
 # ---- reading ---------------------------------------------------------------------------------
 
-def read_nifti(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """A NIfTI file as (Z, Y, X) or (T, Z, Y, X) float32 in closest-canonical orientation, and its
-    spacing (z, y, x) in mm."""
-    import nibabel as nib
+def read_volume(path: str | Path, ndim: int | None = None) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A NIfTI file through :func:`laugen_napari.io.nifti.load_volume`: (Z, Y, X) or (T, Z, Y, X)
+    float32 (closest-RAS), checked finite, and its spacing (z, y, x) in mm."""
+    from ..io.nifti import load_volume
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
-    img = nib.as_closest_canonical(nib.load(str(path)))
-    data = np.asarray(img.dataobj, dtype=np.float32)
-    zooms = img.header.get_zooms()
-    if data.ndim == 3:
-        data = data.transpose(2, 1, 0)
-    elif data.ndim == 4:
-        data = data.transpose(3, 2, 1, 0)
-    else:
-        raise ValueError(f"{path} is {data.ndim}D; expected a 3D volume or a 4D (x, y, z, t) series")
-    return check_finite(data, str(path)), (float(zooms[2]), float(zooms[1]), float(zooms[0]))
+    vol = load_volume(path, ndim=ndim)
+    return check_finite(np.asarray(vol.data, np.float32), str(path)), vol.spacing
 
 
 def read_4d(path: str | Path, frames_needed: int) -> tuple[np.ndarray, tuple[float, float, float]]:
     """A 4D NIfTI as (T, Z, Y, X); a clear error if it is not 4D or has fewer than ``frames_needed``."""
-    data, spacing = read_nifti(path)
+    data, spacing = read_volume(path)
     if data.ndim != 4:
         raise ValueError(f"{path} is not a 4D series (time last); got a 3D volume")
     if data.shape[0] < frames_needed:
@@ -223,6 +217,9 @@ def stack_same_size(groups: Sequence[np.ndarray], what: str) -> np.ndarray:
 
 # ---- semi-synthetic --------------------------------------------------------------------------
 
+GEOMETRIES = ("2d", "3d")
+
+
 @dataclass
 class SyntheticSource:
     """An image/mask pair (Z, Y, X) with spacing (z, y, x) mm, the source of LAUGEN series."""
@@ -242,90 +239,163 @@ class SyntheticSource:
 
     @classmethod
     def from_files(cls, image: str | Path, mask: str | Path) -> "SyntheticSource":
-        img, spacing = read_nifti(image)
-        lab, _ = read_nifti(mask)
-        if img.ndim != 3:
-            raise ValueError(f"{image} must be a 3D volume")
+        img, spacing = read_volume(image, ndim=3)
+        lab, _ = read_volume(mask, ndim=3)
+        if img.shape != lab.shape:
+            raise ValueError(f"{image} {img.shape} and {mask} {lab.shape} differ in shape")
         return cls(img, np.rint(lab).astype(np.int32), spacing, name=str(image))
+
+    def selection(self, labels: Sequence[int] | None) -> np.ndarray:
+        """Boolean mask of the labels that drive the series (all non-zero labels if None)."""
+        if labels is None:
+            return self.labels != 0
+        missing = [int(v) for v in labels if not np.any(self.labels == int(v))]
+        if missing:
+            present = sorted(int(v) for v in np.unique(self.labels) if v != 0)
+            raise ValueError(f"{self.name or 'source'}: label(s) {missing} not in the mask (present: {present})")
+        return np.isin(self.labels, [int(v) for v in labels])
+
+
+def _default_settings():
+    from ..settings import GenerationSettings
+
+    return GenerationSettings()
 
 
 @dataclass
 class SyntheticSequences:
     """Semi-synthetic sequences drawn per index (deterministic in ``seed`` and ``index``).
 
-    ``slope_range`` in mm per frame; ``kinds`` from uniform/directional/gaussian (direction
-    in-plane, centre a structure pixel, spread ``spread_mm``); ``sigma_mm`` the field's blur.
+    The series' parameters come from ``settings`` (a
+    :class:`~laugen_napari.settings.GenerationSettings`: trajectory, slope range in mm/frame,
+    rate, midpoint, labels that drive the deformation, sigma_mm, spread_mm, label interpolation;
+    its ``kind``, ``direction``, ``center`` and ``frames`` are not used). Per series, the kind is
+    drawn from ``kinds``; a directional kind gets a random direction and a gaussian one a centre
+    on a random voxel of the driving structure in the chosen plane.
+
+    ``geometry``:
+
+    - ``"2d"``: the field of the chosen plane alone (a Z = 1 volume): every plane moves by the
+      full z_t, in-plane; through-plane motion is lost.
+    - ``"3d"``: the series is generated on the whole volume and the plane is read from it
+      (:meth:`~laugen_napari.core.warp.Warper.image_plane`), so a plane shows the in-plane part of
+      a 3D motion; directions are drawn on the sphere.
     """
 
     sources: Sequence[SyntheticSource]
     frames: int
     spec: SliceSpec = field(default_factory=SliceSpec)
+    settings: Any = field(default_factory=_default_settings)
     kinds: Sequence[str] = ("uniform", "directional", "gaussian")
-    trajectories: Sequence[str] = ("linear",)
-    slope_range: tuple[float, float] = (-1.0, 1.0)
-    sigma_mm: float = 4.0
-    spread_mm: tuple[float, float] = (5.0, 15.0)
+    geometry: str = "2d"
     seed: int = 0
 
     def __post_init__(self) -> None:
         if not self.sources:
             raise ValueError("no image/mask pair for the semi-synthetic series")
-        self._planes = []
+        if self.geometry not in GEOMETRIES:
+            raise ValueError(f"geometry must be one of {GEOMETRIES}, got {self.geometry!r}")
+        if not self.kinds:
+            raise ValueError("give at least one deformation kind")
+        for k in self.kinds:
+            if k not in KINDS:
+                raise ValueError(f"unknown kind {k!r}; choose from {', '.join(KINDS)}")
+        self.trajectory = self.settings.trajectory_model()  # validates early
+        self.trajectory.sample(self.frames, np.random.default_rng(0))  # custom values: right count
+        self.labels = None if self.settings.labels is None else [int(v) for v in self.settings.labels]
+        self._planes, self._masks = [], []
         for s in self.sources:
-            planes = self.spec.planes(s.image.shape, s.labels)
+            mask = s.selection(self.labels)
+            planes = self.spec.planes(s.image.shape, mask)
             if not planes:
                 raise ValueError(f"{s.name or 'source'}: the structure is absent from the chosen planes")
             self._planes.append(planes)
-        for name in self.trajectories:
-            Trajectory(name, self.slope_range)  # validates early
-        for k in self.kinds:
-            if k not in ("uniform", "directional", "gaussian"):
-                raise ValueError(f"unknown kind {k!r}")
+            self._masks.append(mask)
 
     def source_planes(self) -> list[np.ndarray]:
         """The cropped source planes (for fitting the normalisation)."""
         out = []
-        for s, planes in zip(self.sources, self._planes):
+        for s, planes, mask in zip(self.sources, self._planes, self._masks):
             for i in planes:
-                img, lab = self.spec.plane(s.image, i), self.spec.plane(s.labels, i)
-                out.append(self.spec.cut(img, self.spec.crop_box(img.shape, lab)))
+                img = self.spec.plane(s.image, i)
+                out.append(self.spec.cut(img, self.spec.crop_box(img.shape, self.spec.plane(mask, i))))
         return out
+
+    def _augmenter(self, image, labels, spacing, kind) -> Augmenter | None:
+        opts = dict(spacing=spacing, selected=self.labels, sigma_mm=self.settings.sigma_mm, device="cpu",
+                    label_interpolation=self.settings.label_interpolation)
+        try:
+            return Augmenter(image, labels, kind=kind, **opts)
+        except ValueError:  # the structure is absent from the crop or the kind leaves no field
+            try:
+                return Augmenter(image, labels, **opts)
+            except ValueError:
+                return None
+
+    def draw(self, index: int) -> dict:
+        """Sequence ``index`` with its truth: ``images`` (frames, H, W) float32, ``z_mm`` (frames,),
+        ``kind``, ``source``, ``plane``."""
+        rng = series_seed(self.seed, int(index))
+        k = int(rng.integers(len(self.sources)))
+        src, mask = self.sources[k], self._masks[k]
+        i = int(rng.choice(self._planes[k]))
+        img, mplane = self.spec.plane(src.image, i), self.spec.plane(mask, i)
+        box = self.spec.crop_box(img.shape, mplane)
+        kind_name = str(rng.choice(list(self.kinds)))
+        ys, xs = np.nonzero(self.spec.cut(mplane, box) if self.geometry == "2d" else mplane)
+        pick = int(rng.integers(len(ys))) if len(ys) else 0
+        draw = self.trajectory.sample(self.frames, rng)
+        if self.geometry == "2d":
+            plane_img, plane_lab = self.spec.cut(img, box), self.spec.cut(self.spec.plane(src.labels, i), box)
+            sy, sx = self.spec.spacing2d(src.spacing)
+            angle = rng.uniform(0, 2 * math.pi)
+            kind = make_kind(kind_name, direction=(0.0, math.sin(angle), math.cos(angle)),
+                             center=(0.0, float(ys[pick]) if len(ys) else 0.0, float(xs[pick]) if len(xs) else 0.0),
+                             spread_mm=self.settings.spread_mm)
+            aug = self._augmenter(plane_img[None], plane_lab[None].astype(np.int32), (1.0, sy, sx), kind)
+            images = (np.repeat(plane_img[None].astype(np.float32), self.frames, 0) if aug is None
+                      else aug.series_from_values(draw).images[:, 0])
+        else:
+            v = rng.normal(size=3)
+            centre = [0.0, 0.0, 0.0]
+            centre[self.spec.axis] = float(i)
+            rest = [a for a in range(3) if a != self.spec.axis]
+            if len(ys):
+                centre[rest[0]], centre[rest[1]] = float(ys[pick]), float(xs[pick])
+            kind = make_kind(kind_name, direction=tuple(v / np.linalg.norm(v)), center=tuple(centre),
+                             spread_mm=self.settings.spread_mm)
+            aug = self._augmenter(src.image, src.labels.astype(np.int32), src.spacing, kind)
+            frames = [img if aug is None else aug.warper.image_plane(float(z), self.spec.axis, i).numpy()
+                      for z in draw.z_mm]
+            images = np.stack([self.spec.cut(f, box) for f in frames]).astype(np.float32)
+        return {"images": images, "z_mm": np.asarray(draw.z_mm, np.float64), "kind": kind_name,
+                "source": src.name, "plane": i}
 
     def __getitem__(self, index: int) -> np.ndarray:
         """Sequence ``index``: (frames, H, W) float32."""
-        rng = series_seed(self.seed, int(index))
-        k = int(rng.integers(len(self.sources)))
-        src = self.sources[k]
-        i = int(rng.choice(self._planes[k]))
-        img, lab = self.spec.plane(src.image, i), self.spec.plane(src.labels, i)
-        box = self.spec.crop_box(img.shape, lab)
-        img, lab = self.spec.cut(img, box), self.spec.cut(lab, box)
-        kind_name = str(rng.choice(list(self.kinds)))
-        angle = rng.uniform(0, 2 * math.pi)
-        ys, xs = np.nonzero(lab)
-        pick = int(rng.integers(len(ys))) if len(ys) else 0
-        spread = float(rng.uniform(*self.spread_mm))
-        traj = Trajectory(str(rng.choice(list(self.trajectories))), self.slope_range)
-        sy, sx = self.spec.spacing2d(src.spacing)
-        kind = make_kind(kind_name, direction=(0.0, math.sin(angle), math.cos(angle)),
-                         center=(0.0, float(ys[pick]) if len(ys) else 0.0, float(xs[pick]) if len(xs) else 0.0),
-                         spread_mm=spread)
-        try:
-            aug = Augmenter(img[None], lab[None].astype(np.int32), spacing=(1.0, sy, sx), sigma_mm=self.sigma_mm,
-                            kind=kind, device="cpu")
-        except ValueError:  # the structure is absent from the crop or the kind leaves no field
-            aug = Augmenter(img[None], lab[None].astype(np.int32), spacing=(1.0, sy, sx), sigma_mm=self.sigma_mm,
-                            device="cpu") if np.any(lab) else None
-        if aug is None:
-            return np.repeat(img[None].astype(np.float32), self.frames, 0)
-        return aug.series(traj, frames=self.frames, seed=rng).images[:, 0]
+        return self.draw(index)["images"]
 
 
 # ---- mixing ----------------------------------------------------------------------------------
 
-class MixedSequences(torch.utils.data.Dataset):
-    """An epoch of ``length`` samples, ``round(ratio · length)`` of them semi-synthetic.
+def synthetic_counts(ratio: float, length: int, epochs: int, seed: int = 0) -> np.ndarray:
+    """Synthetic samples per epoch for an expected fraction ``ratio`` of ``length`` samples.
 
+    Systematic stochastic rounding: with a seeded offset u in [0, 1), epoch e gets
+    ``floor((e + 1)·r·L + u) − floor(e·r·L + u)``, i.e. floor(r·L) or ceil(r·L), the expectation is
+    exactly r·L and after E epochs the total is within one sample of E·r·L (``round`` would give
+    0 for r = 0.1 and L = 4 forever)."""
+    u = float(np.random.default_rng([int(seed), 13]).random())
+    e = np.arange(int(epochs) + 1, dtype=np.float64)
+    cum = np.floor(e * float(ratio) * int(length) + u)
+    return np.diff(cum).astype(np.int64)
+
+
+class MixedSequences(torch.utils.data.Dataset):
+    """An epoch of ``length`` samples, a fraction ``ratio`` of them semi-synthetic in expectation.
+
+    The synthetic count of an epoch is floor or ceil of ``ratio · length`` by
+    :func:`synthetic_counts` (exact in expectation, within one sample over any number of epochs).
     Items are ``(frames (T, 1, H, W) float32 normalised, is_synthetic)``. Real sequences (N, T, H, W)
     are cycled in a seeded shuffled order (repeated when there are fewer than needed); synthetic
     ones are generated on the fly with a fresh index per epoch (:meth:`set_epoch`).
@@ -345,13 +415,18 @@ class MixedSequences(torch.utils.data.Dataset):
             raise ValueError("the dataset needs at least one sample per epoch (give a length)")
         self.real, self.synthetic, self.ratio = real, synthetic, float(ratio)
         self.normalizer, self.seed = normalizer, int(seed)
-        self.n_synthetic = int(round(self.ratio * self.length))
         self.set_epoch(0)
+
+    @property
+    def expected_synthetic(self) -> float:
+        """Expected synthetic samples per epoch, ``ratio · length``."""
+        return self.ratio * self.length
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle which positions are synthetic and which real sequences fill the rest."""
         rng = np.random.default_rng([self.seed, int(epoch), 7])
         self.epoch = int(epoch)
+        self.n_synthetic = int(synthetic_counts(self.ratio, self.length, self.epoch + 1, self.seed)[-1])
         self.is_synthetic = np.zeros(self.length, bool)
         self.is_synthetic[rng.permutation(self.length)[:self.n_synthetic]] = True
         n_real = self.length - self.n_synthetic
@@ -386,21 +461,45 @@ class DataBundle:
     info: dict
 
 
+def split_groups(names: Sequence[str], val_fraction: float, split_seed: int = 0) -> tuple[list[int], list[int]]:
+    """(train, validation) indices of ``names`` (patients, files or planes): a seeded hold-out of
+    ``round(val_fraction · n)`` groups (at least one, at most n − 1). It depends only on the names'
+    order and ``split_seed``, so every run of a sweep validates on the same groups."""
+    n = len(names)
+    if n < 2:
+        raise ValueError("the real data give a single plane; need at least two planes or files to hold some out")
+    order = np.random.default_rng([int(split_seed), 11]).permutation(n)
+    n_val = min(max(1, int(round(val_fraction * n))), n - 1)
+    return sorted(int(i) for i in order[n_val:]), sorted(int(i) for i in order[:n_val])
+
+
+def choose_subset(n_available: int, n: int, seed: int) -> list[int]:
+    """``n`` of ``n_available`` training groups for repeat ``seed``: a prefix of one seeded
+    permutation, so for one seed the subsets of increasing n are nested."""
+    if not 1 <= n <= n_available:
+        raise ValueError(f"size {n} exceeds the {n_available} training patients/files available" if n > n_available
+                         else f"size must be at least 1, got {n}")
+    return sorted(int(i) for i in np.random.default_rng([int(seed), 5]).permutation(n_available)[:n])
+
+
 def build_data(real: Sequence[str | Path] = (), acdc: str | Path | None = None,
                synthetic: Sequence[tuple[str | Path, str | Path]] = (), *, mix: float | None = None,
                context: int = 4, target: int = 4, spec: SliceSpec = SliceSpec(), val_fraction: float = 0.1,
                length: int | None = None, seed: int = 0, n_val_synthetic: int = 32, window_stride: int = 1,
                sources: Sequence[SyntheticSource] = (), real_arrays: Sequence[np.ndarray] = (),
-               **synthetic_options) -> DataBundle:
+               split_seed: int = 0, train_size: int | None = None, **synthetic_options) -> DataBundle:
     """Read the data and build the mixed training set and the validation set.
 
     Real data (``real`` 4D files, an ``acdc`` folder, or ``real_arrays`` (T, Z, Y, X) from the
     viewer) are split into train/validation by file or ACDC patient (by plane when there is only
-    one file); semi-synthetic series come from ``synthetic`` (image, mask) files, ``sources``, and
-    the ED frames of the training ACDC patients. ``mix`` defaults to 1 without real data, 0
-    without image/mask pairs and 0.1 (the paper's best) with both. Without real data the
-    validation set is ``n_val_synthetic`` held-out semi-synthetic series (another seed stream).
-    ``synthetic_options`` go to :class:`SyntheticSequences` (kinds, trajectories, slope_range, ...).
+    one file) with ``split_seed`` (not ``seed``: the validation set stays the same across seeds).
+    ``train_size`` keeps that many training patients/files (a seeded, nested choice,
+    :func:`choose_subset`); semi-synthetic series come from ``synthetic`` (image, mask) files,
+    ``sources``, and the ED frames of the **kept** training ACDC patients only. ``mix`` defaults
+    to 1 without real data, 0 without image/mask pairs and 0.1 (the paper's best) with both.
+    Without real data the validation set is ``n_val_synthetic`` held-out semi-synthetic series
+    (another seed stream). ``synthetic_options`` go to :class:`SyntheticSequences` (settings,
+    kinds, geometry).
     """
     if context < 1 or target < 1:
         raise ValueError("context and target must be at least 1 frame")
@@ -409,6 +508,7 @@ def build_data(real: Sequence[str | Path] = (), acdc: str | Path | None = None,
     frames = context + target
     groups: list[tuple[str, list[np.ndarray]]] = []
     group_sources: dict[str, SyntheticSource] = {}
+    labels = getattr(synthetic_options.get("settings"), "labels", None)
     for path in real:
         data, _ = read_4d(path, frames)
         groups.append((str(path), real_sequences(data, spec, frames, stride=window_stride)))
@@ -423,20 +523,22 @@ def build_data(real: Sequence[str | Path] = (), acdc: str | Path | None = None,
             src = SyntheticSource.from_files(p.ed_image, p.ed_labels)
             if src.image.shape != data.shape[1:]:
                 raise ValueError(f"{p.name}: ED frame {src.image.shape} and 4D series {data.shape[1:]} differ in size")
-            groups.append((p.name, real_sequences(data, spec, frames, mask=src.labels, stride=window_stride)))
+            groups.append((p.name, real_sequences(data, spec, frames, mask=src.selection(labels), stride=window_stride)))
             group_sources[p.name] = src
     groups = [(name, seqs) for name, seqs in groups if seqs]
     if len(groups) == 1 and acdc is None:  # one file: hold out whole planes
         groups = [(f"{groups[0][0]}#plane{i}", [s]) for i, s in enumerate(groups[0][1])]
-    rng = np.random.default_rng([int(seed), 11])
     train_groups, val_groups = groups, []
+    pool = len(groups)
     if groups:
-        if len(groups) < 2:
-            raise ValueError("the real data give a single plane; need at least two planes or files to hold some out")
-        order = rng.permutation(len(groups))
-        n_val = min(max(1, int(round(val_fraction * len(groups)))), len(groups) - 1)
-        val_groups = [groups[i] for i in order[:n_val]]
-        train_groups = [groups[i] for i in order[n_val:]]
+        tr, va = split_groups([n for n, _ in groups], val_fraction, split_seed)
+        val_groups = [groups[i] for i in va]
+        train_groups = [groups[i] for i in tr]
+        pool = len(train_groups)
+        if train_size is not None:
+            train_groups = [train_groups[i] for i in choose_subset(len(train_groups), int(train_size), seed)]
+    elif train_size is not None:
+        raise ValueError("a training-set size needs real data (4D files or an ACDC folder)")
     all_sources = list(sources) + [SyntheticSource.from_files(i, m) for i, m in synthetic]
     all_sources += [group_sources[n] for n, _ in train_groups if n in group_sources]
     if mix is None:
@@ -460,9 +562,13 @@ def build_data(real: Sequence[str | Path] = (), acdc: str | Path | None = None,
         length = 256
     train = MixedSequences(real_train, syn, mix, norm, length=length, seed=seed)
     info = {"context": context, "target": target, "mix": float(mix), "length": train.length,
-            "n_synthetic": train.n_synthetic, "real_train_sequences": 0 if real_train is None else len(real_train),
+            "n_synthetic": train.n_synthetic, "expected_synthetic": train.expected_synthetic,
+            "real_train_sequences": 0 if real_train is None else len(real_train),
             "val_sequences": len(val), "val_source": "real" if val_groups else "semi-synthetic",
             "train_groups": [n for n, _ in train_groups], "val_groups": [n for n, _ in val_groups],
+            "train_pool": pool, "synthetic_sources": [s.name for s in all_sources] if syn is not None else [],
             "frame_size": list(val.shape[-2:]), "normalizer": norm.to_dict(), "axis": spec.axis,
-            "crop": list(spec.crop) if spec.crop else None}
+            "crop": list(spec.crop) if spec.crop else None, "split_seed": int(split_seed), "seed": int(seed)}
+    if syn is not None:
+        info.update(geometry=syn.geometry, kinds=list(syn.kinds), settings=syn.settings.to_record())
     return DataBundle(train, val, norm, info)

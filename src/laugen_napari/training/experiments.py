@@ -1,105 +1,193 @@
-"""The paper's two sweeps (LAUGEN §3.1, Figs. 3–4), with repeats, to CSV and PNG plots.
+"""The paper's experiments (LAUGEN §3.1, Figs. 3–4) run as the paper describes them, with repeats.
 
-- :func:`mixing_sweep`: one SimVP run per mixing ratio r and repeat (seed), same number of
-  samples per epoch in every run; validation on the same held-out data.
-- :func:`size_sweep`: one run per training-set size n (n real training sequences, a fixed
-  mixing ratio, default 0.1 as chosen in the paper) and repeat.
+- ``mixing``: one SimVP run per mixing ratio r and repeat. Every run has the same epoch length
+  (real data repeated rather than training longer) and the same number of steps; a fraction r of
+  the samples is semi-synthetic in expectation (stochastic rounding, see
+  :class:`~laugen_napari.training.datasets.MixedSequences`) and the fraction actually trained on is
+  reported per run (``realised_fraction``).
+- ``sizes``: one run per training-set size n and repeat. The data points are **patients** (ACDC
+  patients, or 4D files): n training patients are kept (a seeded choice, nested across n for one
+  repeat), their windows are the real data and only their ED frames seed the semi-synthetic series
+  (the paper: "the same images were selected"). The epoch length is that of the whole training
+  pool for every n, the real data are repeated, so every n runs the same number of steps.
+- ``pretrain``: real-only training vs pre-training on semi-synthetic series only (from the
+  training patients' ED frames) followed by fine-tuning on the real data with the same number of
+  steps as the real-only run; both arms share one intensity normalisation.
 
-Each run goes to ``out_dir/<sweep>/<value>/rep<k>/`` (metrics.csv, checkpoints, report.json);
-``results.csv`` holds one row per run (final validation RMSE/MAE/SSIM/PSNR and the last-image
-baseline) and ``<sweep>.png`` the mean ± standard deviation over repeats with the baseline as a
-dashed line.
+In every sweep the validation patients are the same for every value and repeat (``split_seed``
+of the data options) and repeat k uses seed ``seed + k``. Each run goes to
+``out_dir/<sweep>/<value>/rep<k>/`` (metrics.csv, checkpoints, report.json); ``results.csv``
+holds one row per run: final validation metrics in our conventions and OpenSTL's, the last-image
+baseline, steps, samples per epoch, expected and realised synthetic fraction, the training
+patients. ``<sweep>.png`` shows mean ± standard deviation over repeats with the baseline dashed.
 """
 
 from __future__ import annotations
 
 import csv
+import json
+import os
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from ..metrics import FRAME_METRICS
-from .datasets import MixedSequences, build_data
-from .simvp import train_simvp
+from ..metrics import FRAME_METRICS, OPENSTL_METRICS
+from .datasets import build_data
+from .simvp import adopt_normalizer, total_steps, train_simvp
+
+SWEEPS = ("mixing", "sizes", "pretrain")
+METRIC_KEYS = FRAME_METRICS + OPENSTL_METRICS
 
 
-def _final_values(records) -> dict[str, float]:
-    final: dict[str, float] = {}
-    for rec in records:
-        if rec.phase == "val":
-            final = rec.values
-    return final
+def _train(bundle, run_dir: Path, *, epochs, steps, batch_size: int, seed: int, train_options: dict,
+           init=None) -> dict:
+    """One run; returns its report.json."""
+    for _ in train_simvp(bundle, run_dir, epochs=epochs, steps=steps, batch_size=batch_size, seed=seed, init=init,
+                         **train_options):
+        pass
+    return json.loads((run_dir / "report.json").read_text())
 
 
-def _subset_real(bundle, n: int, seed: int):
-    """Keep ``n`` of the bundle's real training sequences (seeded choice); epoch length n."""
-    real = bundle.train.real
-    if real is None or n > len(real):
-        have = 0 if real is None else len(real)
-        raise ValueError(f"size {n} exceeds the {have} real training sequences available")
-    idx = np.random.default_rng([seed, 5]).permutation(len(real))[:n]
-    t = bundle.train
-    bundle.train = MixedSequences(real[idx], t.synthetic, t.ratio, t.normalizer, length=n, seed=seed)
-    bundle.info.update(real_train_sequences=n, length=n, n_synthetic=bundle.train.n_synthetic)
-    return bundle
+def _row(kind: str, value, rep: int, seed: int, bundle, report: dict) -> dict:
+    tr = report["training"]
+    row = {"sweep": kind, "value": value, "repeat": rep, "seed": seed, "mix": bundle.info["mix"],
+           "train_patients": len(bundle.info["train_groups"]), "real_train_sequences": bundle.info["real_train_sequences"],
+           "samples_per_epoch": bundle.info["length"], "steps": tr["steps"], "batch_size": tr["batch_size"],
+           "expected_fraction": bundle.info["mix"], "realised_fraction": tr["synthetic_fraction"],
+           "val_sequences": bundle.info["val_sequences"]}
+    row.update({m: report["model"][m] for m in METRIC_KEYS})
+    row.update({f"baseline_{m}": report["last_image_baseline"][m] for m in METRIC_KEYS})
+    row["train_groups"] = " ".join(bundle.info["train_groups"])
+    row["val_groups"] = " ".join(bundle.info["val_groups"])
+    return row
 
 
 def run_sweep(kind: str, values: Sequence[float], data: dict, out_dir: str | Path, *, repeats: int = 3,
-              epochs: int = 20, mix: float = 0.1, train_options: dict | None = None,
+              epochs: int | None = None, steps: int | None = None, mix: float = 0.1, seed: int = 0,
+              batch_size: int = 8, pretrain_steps: int | None = None, train_options: dict | None = None,
               progress: Callable[[str], None] | None = None) -> list[dict]:
-    """Run ``kind`` ("mixing" or "sizes") over ``values``; returns the rows written to results.csv."""
-    if kind not in ("mixing", "sizes"):
-        raise ValueError(f"unknown sweep {kind!r}")
-    if repeats < 1 or not values:
+    """Run sweep ``kind`` over ``values`` (ratios, sizes; ignored for ``pretrain``); returns the rows
+    written to ``out_dir/<kind>/results.csv``. Budget per run: ``epochs`` and/or ``steps``."""
+    if kind not in SWEEPS:
+        raise ValueError(f"unknown sweep {kind!r}; choose one of {', '.join(SWEEPS)}")
+    if repeats < 1 or (kind != "pretrain" and not values):
         raise ValueError("give at least one value and one repeat")
+    if epochs is None and steps is None:
+        raise ValueError("give a number of epochs or of steps per run")
+    opts = dict(train_options or {})
     out = Path(out_dir) / kind
-    rows = []
-    for value in values:
-        for rep in range(repeats):
+    data = dict(data)
+    length = data.pop("length", None)
+    rows: list[dict] = []
+    if kind == "sizes":
+        pool = build_data(**data, mix=0.0, seed=seed, length=length)
+        length = pool.train.length  # every n gets the epoch length of the whole pool
+        too_big = [int(v) for v in values if int(v) > pool.info["train_pool"]]
+        if too_big:
+            raise ValueError(f"size {too_big[0]} exceeds the {pool.info['train_pool']} training patients/files available")
+    for rep in range(repeats):
+        s = int(seed) + rep
+        if kind == "pretrain":
+            rows += _pretrain_repeat(data, out, rep, s, length=length, epochs=epochs, steps=steps,
+                                     pretrain_steps=pretrain_steps, batch_size=batch_size, opts=opts, progress=progress)
+            write_csv(rows, out / "results.csv")
+            continue
+        for value in values:
             if kind == "mixing":
-                bundle = build_data(**data, mix=float(value), seed=rep)
+                bundle = build_data(**data, mix=float(value), seed=s, length=length)
             else:
-                bundle = _subset_real(build_data(**data, mix=mix, seed=rep), int(value), rep)
+                bundle = build_data(**data, mix=mix, seed=s, length=length, train_size=int(value))
             run_dir = out / f"{value:g}" / f"rep{rep}"
             if progress:
                 progress(f"{kind} {value:g} repeat {rep}: {run_dir}")
-            final = _final_values(train_simvp(bundle, run_dir, epochs=epochs, seed=rep, **(train_options or {})))
-            row = {"sweep": kind, "value": float(value), "repeat": rep, "mix": bundle.info["mix"],
-                   "samples_per_epoch": bundle.info["length"], "n_synthetic": bundle.info["n_synthetic"]}
-            row.update({m: final[m] for m in FRAME_METRICS})
-            row.update({f"baseline_{m}": final[f"baseline_{m}"] for m in FRAME_METRICS})
-            rows.append(row)
-            write_csv(rows, out / "results.csv")
+            report = _train(bundle, run_dir, epochs=epochs, steps=steps, batch_size=batch_size, seed=s, train_options=opts)
+            rows.append(_row(kind, float(value), rep, s, bundle, report))
+            write_csv(sorted(rows, key=lambda r: (r["value"], r["repeat"])), out / "results.csv")
+    rows.sort(key=lambda r: (str(r["value"]), r["repeat"]))
+    write_csv(rows, out / "results.csv")
     plot_sweep(rows, out / f"{kind}.png")
     return rows
 
 
+def _pretrain_repeat(data: dict, out: Path, rep: int, seed: int, *, length, epochs, steps, pretrain_steps,
+                     batch_size: int, opts: dict, progress) -> list[dict]:
+    syn_bundle = build_data(**data, mix=1.0, seed=seed, length=length)
+    if syn_bundle.train.real is None:
+        raise ValueError("the pre-training experiment needs real data (4D files or an ACDC folder)")
+    real_bundle = build_data(**data, mix=0.0, seed=seed, length=length)
+    adopt_normalizer(real_bundle, syn_bundle.normalizer.to_dict())
+    fine_steps = total_steps(real_bundle.train, batch_size, epochs, steps)
+    pre_steps = int(pretrain_steps) if pretrain_steps is not None else fine_steps
+    rows = []
+    if progress:
+        progress(f"pretrain real-only repeat {rep}")
+    report = _train(real_bundle, out / "real-only" / f"rep{rep}", epochs=None, steps=fine_steps,
+                    batch_size=batch_size, seed=seed, train_options=opts)
+    row = _row("pretrain", "real-only", rep, seed, real_bundle, report)
+    row["pretrain_steps"] = 0
+    rows.append(row)
+    if progress:
+        progress(f"pretrain synthetic pre-training repeat {rep}")
+    pre_dir = out / "pretrained" / f"rep{rep}"
+    _train(syn_bundle, pre_dir, epochs=None, steps=pre_steps, batch_size=batch_size, seed=seed, train_options=opts)
+    ft_bundle = build_data(**data, mix=0.0, seed=seed, length=length)
+    if progress:
+        progress(f"pretrain fine-tuning repeat {rep}")
+    report = _train(ft_bundle, out / "pretrained+finetuned" / f"rep{rep}", epochs=None, steps=fine_steps,
+                    batch_size=batch_size, seed=seed, train_options=opts, init=pre_dir / "last.pt")
+    row = _row("pretrain", "pretrained+finetuned", rep, seed, ft_bundle, report)
+    row["pretrain_steps"] = pre_steps
+    rows.append(row)
+    return rows
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
+    """All rows to ``path`` (columns: the union of the rows' keys, first-seen order), atomically."""
+    if not rows:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
+    os.replace(tmp, path)
 
 
 def plot_sweep(rows: list[dict], path: Path) -> None:
-    """RMSE, SSIM and PSNR against the swept value: mean ± std over repeats, baseline dashed."""
+    """RMSE, SSIM and PSNR (ours) and OpenSTL's MSE against the swept value: mean ± std over
+    repeats, the last-image baseline dashed; steps per run in the title."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
     kind = rows[0]["sweep"]
-    values = sorted({r["value"] for r in rows})
-    fig = Figure(figsize=(11, 3.4), layout="constrained")
-    for ax, m, label in zip(fig.subplots(1, 3), ("rmse", "ssim", "psnr"), ("RMSE", "SSIM", "PSNR (dB)")):
+    values = list(dict.fromkeys(r["value"] for r in rows))
+    numeric = all(isinstance(v, (int, float)) for v in values)
+    if numeric:
+        values = sorted(values)
+    xs = values if numeric else list(range(len(values)))
+    steps = sorted({int(r["steps"]) for r in rows})
+    fig = Figure(figsize=(13, 3.6), layout="constrained")
+    axes = fig.subplots(1, 4)
+    for ax, m, label in zip(axes, ("rmse", "ssim", "psnr", "openstl_mse"),
+                            ("RMSE (intensity)", "SSIM", "PSNR (dB)", "MSE per frame, OpenSTL [0,1]")):
         mean = [np.mean([r[m] for r in rows if r["value"] == v]) for v in values]
         std = [np.std([r[m] for r in rows if r["value"] == v]) for v in values]
-        ax.errorbar(values, mean, yerr=std, marker="o", capsize=3, label="SimVP")
+        ax.errorbar(xs, mean, yerr=std, marker="o", capsize=3, label="SimVP", ls="-" if numeric else "none")
         ax.axhline(np.mean([r[f"baseline_{m}"] for r in rows]), color="k", ls="--", label="last image")
-        ax.set_xlabel("mixing ratio" if kind == "mixing" else "training sequences")
+        ax.set_xlabel({"mixing": "mixing ratio", "sizes": "training patients", "pretrain": "arm"}[kind])
+        if not numeric:
+            ax.set_xticks(xs, [str(v) for v in values], fontsize=7)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    ax.legend()
-    fig.savefig(path, dpi=120)
+    axes[-1].legend(fontsize=8)
+    reps = len({r["repeat"] for r in rows})
+    fig.suptitle(f"{kind}: {reps} repeat(s), {'/'.join(map(str, steps))} steps per run"
+                 + (" (same for every value)" if len(steps) == 1 else " (differs between runs)"), fontsize=10)
+    fig.savefig(path, dpi=110)
