@@ -3,6 +3,7 @@ process with live plots, a validation sample, a clean stop, the GUI thread's lon
 bad input as notifications."""
 
 import math
+import os
 import time
 
 import nibabel as nib
@@ -60,6 +61,26 @@ class StallMeter:
         return self.worst * 1000
 
 
+def assert_panels_legible(plot, min_px=60):
+    """Every shown panel (title, tick labels, x label included) lies inside the figure, panels
+    do not overlap, and each plotting area is at least ``min_px`` pixels each way."""
+    plot.canvas.draw()
+    renderer = plot.canvas.get_renderer()
+    fig = plot.figure.bbox
+    boxes = []
+    for i in plot.shown:
+        ax = plot.axes[i]
+        box = ax.get_tightbbox(renderer)
+        assert fig.x0 - 1 <= box.x0 and box.x1 <= fig.x1 + 1 and fig.y0 - 1 <= box.y0 and box.y1 <= fig.y1 + 1, \
+            f"panel '{ax.get_title()}' is clipped: {box} outside {fig}"
+        area = ax.get_window_extent(renderer)
+        assert area.width >= min_px and area.height >= min_px, (ax.get_title(), area)
+        boxes.append((ax.get_title(), area))
+    for a in range(len(boxes)):
+        for b in range(a + 1, len(boxes)):
+            assert not boxes[a][1].overlaps(boxes[b][1]), (boxes[a][0], boxes[b][0])
+
+
 @pytest.fixture(autouse=True)
 def settings_dir(tmp_path, monkeypatch):
     """The docks remember their settings here, not in the user's configuration."""
@@ -88,6 +109,9 @@ def test_simvp_run_plots_records_stops_and_shows_a_sample(make_napari_viewer, qt
     w["batch"].value = 4
     w["run_dir"].value = str(tmp_path / "run")
     qtbot.wait(1000)  # let the viewer and the dock paint once before measuring
+    plot = widget.plot
+    assert plot.shown == [0]  # the validation panels wait for the first validation, not empty
+    assert_panels_legible(plot)
     meter = StallMeter()
     meter.log_what = lambda: w["status"].value[:60]
     meter.start()
@@ -100,6 +124,7 @@ def test_simvp_run_plots_records_stops_and_shows_a_sample(make_napari_viewer, qt
 
     qtbot.waitUntil(lambda: val_points() >= 2 and len(plot.lines["train/loss"].get_xdata()) >= 4, timeout=45000)
     assert widget.running and not errors
+    assert plot.shown == [0, 1, 2, 3]
     # the plot holds exactly what the child sent
     recs = list(widget.proc.records)
     train = [r for r in recs if r.phase == "train"]
@@ -123,11 +148,14 @@ def test_simvp_run_plots_records_stops_and_shows_a_sample(make_napari_viewer, qt
     assert proc.error is None and proc.exitcode == 0 and not errors
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert ckpt["step"] == proc.records[-1].step < 10_000
-    assert "Stopped" in w["status"].value
+    status = w["status"].value
+    assert "Stopped" in status and "last.pt" in status
+    assert ("best.pt" in status) == (tmp_path / "run" / "best.pt").is_file()
     print("stalls over 100 ms (s into the run, ms, status):", meter.log)
     print(f"\nSimVP run in the dock: {len(proc.records)} records in {elapsed:.1f} s; "
           f"longest GUI-thread stall {stall_ms:.0f} ms")
     assert stall_ms < MAX_STALL_MS
+    assert_panels_legible(plot)
     # a validation sample as layers (from best.pt), timed on its own: adding three layers to a
     # shown viewer is napari's own cost, not the training's
     meter2 = StallMeter()
@@ -175,6 +203,12 @@ def test_generator_run_shows_curves_and_generated_pairs(make_napari_viewer, qtbo
         np.testing.assert_allclose(grid, tile(z["images"]))
         np.testing.assert_array_equal(viewer.layers[GEN_MASKS].data, tile(z["masks"]))
     assert grid.shape == (8 * 32, 8 * 32)
+    # the grid sits beside the scan, not over it, and as tall as the scan
+    scan_x1 = viewer.layers["slices"].extent.world[1][-1]
+    for name in (GEN_IMAGES, GEN_MASKS):
+        ext = viewer.layers[name].extent.world
+        assert ext[0][-1] > scan_x1
+        assert ext[1][-2] - ext[0][-2] == pytest.approx(32.0, rel=0.05)
     widget.wait_idle()
 
 
@@ -214,6 +248,25 @@ def test_bad_input_gives_notifications(make_napari_viewer, qtbot, tmp_path, erro
     widget.wait_idle()
 
 
+def test_the_dock_remembers_its_settings(make_napari_viewer, settings_dir):
+    viewer = make_napari_viewer()
+    first = TrainWidget(viewer)
+    first.w["model"].value = "VAE"
+    first.w["steps"].value = 321
+    first.w["batch"].value = 3
+    first.w["lr"].value = "2e-4"
+    first.w["pairs"].value = str(settings_dir)
+    first.shutdown()  # closing the dock saves
+    assert (settings_dir / "train_dock.json").is_file()
+    second = TrainWidget(viewer)
+    assert second.w["model"].value == "VAE" and second.w["steps"].value == 321 and second.w["batch"].value == 3
+    assert second.w["lr"].value == "2e-4" and second.w["pairs"].line_edit.value == str(settings_dir)
+    assert not second.w["steps"].native.isHidden() and second.w["series"].native.isHidden()
+    (settings_dir / "train_dock.json").write_text("{broken")  # a damaged file: defaults, no error
+    third = TrainWidget(viewer)
+    assert third.w["model"].value == "SimVP (gSTA)" and third.w["batch"].value == 8
+
+
 def test_tile_grid():
     stack = np.arange(5 * 2 * 3).reshape(5, 2, 3)
     grid = tile(stack)
@@ -221,3 +274,121 @@ def test_tile_grid():
     np.testing.assert_array_equal(grid[2:4, 3:6], stack[4])  # 5th sample: row 1, column 1
     np.testing.assert_array_equal(grid[0:2, 6:9], stack[2])
     assert not grid[2:4, 6:9].any()  # the empty cell
+
+
+# -- the viewer's process never imports Triton ------------------------------------------------------
+
+SIMVP_VALUES = dict(model="SimVP (gSTA)", run_dir="", resume=False, lr="1e-3", seed=0, batch=4, threads=1, pairs="",
+                    real_files="", acdc="", context=4, target=4, mix=0.1, axis=0, crop=0, length=8,
+                    size_preset="cpu", epochs=1, steps=10, epoch_steps=5, size=32, warmup=0, vgg="", inception="")
+
+
+class FakeLayer:
+    def __init__(self, data, name, scale=(1.0, 1.0, 1.0)):
+        self.data, self.name, self.scale = data, name, scale
+
+
+CHILD = r"""
+import json, pickle, sys
+run = pickle.load(open(sys.argv[1], "rb"))
+from laugen_napari.training.plan import validation_sample
+sample, _ = validation_sample(run, 1)
+seen = {"triton": "triton" in sys.modules, "dynamo": "torch._dynamo" in sys.modules,
+        "shape": list(sample.prediction.shape), "checkpoint": sample.checkpoint, "step": sample.step}
+import torch
+torch.optim.Adam(torch.nn.Linear(2, 2).parameters())  # the control: an optimizer does load Triton
+seen["triton_after_optimizer"] = "triton" in sys.modules
+print(json.dumps(seen))
+"""
+
+
+def test_validation_sample_path_does_not_import_triton(tmp_path):
+    """The validation sample's code path, run in a fresh interpreter, loads neither Triton nor
+    torch._dynamo (building an optimizer would: the control at the end of the child)."""
+    import json
+    import pickle
+    import subprocess
+    import sys
+
+    from laugen_napari.training.loop import run_training
+    from laugen_napari.training.plan import make_plan, prepare, validation_sample
+
+    plan = make_plan({**SIMVP_VALUES, "run_dir": str(tmp_path / "run")}, series=FakeLayer(moving_blob(), "blob"))
+    factory, kwargs, run = prepare(plan)
+    task, batches, run_kwargs = factory(**kwargs)
+    recs = list(run_training(task, batches, **run_kwargs))
+    assert (tmp_path / "run" / "last.pt").is_file() and recs
+    (tmp_path / "run.pkl").write_bytes(pickle.dumps(run))
+    out = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "run.pkl")], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["triton"] is False and seen["dynamo"] is False
+    assert seen["triton_after_optimizer"] is True  # the check can see Triton
+    assert seen["shape"] == [4, 24, 24] and seen["checkpoint"] == "best.pt" and seen["step"] == recs[-1].step
+    # the same numbers as the training task's own prediction from the same weights
+    sample, _ = validation_sample(run, 1)
+    ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
+    task.load_state_dict(ckpt["task"])
+    task.model.eval()
+    import torch
+
+    with torch.no_grad():
+        expected = task.predict_raw(task.val[1:2, :4])[0]
+    np.testing.assert_allclose(sample.prediction, expected, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(sample.context, task.val[1, :4])
+    np.testing.assert_array_equal(sample.target, task.val[1, 4:])
+
+
+# -- planning without Qt ---------------------------------------------------------------------------
+
+def test_end_text_names_only_the_checkpoints_there(tmp_path):
+    from laugen_napari.training.plan import describe_end
+
+    assert "no checkpoint" in describe_end(True, 0, tmp_path) and ".pt" not in describe_end(True, 0, tmp_path)
+    (tmp_path / "last.pt").write_bytes(b"x")
+    text = describe_end(True, 7, tmp_path)
+    assert text.startswith("Stopped at step 7") and "last.pt" in text and "best.pt" not in text
+    (tmp_path / "best.pt").write_bytes(b"x")
+    assert "best.pt and last.pt" in describe_end(False, 9, tmp_path)
+
+
+def test_model_list_follows_the_generator_registry(monkeypatch):
+    from laugen_napari.training import plan
+
+    generators = pytest.importorskip("laugen_napari.training.generators")
+    choices = plan.model_choices()
+    keys = [c.key for c in choices.values() if c.kind == "generator"]
+    assert keys == list(generators.GENERATORS)
+    assert [c.label for c in choices.values() if c.kind == "simvp"] == ["SimVP (gSTA)", "SimVP (IncepU)"]
+    sg2 = next(c for c in choices.values() if c.key == "stylegan2")
+    assert not sg2.has("disc_warmup") and not sg2.has("vgg") and sg2.has("lr")
+    # before the registry existed (or if it fails to import): today's three
+    monkeypatch.setattr(plan, "_registry", lambda: None)
+    fallback = plan.model_choices()
+    assert [c.label for c in fallback.values() if c.kind == "generator"] == ["dHVAE", "HVAE", "VAE"]
+
+
+def test_generator_plan_passes_only_the_options_the_generator_takes(tmp_path):
+    from laugen_napari.training.plan import make_plan, model_choices, prepare
+
+    generators = pytest.importorskip("laugen_napari.training.generators")
+    yy, xx = np.mgrid[:32, :32]
+    labels = np.stack([((yy - 16) ** 2 + (xx - 14 - z) ** 2 < 40).astype(np.uint8) for z in range(6)])
+    image = labels * 80.0 + 10.0
+    label = next(k for k, c in model_choices().items() if c.key == "stylegan2")
+    values = {**SIMVP_VALUES, "model": label, "run_dir": str(tmp_path / "sg"), "lr": "2e-3", "warmup": 7, "size": 32}
+    plan = make_plan(values, image=FakeLayer(image, "img"), labels=FakeLayer(labels, "lab"))
+    factory, kwargs, run = prepare(plan)
+    assert run["kind"] == "generator" and factory.func is generators.make_generator_training
+    assert factory.args == ("stylegan2",)
+    assert kwargs["lr"] == 2e-3 and kwargs["batch_size"] == 4 and "disc_warmup" not in kwargs and "vgg" not in kwargs
+    assert kwargs["slices"] is not None and kwargs["out"] == str(tmp_path / "sg")
+
+
+def test_beside_puts_the_grid_right_of_the_scan():
+    from laugen_napari.training.plan import beside
+
+    extent = np.array([[0.0, -10.0, 5.0], [90.0, 100.0, 205.0]])  # z, y, x in mm
+    (ty, tx), (sy, sx) = beside(extent, (256, 512))
+    assert ty == -10.0 and tx > 205.0 and sy == sx == pytest.approx(110.0 / 256)

@@ -52,12 +52,14 @@ class PanelPlot(MplCanvas):
         self.lines: dict = {}
         self.baselines: dict = {}
         self.panels: list = []
+        self._source: list | None = None  # the list given to configure (panels is a copy, auto adds to it)
         self.shown: list[int] = []  # panels with a place in the grid, in order
         self._data: dict[str, tuple[list, list]] = {}
         self._panel_of: dict[str, int] = {}
         self._dirty: list[int] = []
         self._full = True
         self._auto = False
+        self._clear_all = False  # the layout changed: clear the canvas before drawing panels
         self._last_draw = 0.0
         self.ncols, self.nrows = 2, 1
         self.canvas.mpl_connect("draw_event", self._on_full_draw)
@@ -66,21 +68,28 @@ class PanelPlot(MplCanvas):
     # -- panels --------------------------------------------------------------------------------
     def configure(self, panels: list, auto: bool = False) -> None:
         """Start over with ``panels`` (empty lines; the axes are kept when the panels are the same)."""
-        if panels is self.panels and auto == self._auto:
+        if panels is self._source and auto == self._auto and not auto:
+            had = {i for i in range(len(self.axes)) if self._has_data(i)}
+            had |= {self._panel_of[k] for k, line in self.baselines.items() if np.isfinite(line.get_ydata()).any()}
             for xs, ys in self._data.values():
                 xs.clear()
                 ys.clear()
             for line in self.baselines.values():
                 line.set_ydata([np.nan, np.nan])
+            self._mark(sorted(had))  # only panels that showed something need a redraw
             self._select()
             return
         self._auto = auto
+        self._source = panels
+        self._full = True  # new axes: the next refresh draws the whole figure
         self.panels = list(panels)
         self.figure.clear()
         self.axes, self.lines, self.baselines, self._data, self._panel_of = [], {}, {}, {}, {}
+        self.shown = []
         for panel in self.panels:
             self._new_axes(panel)
         self._select()
+        self.canvas.draw_idle()  # new axes: one full draw when the event loop gets to it
 
     def _new_axes(self, panel) -> None:
         title, series, baseline, log = panel
@@ -118,15 +127,17 @@ class PanelPlot(MplCanvas):
         return any(self._panel_of[n] == i and xs for n, (xs, _) in self._data.items())
 
     def _select(self) -> None:
-        """Give a grid cell to the first panel and to every panel holding data; full redraw."""
-        self.shown = [i for i in range(len(self.axes)) if i == 0 or self._has_data(i)]
-        for i, ax in enumerate(self.axes):
-            ax.set_visible(i in self.shown)
-        self.nrows = max(1, math.ceil(len(self.shown) / self.ncols))
-        self._place()
-        self._full = True
-        self._dirty = list(self.shown)
-        self.refresh(force=True)
+        """Give a grid cell to the first panel and to every panel holding data. A new layout is
+        drawn panel by panel too (the canvas is cleared, then one panel per :meth:`refresh`)."""
+        shown = [i for i in range(len(self.axes)) if i == 0 or self._has_data(i)]
+        if shown != self.shown:
+            self.shown = shown
+            for i, ax in enumerate(self.axes):
+                ax.set_visible(i in self.shown)
+            self.nrows = max(1, math.ceil(len(self.shown) / self.ncols))
+            self._place()
+            self._clear_all = True
+            self._mark(self.shown)
 
     def _place(self) -> None:
         """Put the shown panels in a grid with margins fixed in pixels."""
@@ -204,12 +215,14 @@ class PanelPlot(MplCanvas):
         ax.autoscale_view()
 
     def _on_full_draw(self, event) -> None:
-        self._full = False  # any full draw (resize, first show) brings every panel up to date
+        # any full draw (resize, first show) brings every panel up to date
+        self._full = False
+        self._clear_all = False
 
     def refresh(self, force: bool = False) -> None:
         """Redraw: everything when ``force`` or before the first full draw, else one changed panel
         (at most every ``REDRAW_S / panels`` seconds)."""
-        if not self._dirty:
+        if not self._dirty and not (force and self._clear_all):
             return
         now = time.monotonic()
         if force or self._full:
@@ -219,7 +232,13 @@ class PanelPlot(MplCanvas):
             self._last_draw = now
             self.canvas.draw()
             return
-        if now - self._last_draw < REDRAW_S / max(1, len(self.shown)):
+        if self._clear_all:
+            from matplotlib.transforms import Bbox
+
+            self._clear_all = False
+            self._blank(Bbox.unit())
+            self.canvas.blit(self.figure.bbox)
+        elif now - self._last_draw < REDRAW_S / max(1, len(self.shown)):
             return
         i = self._dirty.pop(0)
         self._push(i)
@@ -230,13 +249,16 @@ class PanelPlot(MplCanvas):
 
     def _draw_panel(self, i: int) -> None:
         """Clear panel ``i``'s grid cell, draw its axes there and blit only that cell."""
+        cell = self._cell(i)
+        self._blank(cell)
+        self.axes[i].draw(self.canvas.get_renderer())
+        self.canvas.blit(cell.transformed(self.figure.transFigure))
+
+    def _blank(self, cell) -> None:
+        """Paint the figure's background over ``cell`` (figure fractions) in the canvas buffer."""
         from matplotlib.patches import Rectangle
 
-        cell = self._cell(i)
-        renderer = self.canvas.get_renderer()
         clear = Rectangle((cell.x0, cell.y0), cell.width, cell.height, transform=self.figure.transFigure,
                           facecolor=self.figure.get_facecolor(), edgecolor="none")
         clear.set_figure(self.figure)
-        clear.draw(renderer)
-        self.axes[i].draw(renderer)
-        self.canvas.blit(cell.transformed(self.figure.transFigure))
+        clear.draw(self.canvas.get_renderer())
