@@ -1,5 +1,10 @@
-"""``LongitudinalAugment``: shapes, frame 0, seeding, array types, and use in a DataLoader."""
+"""``LongitudinalAugment``: shapes, frame 0, seeding, array types, and use in a DataLoader.
 
+Also holds ``oblique_files``, the small hostile NIfTI pair the MONAI and TorchIO tests share."""
+
+from pathlib import Path
+
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -8,6 +13,54 @@ from laugen_napari.settings import SettingsError
 from laugen_napari.transforms import LongitudinalAugment, longitudinal_augment, spacing_from_affine, split_time
 
 SPACING = (2.0, 1.5, 1.5)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rotation(axis: int, degrees: float) -> np.ndarray:
+    a = np.deg2rad(degrees)
+    i, j = [k for k in range(3) if k != axis]
+    r = np.eye(4)
+    r[i, i] = r[j, j] = np.cos(a)
+    r[i, j], r[j, i] = -np.sin(a), np.sin(a)
+    return r
+
+
+def write_oblique_pair(folder: Path) -> tuple[Path, Path]:
+    """The shipped sample made hostile and small: 2 x 2 x 3 mm voxels, cropped to (40, 48, 20)
+    around the lateral ventricles, first axis reversed (an L-A-S file) and tilted 15 and 10 degrees.
+    Image float32, labels uint8 (0, 1, 2)."""
+    image = nib.load(ROOT / "sample_data" / "mni152_t1.nii.gz")
+    label = nib.load(ROOT / "sample_data" / "mni152_ventricles_seg.nii.gz")
+    stride, crop = (2, 2, 3), ((29, 69), (38, 86), (19, 39))
+    take = tuple(slice(None, None, s) for s in stride)
+    window = tuple(slice(a, b) for a, b in crop)
+    shift = np.eye(4)
+    shift[:3, 3] = [a for a, _ in crop]
+    img = np.asarray(image.dataobj)[take][window].astype(np.float32)[::-1]
+    lab = np.asarray(label.dataobj)[take][window].astype(np.uint8)[::-1]
+    flip = np.eye(4)
+    flip[0, 0], flip[0, 3] = -1.0, img.shape[0] - 1
+    affine = _rotation(2, 15) @ _rotation(0, 10) @ image.affine @ np.diag(list(stride) + [1]) @ shift @ flip
+    paths = folder / "image.nii.gz", folder / "label.nii.gz"
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(img), affine), paths[0])
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(lab), affine), paths[1])
+    return paths
+
+
+@pytest.fixture(scope="session")
+def oblique_files(tmp_path_factory):
+    """(image path, label path) of :func:`write_oblique_pair`."""
+    return write_oblique_pair(tmp_path_factory.mktemp("oblique"))
+
+
+def test_oblique_pair_is_what_it_claims(oblique_files):
+    img, lab = (nib.load(p) for p in oblique_files)
+    assert img.shape == lab.shape == (40, 48, 20) and nib.aff2axcodes(img.affine) == ("L", "A", "S")
+    np.testing.assert_allclose(img.header.get_zooms(), (2, 2, 3), rtol=1e-6)
+    assert abs(img.affine[1, 0]) > 0.3  # oblique
+    seg = np.asarray(lab.dataobj)
+    inside = np.argwhere(seg > 0)
+    assert set(np.unique(seg)) == {0, 1, 2} and inside.min() > 0 and (inside.max(0) < np.array(seg.shape) - 1).all()
 
 
 def _blob(shape=(12, 20, 20), seed=0):

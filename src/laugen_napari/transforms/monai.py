@@ -11,6 +11,7 @@ is written out in ``docs/transforms.md``.
 
 from __future__ import annotations
 
+import copy
 import os
 import types
 from typing import Any, Mapping, Sequence
@@ -295,8 +296,7 @@ class LongitudinalAugment(*_MONAI_BASES):
             return array
         out = torch.from_numpy(np.ascontiguousarray(array)).to(ref.device)
         if MetaTensor is not None and isinstance(ref, MetaTensor):
-            out = MetaTensor(out, affine=ref.affine.clone(), meta=dict(ref.meta),
-                             applied_operations=list(ref.applied_operations))
+            out = MetaTensor(out, meta=copy.deepcopy(ref.meta), applied_operations=list(ref.applied_operations))
             self.push_transform(out, orig_size=list(ref.shape[1:]), extra_info=extra)
         return out
 

@@ -26,7 +26,7 @@ class LongitudinalAugmentTio(tio.Transform):
         z_key: subject key the ground-truth z_t (mm, ``torch.float32`` of shape (T,)) goes to.
         time_dim: ``"channel"`` (default; ``(T*C, W, H, D)``) — the only layout TorchIO's 4D
             images can hold.
-        p, include, exclude: as every TorchIO transform (``include``/``exclude`` choose the
+        p, include, exclude, copy: as every TorchIO transform (``include``/``exclude`` choose the
             intensity images that are turned into series; the label map always is).
         **params: the generation arguments of ``LongitudinalAugment`` (kind, trajectory, frames,
             slope_range, sigma_mm, labels, direction, center, ...), defaults and checks from
@@ -40,8 +40,9 @@ class LongitudinalAugmentTio(tio.Transform):
     """
 
     def __init__(self, label_key: str = "label", z_key: str = "z_mm", p: float = 1.0,
-                 include: Sequence[str] | None = None, exclude: Sequence[str] | None = None, **params: Any):
-        super().__init__(p=p, include=include, exclude=exclude)
+                 include: Sequence[str] | None = None, exclude: Sequence[str] | None = None, copy: bool = True,
+                 **params: Any):
+        super().__init__(p=p, include=include, exclude=exclude, copy=copy)
         params.setdefault("time_dim", "channel")
         if params["time_dim"] != "channel":
             raise ValueError("time_dim: TorchIO images are 4D (C, W, H, D); only 'channel' is possible")
@@ -59,6 +60,19 @@ class LongitudinalAugmentTio(tio.Transform):
         """Give the transform its own seed (see ``LongitudinalAugment.set_random_state``)."""
         self.augment.set_random_state(seed, state)
         return self
+
+    def _get_reproducing_arguments(self) -> dict:
+        """TorchIO's history entry: the settings with the drawn z_t as a custom trajectory, so that
+        ``subject.get_composed_history()`` rebuilds a transform giving the same series."""
+        args = super()._get_reproducing_arguments()
+        record = self.settings.to_record()
+        for name in ("seed", "series"):
+            record.pop(name)
+        draw = self.augment._draw
+        if draw is not None:
+            record.update(trajectory="custom", values=[float(v) for v in draw.z_mm], frames=len(draw.z_mm))
+        args.update({k: tuple(v) if isinstance(v, list) else v for k, v in record.items()})
+        return args
 
     def apply_transform(self, subject: tio.Subject) -> tio.Subject:
         if self.label_key not in subject or not isinstance(subject[self.label_key], tio.LabelMap):
@@ -89,4 +103,5 @@ class LongitudinalAugmentTio(tio.Transform):
             offset += c
         label.set_data(torch.from_numpy(series.labels).to(lab.dtype))
         subject[self.z_key] = torch.from_numpy(np.asarray(series.z_mm, dtype=np.float32))
+        subject.update_attributes()  # TorchIO's crops copy a subject's attributes, not its keys
         return subject
