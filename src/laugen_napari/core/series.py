@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .device import resolve_device
-from .field import Kind, Uniform, UnitField, label_values, selection_mask, unit_field
+from .field import Kind, Uniform, UnitField, label_counts, selection_mask, unit_field
 from .quality import JacobianStats
 from .trajectory import CustomTrajectory, Trajectory, TrajectoryDraw
 from .warp import Warper
@@ -124,22 +124,26 @@ class Augmenter:
             if not np.all(np.mod(labels, 1) == 0):
                 raise ValueError("the label map must hold integer values")
             labels = labels.astype(np.int32)
-        if not np.all(np.isfinite(image)):
+        if not np.issubdtype(image.dtype, np.number) or np.iscomplexobj(image):
+            raise ValueError(f"the image must hold real numbers, got dtype {image.dtype}")
+        if np.issubdtype(image.dtype, np.floating) and not _all_finite(image):
             raise ValueError("the image holds non-finite values (NaN or inf)")
         self.spacing = _validate_spacing(spacing)
         self.sigma_mm = float(sigma_mm)
         self.kind = kind or Uniform()
         self.device = resolve_device(device)
-        self.label_values = label_values(labels)
+        work = labels.astype(_TORCH_FRIENDLY.get(labels.dtype.type, labels.dtype), copy=False)
+        counts = label_counts(work)
+        self.label_values = [v for v in counts if v != 0]
         self.selected = list(self.label_values) if selected is None else [int(v) for v in selected]
         mask = selection_mask(labels, selected, present=self.label_values)
         self.field: UnitField = self.kind.apply(unit_field(mask, self.spacing, self.sigma_mm, self.device))
-        self.warper = Warper(self.field, image.astype(np.float32, copy=False),
-                             labels.astype(_TORCH_FRIENDLY.get(labels.dtype.type, labels.dtype), copy=False),
-                             label_interpolation)
+        del mask
+        self.warper = Warper(self.field, image, work, label_interpolation)
         self.jacobian = JacobianStats(self.field)
         self.labels_dtype = labels.dtype
-        self._work_dtype = _TORCH_FRIENDLY.get(labels.dtype.type, labels.dtype)
+        self._work_dtype = work.dtype
+        self._label_counts = {v: counts.get(v, 0) for v in self.label_values}
 
     def series(
         self,
@@ -173,22 +177,20 @@ class Augmenter:
             raise ValueError("trajectory values must be finite (one value per frame)")
         frames = len(z)
         on_cpu = self.device.type == "cpu"
-        counter = _LabelCounter(self.warper, self.spacing, self.label_values)
+        counter = _LabelCounter(self.warper, self.spacing, self._label_counts)
         dev_img = dev_lab = None
         for t, zt in enumerate(z):
             img_np, lab_np = buffers(t)
             if on_cpu:
-                img = self.warper.image_frame(float(zt), out=torch.from_numpy(img_np))
-                lab = self.warper.label_frame(float(zt), out=torch.from_numpy(lab_np))
+                _, _, moving = self.warper.warp(float(zt), torch.from_numpy(img_np), torch.from_numpy(lab_np))
             else:  # one device buffer per series, copied to the host arrays
                 if dev_img is None:
-                    dev_img = torch.empty_like(self.warper.image)
+                    dev_img = torch.empty(self.warper.image.shape, dtype=torch.float32, device=self.device)
                     dev_lab = torch.empty_like(self.warper.labels)
-                img = self.warper.image_frame(float(zt), out=dev_img)
-                lab = self.warper.label_frame(float(zt), out=dev_lab)
+                img, lab, moving = self.warper.warp(float(zt), dev_img, dev_lab)
                 torch.from_numpy(img_np).copy_(img.reshape(img_np.shape))
                 torch.from_numpy(lab_np).copy_(lab)
-            volumes = counter.volumes_ml(lab)
+            volumes = counter.volumes_ml(moving)
             low, fold = self.jacobian.summary(zt)
             yield Frame(t, float(zt), img_np, lab_np, volumes, low, fold)
             if progress is not None:
@@ -250,33 +252,35 @@ class Augmenter:
 _TORCH_FRIENDLY = {np.uint16: np.int32, np.uint32: np.int64, np.uint64: np.int64}
 
 
+def _all_finite(image: np.ndarray, block: int = 1 << 22) -> bool:
+    """Whether a float array holds no NaN or inf, in blocks (no full-size temporary)."""
+    flat = image.reshape(-1)
+    return all(np.isfinite(flat[a : a + block].sum(dtype=np.float64)) or np.isfinite(flat[a : a + block]).all()
+               for a in range(0, flat.size, block))
+
+
 class _LabelCounter:
     """Label volumes per frame from the moving voxels only: the rest of the map never changes."""
 
-    def __init__(self, warper: Warper, spacing: Sequence[float], values: Sequence[int]):
-        self.warper = warper
-        self.values = list(values)
+    def __init__(self, warper: Warper, spacing: Sequence[float], full_counts: dict[int, int]):
+        self.values = list(full_counts)
         self.voxel_ml = float(np.prod(spacing)) / 1000.0
-        self.base = self._full_counts() - self._count(warper.moving_values(warper.labels))
+        full = np.array([full_counts[v] for v in self.values], dtype=np.int64)
+        self.base = full - self._count(warper.moving_values(warper.labels))
 
-    def _full_counts(self) -> np.ndarray:
-        cached = getattr(self.warper, "_label_counts", None)
-        if cached is None or cached[0] != self.values:
-            lab = self.warper.labels.reshape(-1)
-            if lab.numel() and int(lab.min()) >= 0:
-                counts = torch.bincount(lab.long() if lab.dtype != torch.uint8 else lab)
-                full = np.array([int(counts[v]) if v < counts.numel() else 0 for v in self.values], dtype=np.int64)
-            else:
-                full = self._count(lab)
-            self.warper._label_counts = cached = (list(self.values), full)
-        return cached[1]
+    def _count(self, moving: torch.Tensor) -> np.ndarray:
+        if not self.values:
+            return np.zeros(0, np.int64)
+        lo, hi = min(self.values), max(self.values)
+        if moving.numel() and lo >= 0 and hi < 1 << 16:
+            lab = moving if moving.dtype == torch.uint8 else moving.clamp(0, hi + 1).long()
+            counts = torch.bincount(lab, minlength=hi + 1).cpu().numpy()
+            return counts[np.asarray(self.values)].astype(np.int64)
+        return np.array([int((moving == v).sum()) for v in self.values], dtype=np.int64)
 
-    def _count(self, labels: torch.Tensor) -> np.ndarray:
-        lab = labels.long()
-        return np.array([int((lab == v).sum()) for v in self.values], dtype=np.int64)
-
-    def volumes_ml(self, frame: torch.Tensor) -> dict[int, float]:
-        counts = self.base + self._count(self.warper.moving_values(frame))
+    def volumes_ml(self, moving: torch.Tensor) -> dict[int, float]:
+        """Volumes (mL) of a frame whose labels at the moving voxels are ``moving`` (P,)."""
+        counts = self.base + self._count(moving)
         return {v: float(c) * self.voxel_ml for v, c in zip(self.values, counts)}
 
 

@@ -13,13 +13,21 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .field import UnitField
 
 
+# dtypes the image is kept in (gathered, then converted to float32 per sample); others become float32
+_WIDEN = (np.uint16, np.uint32, np.uint64, np.bool_)
+_KEPT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16, torch.float32, torch.float64)
+CPU_BLOCK = 1 << 15  # moving voxels per block on CPU: every intermediate of a block stays in cache
+
+
 def _as_channels(image: np.ndarray | torch.Tensor) -> torch.Tensor:
-    t = torch.as_tensor(image)
+    t = torch.as_tensor(image) if not isinstance(image, np.ndarray) or image.dtype.type not in _WIDEN else \
+        torch.as_tensor(image.astype(np.float32))
+    if t.dtype not in _KEPT_DTYPES:
+        t = t.to(torch.float32)
     if t.ndim == 3:
         t = t.unsqueeze(0)
     if t.ndim != 4:
@@ -30,9 +38,14 @@ def _as_channels(image: np.ndarray | torch.Tensor) -> torch.Tensor:
 class Warper:
     """Resamples an image (C, Z, Y, X) and a label map (Z, Y, X) for any magnitude z (mm).
 
+    The image is kept in its own dtype (no float32 copy of the whole volume); frames and samples are
+    float32. Each frame costs one copy of the input plus, per moving voxel, one gather of the 8
+    corners of its interpolation cell (image and labels share the cell), computed in blocks of
+    :data:`CPU_BLOCK` voxels on CPU so that every intermediate stays in cache.
+
     Args:
         field: the (unit) displacement field.
-        image: the original image, (Z, Y, X) or (C, Z, Y, X); converted to float32.
+        image: the original image, (Z, Y, X) or (C, Z, Y, X).
         labels: the original label map (Z, Y, X), any integer dtype; optional.
         label_interpolation: ``"linear"`` (one-hot trilinear + argmax: boundaries move smoothly
             with sub-voxel magnitudes) or ``"nearest"`` (a label changes only once a voxel has
@@ -54,166 +67,172 @@ class Warper:
         if tuple(img.shape[1:]) != tuple(field.shape):
             raise ValueError(f"image shape {tuple(img.shape[1:])} differs from the field's {field.shape}")
         self.field = field
-        self.single_channel = torch.as_tensor(image).ndim == 3
-        self.image = img.to(device=dev, dtype=torch.float32).contiguous()
+        self.single_channel = len(image.shape) == 3
+        self.image = img.to(device=dev).contiguous()
+        self._flat_image = self.image.view(self.image.shape[0], -1)
         self.labels = None
         if labels is not None:
             lab = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
             if tuple(lab.shape) != tuple(field.shape):
                 raise ValueError(f"label map shape {tuple(lab.shape)} differs from the field's {field.shape}")
             self.labels = lab.to(dev).contiguous()
-            cells = [max(n - 1, 1) for n in lab.shape]
-            self._cell_shape = torch.tensor(cells, device=dev)
-            self._cells_box: tuple[list[int], list[int]] | None = None  # computed on demand
+            self._flat_labels = self.labels.view(-1)
         shape = torch.tensor(field.shape, device=dev)
         self._shape = shape
-        # moving voxels: integer positions (P, 3) and displacement in voxels (P, 3)
+        strides = torch.tensor([field.shape[1] * field.shape[2], field.shape[2], 1], device=dev)
+        self._strides = strides
+        # interpolation cells: the lower corner is at most n - 2 (0 on an axis of one voxel); the
+        # 8 corners are the lower one plus these flat offsets (bits z, y, x of the corner number)
+        self._max_coord = (shape - 1).to(torch.float32)
+        self._max_cell = (shape - 2).clamp_min(0).to(torch.float32)
+        step = [int(st) if n > 1 else 0 for st, n in zip(strides.tolist(), field.shape)]
+        self._corner_offsets = torch.tensor(
+            [((k >> 2) & 1) * step[0] + ((k >> 1) & 1) * step[1] + (k & 1) * step[2] for k in range(8)], device=dev)
+        # moving voxels, in raster order (cache-friendly gathers and scatters): integer positions
+        # (P, 3) and displacement in voxels (P, 3)
         disp = field.voxels()
-        moving = disp.abs().sum(0) > 0
+        moving = (disp != 0).any(0)
         local = torch.nonzero(moving)
         offset = torch.tensor([r.start for r in field.roi], device=dev)
         self.positions = local + offset
         self.displacement = disp[:, moving].T.contiguous()
         self._positions_f = self.positions.to(torch.float32)
-        strides = torch.tensor([field.shape[1] * field.shape[2], field.shape[2], 1], device=dev)
         self.flat_index = (self.positions * strides).sum(1)
-        self._strides = strides
-        # grid normalisation for grid_sample with align_corners=True; axes of size 1 map to 0
-        n = shape.to(torch.float32)
-        self._scale = torch.where(n > 1, 2.0 / (n - 1).clamp_min(1), torch.zeros_like(n))
+        self._block = CPU_BLOCK if dev.type == "cpu" else max(1, self.n_moving)
+        self._plane_order: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     @property
     def n_moving(self) -> int:
         """Number of voxels the field moves."""
         return int(self.positions.shape[0])
 
+    def _blocks(self):
+        n, b = self.n_moving, self._block
+        return [slice(a, min(n, a + b)) for a in range(0, n, b)] if n else []
+
     # -- sampling at the moving voxels -------------------------------------------------------
-    def _coords(self, z_mm: float, rows: torch.Tensor | None = None) -> torch.Tensor:
-        if rows is None:
-            cached = getattr(self, "_last_coords", None)
-            if cached is not None and cached[0] == float(z_mm):
-                return cached[1]
-            coords = self._positions_f + float(z_mm) * self.displacement
-            self._last_coords = (float(z_mm), coords)
-            return coords
-        pos = self.positions if rows is None else self.positions[rows]
-        disp = self.displacement if rows is None else self.displacement[rows]
-        return pos.to(torch.float32) + float(z_mm) * disp
+    def _coords(self, z_mm: float, rows: torch.Tensor | slice | None = None) -> torch.Tensor:
+        """Sampling positions (n, 3) in voxels (z, y, x) of the moving voxels ``rows`` (all if None)."""
+        sel = slice(None) if rows is None else rows
+        return torch.add(self._positions_f[sel], self.displacement[sel], alpha=float(z_mm))
 
-    def _sample_image(self, coords: torch.Tensor) -> torch.Tensor:
-        """Trilinear samples (C, P) of the image at voxel coordinates (P, 3) (z, y, x)."""
-        if coords.shape[0] == 0:
-            return self.image.new_zeros((self.image.shape[0], 0))
-        grid = (coords * self._scale - (self._scale > 0).to(coords.dtype)).flip(-1)  # (x, y, z) order
-        out = F.grid_sample(
-            self.image.unsqueeze(0), grid.view(1, 1, 1, -1, 3), mode="bilinear", padding_mode="border", align_corners=True
-        )
-        return out.view(self.image.shape[0], -1)
+    def _cells(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(flat indices (n, 8) of the interpolation cell's corners, fractions (n, 3)) of positions
+        ``coords`` (n, 3); positions outside the volume take the nearest edge (clamped)."""
+        c = torch.minimum(coords.clamp_min(0.0), self._max_coord)
+        lo = torch.minimum(c.floor(), self._max_cell)
+        frac = c - lo
+        base = (lo.to(torch.int64) * self._strides).sum(1, keepdim=True)
+        return base + self._corner_offsets, frac
 
-    def _sample_labels(self, coords: torch.Tensor) -> torch.Tensor:
-        """Label samples (P,) at voxel coordinates (P, 3), nearest or one-hot linear."""
+    def _interpolate(self, corners: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
+        """Trilinear value (n,) from corner values (n, 8) and fractions (n, 3)."""
+        n = corners.shape[0]
+        v = corners.view(n, 2, 2, 2)
+        x = torch.lerp(v[..., 0], v[..., 1], frac[:, 2].view(n, 1, 1))
+        y = torch.lerp(x[..., 0], x[..., 1], frac[:, 1].view(n, 1))
+        return torch.lerp(y[:, 0], y[:, 1], frac[:, 0])
+
+    def _image_at(self, idx: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
+        """Trilinear samples (C, n) of the image at cells ``idx`` (n, 8) with fractions (n, 3)."""
+        return torch.stack([self._interpolate(ch.take(idx).to(torch.float32), frac) for ch in self._flat_image])
+
+    def _labels_at(self, idx: torch.Tensor, frac: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """Label samples (n,) at cells ``idx`` (n, 8): nearest, or one-hot linear + argmax."""
+        flat = self._flat_labels
         if self.label_interpolation == "nearest":
-            idx = torch.floor(coords + 0.5).long()
-            idx = torch.minimum(idx.clamp_min(0), self._shape - 1)
-            return self.labels.reshape(-1)[(idx * self._strides).sum(1)]
+            near = torch.minimum(torch.floor(coords + 0.5).clamp_min(0), self._max_coord).to(torch.int64)
+            return flat.take((near * self._strides).sum(1))
         # one-hot linear + argmax without building the one-hot volume: a label's interpolated
         # indicator is the summed trilinear weight of the corners that carry it, so the winner is
         # the corner label with the largest such sum. Cells whose 8 corners agree need no vote.
-        c = torch.minimum(coords.clamp_min(0), (self._shape - 1).to(coords.dtype))
-        lo = torch.minimum(torch.floor(c).long(), self._cell_shape - 1)
-        flat = self.labels.reshape(-1)
-        out = flat[(lo * self._strides).sum(1)]
-        if lo.shape[0] == 0:
-            return out
-        box_lo = self._ensure_cells(lo.min(0).values.tolist(), lo.max(0).values.tolist())
-        local = ((lo - box_lo) * self._cell_strides).sum(1)
-        mixed = torch.nonzero(~self._uniform_cells.reshape(-1)[local]).squeeze(1)
+        corners = flat.take(idx)
+        out = corners[:, 0].clone()
+        mixed = torch.nonzero((corners != corners[:, :1]).any(1)).squeeze(1)
         if mixed.numel():
-            out[mixed] = self._vote(flat, c[mixed], lo[mixed])
+            out[mixed] = self._vote(corners[mixed], frac[mixed])
         return out
 
-    def _vote(self, flat: torch.Tensor, c: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
-        frac = c - lo
-        hi = torch.minimum(lo + 1, self._shape - 1)
-        corner_labels, corner_weights = [], []
-        for corner in range(8):
-            bits = ((corner >> 2) & 1, (corner >> 1) & 1, corner & 1)
-            ix = torch.stack([hi[:, a] if b else lo[:, a] for a, b in enumerate(bits)], 1)
-            w = torch.ones_like(frac[:, 0])
-            for a, b in enumerate(bits):
-                w = w * (frac[:, a] if b else 1 - frac[:, a])
-            corner_labels.append(flat[(ix * self._strides).sum(1)])
-            corner_weights.append(w)
-        labels = torch.stack(corner_labels, 1)
-        weights = torch.stack(corner_weights, 1)
-        best_score = torch.full_like(weights[:, 0], -1.0)
-        best = labels[:, 0].clone()
-        for k in range(8):
-            score = (weights * (labels == labels[:, k : k + 1])).sum(1)
-            better = score > best_score
-            best_score = torch.where(better, score, best_score)
-            best = torch.where(better, labels[:, k], best)
-        return best
+    @staticmethod
+    def _vote(labels: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
+        """The corner label (n,) with the largest summed trilinear weight; the first corner wins ties."""
+        n = labels.shape[0]
+        lo, hi = 1 - frac, frac
+        wz, wy, wx = (torch.stack([lo[:, a], hi[:, a]], 1) for a in range(3))
+        weights = (wz.view(n, 2, 1, 1) * wy.view(n, 1, 2, 1) * wx.view(n, 1, 1, 2)).reshape(n, 8)
+        same = labels.unsqueeze(2) == labels.unsqueeze(1)  # (n, k, j): corner j carries corner k's label
+        score = (same * weights.unsqueeze(1)).sum(2)
+        return labels.gather(1, score.argmax(1, keepdim=True)).squeeze(1)
 
-    def _ensure_cells(self, lo: list[int], hi: list[int]) -> torch.Tensor:
-        """Make sure the single-label flags cover cells ``lo..hi`` (inclusive); returns the box start.
+    def _sample_image(self, coords: torch.Tensor) -> torch.Tensor:
+        """Trilinear samples (C, n) of the image at voxel coordinates (n, 3) (z, y, x)."""
+        idx, frac = self._cells(coords)
+        return self._image_at(idx, frac)
 
-        Only the cells around the moving voxels are ever looked up, so the flags are computed for
-        that box (grown when a larger magnitude reaches farther), not for the whole volume.
-        """
-        box = self._cells_box
-        if box is None or any(a < b for a, b in zip(lo, box[0])) or any(a > b for a, b in zip(hi, box[1])):
-            cells = self._cell_shape.tolist()
-            margin = 4  # voxels: small magnitude changes need no recomputation
-            if box is not None:
-                lo = [min(a, b) for a, b in zip(lo, box[0])]
-                hi = [max(a, b) for a, b in zip(hi, box[1])]
-            lo = [max(0, a - margin) for a in lo]
-            hi = [min(n - 1, b + margin) for n, b in zip(cells, hi)]
-            self._init_cells(lo, hi)
-        return self._cells_start
-
-    def _init_cells(self, lo: list[int], hi: list[int]) -> None:
-        """Which interpolation cells (voxel + its +1 neighbours) in the box lo..hi carry one label."""
-        lab = self.labels
-        size = [b - a + 1 for a, b in zip(lo, hi)]
-        base = lab[lo[0] : lo[0] + size[0], lo[1] : lo[1] + size[1], lo[2] : lo[2] + size[2]]
-        uniform = torch.ones_like(base, dtype=torch.bool)
-        for corner in range(1, 8):
-            bits = ((corner >> 2) & 1, (corner >> 1) & 1, corner & 1)
-            off = [a + (b if n > 1 else 0) for a, b, n in zip(lo, bits, lab.shape)]
-            uniform &= lab[off[0] : off[0] + size[0], off[1] : off[1] + size[1], off[2] : off[2] + size[2]] == base
-        self._uniform_cells = uniform.contiguous()
-        self._cells_box = (lo, hi)
-        self._cells_start = torch.tensor(lo, device=lab.device)
-        self._cell_strides = torch.tensor([size[1] * size[2], size[2], 1], device=lab.device)
+    def _sample_labels(self, coords: torch.Tensor) -> torch.Tensor:
+        """Label samples (n,) at voxel coordinates (n, 3), nearest or one-hot linear."""
+        idx, frac = self._cells(coords)
+        return self._labels_at(idx, frac, coords)
 
     # -- whole frames ------------------------------------------------------------------------
+    def _float_out(self, out: torch.Tensor | None) -> torch.Tensor:
+        if out is None:
+            return self.image.to(torch.float32, copy=True)
+        target = out.view(self.image.shape) if out.ndim == 3 else out
+        target.copy_(self.image)
+        return target
+
+    def warp(self, z_mm: float, image_out: torch.Tensor | None = None, labels_out: torch.Tensor | None = None,
+             ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Image and label frame for ``z_mm`` in one pass over the moving voxels (they share their
+        interpolation cells).
+
+        ``image_out`` (float32, the image's shape) and ``labels_out`` (the label map's dtype and
+        shape) are filled if given. Returns (image frame, label frame or None, the warped labels at
+        the moving voxels (P,) or None).
+        """
+        img = self._float_out(image_out)
+        lab = moving = None
+        if self.labels is not None:
+            lab = self.labels.clone() if labels_out is None else labels_out.copy_(self.labels)
+            moving = self.labels.view(-1).take(self.flat_index) if z_mm == 0.0 else \
+                torch.empty_like(self.flat_index, dtype=self.labels.dtype)
+        if z_mm != 0.0:
+            flat_img = img.view(img.shape[0], -1)
+            flat_lab = lab.view(-1) if lab is not None else None
+            for rows in self._blocks():
+                coords = self._coords(z_mm, rows)
+                idx, frac = self._cells(coords)
+                where = self.flat_index[rows]
+                flat_img[:, where] = self._image_at(idx, frac)
+                if flat_lab is not None:
+                    values = self._labels_at(idx, frac, coords)
+                    moving[rows] = values
+                    flat_lab[where] = values
+        return (img[0] if self.single_channel else img), lab, moving
+
     def image_frame(self, z_mm: float, out: torch.Tensor | None = None) -> torch.Tensor:
-        """The image warped by ``z_mm * F``: (C, Z, Y, X), or (Z, Y, X) for a 3D input.
+        """The image warped by ``z_mm * F``: (C, Z, Y, X), or (Z, Y, X) for a 3D input, float32.
 
         ``out``, if given, is a float32 tensor of that shape on the warper's device to fill.
         """
-        if out is None:
-            out = self.image.clone()
-        else:
-            out.view_as(self.image).copy_(self.image)
+        img = self._float_out(out)
         if z_mm != 0.0:
-            flat = out.view(self.image.shape[0], -1)
-            flat[:, self.flat_index] = self._sample_image(self._coords(z_mm))
-        return out[0] if self.single_channel and out.ndim == 4 else out
+            flat = img.view(img.shape[0], -1)
+            for rows in self._blocks():
+                idx, frac = self._cells(self._coords(z_mm, rows))
+                flat[:, self.flat_index[rows]] = self._image_at(idx, frac)
+        return img[0] if self.single_channel else img
 
     def label_frame(self, z_mm: float, out: torch.Tensor | None = None) -> torch.Tensor:
-        """The label map warped by ``z_mm * F`` (nearest neighbour), (Z, Y, X); ``out`` as in
-        :meth:`image_frame`."""
+        """The label map warped by ``z_mm * F``, (Z, Y, X); ``out`` as in :meth:`image_frame`."""
         if self.labels is None:
             raise ValueError("this warper was built without a label map")
-        if out is None:
-            out = self.labels.clone()
-        else:
-            out.copy_(self.labels)
+        out = self.labels.clone() if out is None else out.copy_(self.labels)
         if z_mm != 0.0:
-            out.view(-1)[self.flat_index] = self.moving_labels(z_mm)
+            flat = out.view(-1)
+            for rows in self._blocks():
+                flat[self.flat_index[rows]] = self._sample_labels(self._coords(z_mm, rows))
         return out
 
     def moving_labels(self, z_mm: float) -> torch.Tensor:
@@ -222,15 +241,28 @@ class Warper:
             raise ValueError("this warper was built without a label map")
         if z_mm == 0.0:
             return self.moving_values(self.labels)
-        return self._sample_labels(self._coords(z_mm))
+        out = torch.empty_like(self.flat_index, dtype=self.labels.dtype)
+        for rows in self._blocks():
+            out[rows] = self._sample_labels(self._coords(z_mm, rows))
+        return out
 
     def moving_values(self, frame: torch.Tensor) -> torch.Tensor:
         """The values of a (Z, Y, X) frame at the moving voxels, shape (P,)."""
-        return frame.reshape(-1)[self.flat_index]
+        return frame.reshape(-1).take(self.flat_index)
 
     # -- single planes, for the live preview --------------------------------------------------
     def _plane_rows(self, axis: int, index: int) -> torch.Tensor:
-        return torch.nonzero(self.positions[:, axis] == int(index)).squeeze(1)
+        """Rows of the moving voxels in plane ``index`` along ``axis``: a binary search along Z
+        (the voxels are in raster order), a sorted order built once for Y and X."""
+        if axis not in self._plane_order:
+            if axis == 0:
+                self._plane_order[0] = (self.positions[:, 0].contiguous(), None)
+            else:
+                self._plane_order[axis] = tuple(torch.sort(self.positions[:, axis], stable=True))
+        keys, order = self._plane_order[axis]
+        probe = torch.tensor([int(index), int(index) + 1], device=keys.device, dtype=keys.dtype)
+        a, b = torch.searchsorted(keys, probe).tolist()
+        return torch.arange(a, b, device=keys.device) if order is None else order[a:b]
 
     def _plane_scatter(self, out: torch.Tensor, axis: int, rows: torch.Tensor) -> torch.Tensor:
         keep = [a for a in range(3) if a != axis]
@@ -239,7 +271,7 @@ class Warper:
 
     def image_plane(self, z_mm: float, axis: int = 0, index: int = 0) -> torch.Tensor:
         """One plane of :meth:`image_frame`: ``index`` along ``axis`` (0 = Z), shape (C, a, b) or (a, b)."""
-        out = self.image.select(axis + 1, int(index)).clone()
+        out = self.image.select(axis + 1, int(index)).to(torch.float32, copy=True)
         if z_mm != 0.0:
             rows = self._plane_rows(axis, index)
             if rows.numel():
