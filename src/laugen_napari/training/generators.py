@@ -173,38 +173,48 @@ def ms_ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, win: int 
     return torch.prod(torch.stack([v**w for v, w in zip(vals, weights)], 0), 0)
 
 
-def _pairs(n: int, max_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    i, j = np.triu_indices(n, 1)
-    if len(i) > max_pairs:
-        pick = np.random.default_rng(seed).choice(len(i), max_pairs, replace=False)
-        i, j = i[pick], j[pick]
-    return i, j
-
-
-def diversity(images: torch.Tensor | np.ndarray, lpips=None, max_pairs: int = 256, seed: int = 0,
-              near: float = 0.9) -> dict[str, float]:
-    """How different generated images (N, C, S, S) in [0, 1] are from each other.
-
-    Returns ``msssim_pairwise`` (mean MS-SSIM over pairs; 1 = all identical, real slices of one
-    volume give ~0.3-0.5), ``near_duplicates`` (fraction of images whose closest other image has
-    MS-SSIM >= ``near``), and with an LPIPS network ``lpips_pairwise`` (mean distance, 0 = identical).
-    """
-    x = torch.as_tensor(np.asarray(images), dtype=torch.float32)
+def _pairwise(x: torch.Tensor, fn, batch: int = 64) -> np.ndarray:
+    """Symmetric (N, N) matrix of fn(a, b) -> (B,) over all pairs (diagonal NaN)."""
     n = len(x)
-    if n < 2:
+    i, j = np.triu_indices(n, 1)
+    vals = torch.cat([fn(x[i[k:k + batch]], x[j[k:k + batch]]) for k in range(0, len(i), batch)]).numpy()
+    full = np.full((n, n), np.nan)
+    full[i, j] = vals
+    full[j, i] = vals
+    return full
+
+
+def diversity(images: torch.Tensor | np.ndarray, lpips=None, reference: torch.Tensor | np.ndarray | None = None,
+              max_images: int = 32) -> dict[str, float]:
+    """How different generated images (N, C, S, S) in [0, 1] are from each other (first
+    ``max_images``, all pairs).
+
+    Returns ``msssim_pairwise`` (mean MS-SSIM over pairs; 1 = all identical), with an LPIPS network
+    ``lpips_pairwise`` (mean ST-LPIPS distance; 0 = all identical), and ``near_duplicates``: the
+    fraction of images whose nearest other image is more alike (higher MS-SSIM) than the two most
+    alike images of ``reference`` (real slices, e.g. neighbours 1 slice apart), or, without a
+    reference, than MS-SSIM 0.98. With a reference, ``msssim_pairwise_real`` (and
+    ``lpips_pairwise_real``) give the same measure on it for comparison.
+    """
+    x = torch.as_tensor(np.asarray(images), dtype=torch.float32)[:max_images]
+    if len(x) < 2:
         raise ValueError("diversity needs at least two images")
-    i, j = _pairs(n, max_pairs, seed)
+    out: dict[str, float] = {}
     with torch.no_grad():
-        ms = ms_ssim(x[i], x[j]).numpy()
-        full = np.zeros((n, n))
-        full[i, j] = ms
-        full[j, i] = ms
-        out = {"msssim_pairwise": float(ms.mean())}
-        if len(i) == n * (n - 1) // 2:
-            out["near_duplicates"] = float((full.max(1) >= near).mean())
+        ms = _pairwise(x, ms_ssim)
+        out["msssim_pairwise"] = float(np.nanmean(ms))
+        threshold = 0.98
+        if reference is not None:
+            r = torch.as_tensor(np.asarray(reference), dtype=torch.float32)
+            r = r[np.unique(np.linspace(0, len(r) - 1, min(max_images, len(r))).round().astype(int))]
+            rms = _pairwise(r, ms_ssim)
+            out["msssim_pairwise_real"] = float(np.nanmean(rms))
+            threshold = float(np.nanmax(rms))
+            if lpips is not None:
+                out["lpips_pairwise_real"] = float(np.nanmean(_pairwise(r, lpips)))
+        out["near_duplicates"] = float((np.nanmax(ms, 1) > threshold).mean())
         if lpips is not None:
-            d = torch.cat([lpips(x[i[k:k + 32]], x[j[k:k + 32]]) for k in range(0, len(i), 32)])
-            out["lpips_pairwise"] = float(d.mean())
+            out["lpips_pairwise"] = float(np.nanmean(_pairwise(x, lpips)))
     return out
 
 
@@ -224,8 +234,7 @@ def sample_metrics(real: torch.Tensor, fake: torch.Tensor, image_channels: int, 
     fake_img, fake_lab = split_pairs(fake, image_channels)
     out = mask_divergences(real_lab, fake_lab, n_labels + 1, pairs=256, seed=seed)
     out["nonempty"] = float(((fake_lab > 0).reshape(len(fake_lab), -1).sum(1) >= min_mask_pixels).mean())
-    n = min(len(fake_img), 32)
-    out.update(diversity(fake_img[:n, :1], lpips=lpips, seed=seed))
+    out.update(diversity(fake_img[:, :1], lpips=lpips, reference=torch.as_tensor(real)[:, :1]))
     if inception is not None:
         from ..models.perceptual import fid
 
