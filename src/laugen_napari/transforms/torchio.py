@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torchio as tio
 
-from .monai import LongitudinalAugment, split_time  # noqa: F401  (split_time documented for users)
+from .monai import LongitudinalAugment, spacing_from_affine
 
 
 class LongitudinalAugmentTio(tio.Transform):
@@ -93,7 +93,8 @@ class LongitudinalAugmentTio(tio.Transform):
         stacked = torch.cat(arrays) if arrays else torch.zeros((1,) + tuple(lab.shape[1:]))
         self.augment.randomize()
         aug = self.augment
-        series = aug.compute(stacked.numpy(), lab[0].numpy(), label.spacing, aug._draw, affine=label.affine)
+        series = aug.compute(stacked.numpy(), lab[0].numpy(), spacing_from_affine(label.affine), aug._draw,
+                             affine=label.affine)
         frames = series.frames
         offset = 0
         for im, arr in zip(images.values(), arrays):
