@@ -10,7 +10,7 @@ import torch
 
 from laugen_napari.segment import SegmentationCancelled
 from laugen_napari.segment.sam import SamBackend, build_tiny_sam
-from laugen_napari.ui.segment_dock import FALLBACK_TEXT, SegmentWidget
+from laugen_napari.ui.segment_dock import FALLBACK_TEXT, NEW_LABELS, SegmentWidget
 
 torch.set_num_threads(1)
 
@@ -125,8 +125,13 @@ def test_failure_and_cancel_leave_the_labels_intact(dock, qtbot):
     widget.use_backend(SlowBackend())
     widget.run(volume=True)
     qtbot.waitUntil(lambda: widget.progress.value() >= 2, timeout=10_000)
+    bar = widget._pbar  # the same progress in napari's activity dock
+    from napari.utils import progress
+
+    assert bar is not None and bar in progress._all_instances and bar.total == 400 and bar.n >= 2
     widget.cancel_btn.click()
     wait(qtbot, widget)
+    assert widget._pbar is None and bar not in progress._all_instances  # closed with the run
     assert "cancelled" in widget.status.text()
     assert np.array_equal(labels.data, before)
     assert widget.slice_btn.isEnabled() and not widget.cancel_btn.isEnabled()
@@ -148,3 +153,47 @@ def test_prompt_layers_follow_the_image_geometry(dock):
     shapes.add_rectangles(np.array([[5, 12, 14], [5, 12, 30], [5, 25, 30], [5, 25, 14]]))
     prompts = widget.collect_prompts(viewer.layers["scan"])
     assert len(prompts.boxes) == 1 and prompts.boxes[0].tolist() == [[5, 12, 14], [5, 25, 30]]
+
+
+def test_target_defaults_to_a_new_layer_and_listeners_see_the_paint(make_napari_viewer, qtbot):
+    """With a mask already open (as the shipped sample is), the dock paints into a new Labels
+    layer on the image's grid, leaves the mask alone, and emits the new layer's data event."""
+    viewer = make_napari_viewer()
+    viewer.add_image(cuboid(), name="scan", scale=SCALE, translate=TRANSLATE, contrast_limits=(0, 255))
+    shipped = np.zeros(cuboid().shape, np.uint8)
+    shipped[1:3, 1:5, 1:5] = 1
+    viewer.add_labels(shipped.copy(), name="mask", scale=SCALE, translate=TRANSLATE)
+    widget = SegmentWidget(viewer)
+    widget.image_combo.setCurrentText("scan")
+    assert widget.labels_combo.currentText() == NEW_LABELS and widget.makes_new_labels
+    click_layer(viewer, widget, [world((5, 20, 20))])
+    assert widget.labels_combo.currentText() == NEW_LABELS  # adding layers keeps the choice
+    seen = []
+    viewer.layers.events.inserted.connect(
+        lambda e: e.value.events.data.connect(lambda ev: seen.append((ev.source.name, int((ev.value > 0).sum())))))
+    widget.run(volume=True)
+    wait(qtbot, widget)
+    expected = int((cuboid() > 100).sum())
+    new = viewer.layers["segmentation"]
+    assert int((new.data == 1).sum()) == expected
+    assert np.allclose(new.scale, SCALE) and np.allclose(new.translate, TRANSLATE)
+    assert np.array_equal(viewer.layers["mask"].data, shipped)  # untouched
+    assert ("segmentation", expected) in seen  # the data event came with the painted data
+    assert widget.labels_combo.currentText() == "segmentation"  # later runs add to it
+    new.undo()
+    assert not new.data.any()
+
+
+def test_failed_run_into_a_new_layer_makes_no_layer(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(cuboid(), name="scan", contrast_limits=(0, 255))
+    widget = SegmentWidget(viewer)
+    widget.image_combo.setCurrentText("scan")
+    click_layer(viewer, widget, [(5, 20, 20)])
+    widget.use_backend(SlowBackend())
+    n = len(viewer.layers)
+    widget.run(volume=True)
+    qtbot.waitUntil(lambda: widget.progress.value() >= 1, timeout=10_000)
+    widget.cancel()
+    wait(qtbot, widget)
+    assert len(viewer.layers) == n and "segmentation" not in viewer.layers

@@ -3,8 +3,12 @@
 Thin: it turns layers into :class:`~laugen_napari.segment.Prompts` (world → data coordinates, so
 layers with any scale/translate land on the right voxel), runs a backend from
 :mod:`laugen_napari.segment` in a napari thread worker (progress, cancel) and paints the result
-with ``Labels.data_setitem`` in one step, so the layer's own undo reverts it. The Labels layer is
-only written after a successful run: a failure or a cancel leaves it as it was.
+with ``Labels.data_setitem`` in one step, so the layer's own undo reverts it, then emits the
+layer's ``data`` event so other docks (the augment dock's driving labels) update at once. The
+target defaults to a new Labels layer on the image's grid, made only when there is something to
+paint: the shipped mask is never overwritten by accident. The Labels layer is only written after
+a successful run: a failure or a cancel leaves it as it was. Progress shows in the dock and in
+napari's activity dock (updated on the GUI thread).
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ from qtpy.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFileDialog, QFo
                             QLineEdit, QProgressBar, QPushButton, QRadioButton, QSpinBox, QVBoxLayout, QWidget)
 
 from ..segment import Prompts, RegionGrowingBackend, SegmentationCancelled, segment
+from .mpl_dock import scroll_area
 from .workers import ThreadWorker
 
 POSITIVE_COLOR = "lime"
 NEGATIVE_COLOR = "red"
 FALLBACK_TEXT = "Fallback: region growing (no weights)"
 AXES = ("viewer's slice axis", "axis 0 (z)", "axis 1 (y)", "axis 2 (x)")
+NEW_LABELS = "new layer (made on the image's grid)"
+NEW_LABELS_NAME = "segmentation"
 
 
 class SegmentWidget(QWidget):
@@ -40,6 +47,7 @@ class SegmentWidget(QWidget):
         self._backend_override = None
         self._sam_cache: dict[tuple[str, str], Any] = {}
         self._succeeded = False
+        self._pbar = None
         self._build_ui()
         self.progressed.connect(self._on_progress)
         for name in ("inserted", "removed", "reordered"):
@@ -49,7 +57,11 @@ class SegmentWidget(QWidget):
 
     # -- UI --------------------------------------------------------------------------------------
     def _build_ui(self) -> None:
-        layout = QVBoxLayout(self)
+        inner = QWidget()
+        layout = QVBoxLayout(inner)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll_area(inner, min_height=160))  # fits a short dock: the form scrolls
         form = QFormLayout()
         self.image_combo = QComboBox()
         self.points_combo = QComboBox()
@@ -70,7 +82,7 @@ class SegmentWidget(QWidget):
 
         row = QHBoxLayout()
         self.new_prompts_btn = QPushButton("new click/box layers")
-        self.new_labels_btn = QPushButton("new Labels layer")
+        self.new_labels_btn = QPushButton("new Labels layer now")
         row.addWidget(self.new_prompts_btn)
         row.addWidget(self.new_labels_btn)
         layout.addLayout(row)
@@ -141,15 +153,24 @@ class SegmentWidget(QWidget):
             combo.clear()
             if kind == "Shapes":
                 combo.addItem("")
+            if kind == "Labels":
+                combo.addItem(NEW_LABELS)  # the default: never paint into a layer the user did not pick
             combo.addItems(names)
-            if current in names:
+            if current in names or (kind == "Labels" and current == NEW_LABELS):
                 combo.setCurrentText(current)
             combo.blockSignals(False)
         self._apply_mode()
 
     def _layer(self, combo: QComboBox) -> Any:
         name = combo.currentText()
+        if combo is self.labels_combo and name == NEW_LABELS:
+            return None
         return self.viewer.layers[name] if name and name in self.viewer.layers else None
+
+    @property
+    def makes_new_labels(self) -> bool:
+        """Whether the next run paints into a new Labels layer (the default)."""
+        return self.labels_combo.currentText() == NEW_LABELS
 
     def _apply_mode(self, *_: Any) -> None:
         """Make the next click on the Points layer positive or negative (feature + colour)."""
@@ -173,7 +194,8 @@ class SegmentWidget(QWidget):
 
     # -- layers ----------------------------------------------------------------------------------
     def _geometry(self, image: Any) -> dict[str, Any]:
-        return {"scale": image.scale, "translate": image.translate}
+        """The image's placement in the world (scale, translate and its full affine: rotation, shear)."""
+        return {"scale": image.scale, "translate": image.translate, "affine": image.affine.affine_matrix}
 
     def add_prompt_layers(self) -> tuple[Any, Any]:
         """Add a Points layer for clicks and a Shapes layer for boxes with the image's geometry."""
@@ -198,7 +220,10 @@ class SegmentWidget(QWidget):
         if image is None:
             self._error("pick an image first")
             return None
-        labels = self.viewer.add_labels(np.zeros(image.data.shape, dtype=np.uint16), name="segmentation",
+        return self._new_labels(image)
+
+    def _new_labels(self, image: Any) -> Any:
+        labels = self.viewer.add_labels(np.zeros(image.data.shape, dtype=np.uint16), name=NEW_LABELS_NAME,
                                         **self._geometry(image))
         self.labels_combo.setCurrentText(labels.name)
         return labels
@@ -283,13 +308,13 @@ class SegmentWidget(QWidget):
             self._warn("a segmentation is already running")
             return None
         image, labels = self._layer(self.image_combo), self._layer(self.labels_combo)
-        if image is None or labels is None:
-            self._error("pick an image and a target Labels layer (or press 'new Labels layer')")
+        if image is None or (labels is None and not self.makes_new_labels):
+            self._error("pick an image and a target Labels layer (or 'new layer')")
             return None
         if image.ndim != 3 or getattr(image, "rgb", False):
             self._error(f"segmentation needs a 3D grey-level image; {image.name} has {image.ndim} dimensions")
             return None
-        if tuple(labels.data.shape) != tuple(image.data.shape):
+        if labels is not None and tuple(labels.data.shape) != tuple(image.data.shape):
             self._error(f"the Labels layer {labels.name} {labels.data.shape} does not match the image "
                         f"{image.name} {image.data.shape}")
             return None
@@ -320,12 +345,13 @@ class SegmentWidget(QWidget):
 
         worker = ThreadWorker(job)
         self._succeeded = False
-        worker.returned.connect(lambda mask: self._paint(labels, mask, value))
+        worker.returned.connect(lambda mask: self._paint(labels, mask, value, image))
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self._set_running(True)
         self.status.setText(f"running {self.backend_description()}…")
+        self._open_progress("LAUGEN segment: " + ("propagating through the volume" if volume else "this slice"))
         worker.start()
         return worker
 
@@ -336,12 +362,36 @@ class SegmentWidget(QWidget):
         if running:
             self.progress.setRange(0, 0)
 
+    def _open_progress(self, desc: str) -> None:
+        """A progress bar in napari's activity dock (driven from the GUI thread only)."""
+        self._close_progress()
+        try:
+            from napari.utils import progress
+
+            self._pbar = progress(total=0, desc=desc)
+        except Exception:  # pragma: no cover - the dock's own bar still works
+            self._pbar = None
+
+    def _close_progress(self) -> None:
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+
     def _on_progress(self, done: int, total: int, message: str) -> None:
         self.progress.setRange(0, max(1, total))
         self.progress.setValue(min(done, total))
         self.status.setText(message)
+        bar = self._pbar
+        if bar is not None and total > 0:
+            if bar.total != total:
+                bar.total = total
+            step = min(done, total) - bar.n
+            if step > 0:
+                bar.update(step)
+            bar.set_description(message[:60])
 
     def _on_finished(self) -> None:
+        self._close_progress()
         self.worker = None
         self._set_running(False)
         self.progress.setRange(0, 1)
@@ -355,20 +405,27 @@ class SegmentWidget(QWidget):
         self.status.setText(f"failed: {exc}")
         self._error(f"segmentation failed, the Labels layer is unchanged: {exc}")
 
-    def _paint(self, labels: Any, mask: np.ndarray, value: int) -> None:
-        """Write ``value`` where ``mask`` is set, as one undoable step of the Labels layer."""
-        if labels not in self.viewer.layers:
+    def _paint(self, labels: Any, mask: np.ndarray, value: int, image: Any = None) -> None:
+        """Write ``value`` where ``mask`` is set, as one undoable step of the Labels layer (a new
+        layer on ``image``'s grid when ``labels`` is None), then emit the layer's data event."""
+        if labels is not None and labels not in self.viewer.layers:
             self._error("the target Labels layer was removed; nothing painted")
             return
         target = mask
-        if not self.overwrite_check.isChecked():
+        if labels is not None and not self.overwrite_check.isChecked():
             current = np.asarray(labels.data)
             target = mask & ((current == 0) | (current == value))
         if not target.any():
             self.status.setText("nothing found from these prompts; the Labels layer is unchanged")
             self._warn("the segmentation is empty; nothing painted")
             return
+        if labels is None:
+            if image is None or image not in self.viewer.layers:
+                self._error("the image was removed; nothing painted")
+                return
+            labels = self._new_labels(image)
         labels.data_setitem(np.nonzero(target), value)
+        labels.events.data(value=labels.data)  # listeners (the augment dock) see the new labels now
         self._succeeded = True
         self.status.setText(f"painted {int(target.sum())} voxels with label {value} ({self.backend_description()})")
 
