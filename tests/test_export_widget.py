@@ -1,5 +1,6 @@
-"""The "LAUGEN export" dock in a real napari viewer (Xvfb): series identical to ``laugen generate``,
-movies with every frame, no overwrite without consent, errors as notifications."""
+"""The "LAUGEN export" dock in a real napari viewer (Xvfb): series identical to ``laugen generate``
+with the augment dock's settings (no form of its own), movies with every frame, no overwrite without
+consent, errors as notifications."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import pytest
 from laugen_napari.cli import main as laugen
 from laugen_napari.io.movie import count_frames, render_series_frames
 from laugen_napari.ui import io_hooks
+from laugen_napari.settings import GenerationSettings
+from laugen_napari.ui.augment_widget import AugmentWidget
 from laugen_napari.ui.export_widget import ExportWidget
 
 SPACING = (0.8, 0.9, 2.5)
@@ -49,13 +52,31 @@ def _wait(qtbot, widget, timeout=60_000):
     qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
 
 
+@pytest.fixture(autouse=True)
+def _config(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAUGEN_NAPARI_CONFIG_DIR", str(tmp_path / "config"))
+
+
 @pytest.fixture
-def dock(make_napari_viewer, lps_pair):
+def bare(make_napari_viewer, lps_pair):
+    """The export dock alone (no augment dock)."""
     viewer = make_napari_viewer()
     image, labels = _open(viewer, *lps_pair)
     widget = ExportWidget(viewer)
     viewer.window.add_dock_widget(widget, name="LAUGEN export")
     return viewer, widget, image, labels
+
+
+@pytest.fixture
+def dock(bare, qtbot):
+    """The export dock beside an augment dock (whose settings it uses)."""
+    viewer, widget, image, labels = bare
+    augment = AugmentWidget(viewer)
+    viewer.window.add_dock_widget(augment, name="LAUGEN augment")
+    widget.augment = augment
+    qtbot.waitUntil(lambda: augment.model is not None and augment.model.augmenter is not None, timeout=30000)
+    yield viewer, widget, image, labels
+    augment.wait_idle()
 
 
 def _series_dirs(root: Path) -> list[Path]:
@@ -69,13 +90,19 @@ def test_series_match_laugen_generate(dock, lps_pair, tmp_path, qtbot):
             "--trajectory", "sigmoid", "--device", "cpu"]
     assert laugen(["generate", str(lps_pair[0]), str(lps_pair[1]), "-o", str(tmp_path / "cli"), "-q", *args]) == 0
 
-    widget.trajectory.value = "sigmoid"
-    widget.frames.value = 4
-    widget.slope_min.value, widget.slope_max.value = 0.5, 0.9
-    widget.sigma.value = 2.5
-    widget.seed.value = 11
+    f = widget.augment.form.fields
+    f["trajectory"].value = "sigmoid"
+    f["frames"].value = 4
+    f["slope_min"].value, f["slope_max"].value = 0.5, 0.9
+    f["sigma_mm"].value = 2.5
+    f["seed"].value = 11
+    f["device"].value = "cpu"
     widget.series.value = 2
-    widget.device.value = "cpu"
+    widget.refresh_settings_view()
+    text = widget.settings_text.value
+    assert "trajectory: sigmoid" in text and "sigma (mm): 2.5" in text and "midpoint" in text
+    assert "center" not in text and "direction" not in text and "values" not in text  # ignored fields: not shown
+    assert "read-only" in widget.settings_note.value and widget.open_augment.native.isHidden()
     widget.outdir.value = tmp_path / "gui"
     assert widget.export_series() is not None
     _wait(qtbot, widget)
@@ -106,14 +133,12 @@ def test_series_match_laugen_generate(dock, lps_pair, tmp_path, qtbot):
     assert np.abs(last[..., -1] - last[..., 0]).max() > 10
 
 
-def test_options_provider_and_edited_labels(dock, tmp_path, qtbot):
+def test_options_provider_and_edited_labels(bare, tmp_path, qtbot):
     """A provider replaces the fields; labels painted in napari are exported but not cited as the file."""
-    from laugen_napari.pipeline import GenerateOptions
-
-    viewer, widget, image_layer, labels_layer = dock
-    widget.options_provider = lambda: GenerateOptions(frames=3, slope_range=(0.4, 0.4), sigma_mm=2.0, labels=[2],
-                                                      device="cpu")
-    assert widget.params.native.isHidden() and not widget.params_note.native.isHidden()
+    viewer, widget, image_layer, labels_layer = bare
+    widget.options_provider = lambda: GenerationSettings(frames=3, slope_range=(0.4, 0.4), sigma_mm=2.0, labels=(2,),
+                                                         device="cpu")
+    assert "sigma (mm): 2" in widget.settings_text.value and "script" in widget.settings_note.value
     labels_layer.data[labels_layer.data == 1] = 0
     widget.outdir.value = tmp_path / "edited"
     widget.export_series()
@@ -131,8 +156,8 @@ def test_overwrite_needs_consent(dock, tmp_path, qtbot):
     out = tmp_path / "existing"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    widget.frames.value = 2
-    widget.sigma.value = 2.0
+    widget.augment.form.fields["frames"].value = 2
+    widget.augment.form.fields["sigma_mm"].value = 2.0
     widget.outdir.value = out
     asked = []
     widget.confirm_overwrite = lambda path: asked.append(Path(path)) or False
@@ -155,13 +180,13 @@ def test_errors_are_notifications(dock, tmp_path, monkeypatch, qtbot):
     monkeypatch.setattr(module, "show_error", lambda msg: shown.append(msg))
     widget.outdir.value = tmp_path / "nope"
     # a failure inside the worker (a gaussian centre outside the image) is reported, nothing written
-    widget.kind.value = "gaussian"
-    widget.center.value = "500, 1, 1"
+    widget.augment.form.fields["center"].value = "500, 1, 1"
+    widget.augment.form.fields["kind"].value = "gaussian"
     assert widget.export_series() is not None
     _wait(qtbot, widget)
     assert isinstance(widget.last_error, ValueError) and "outside the image" in shown[-1]
     assert widget.series_button.enabled and not (tmp_path / "nope").exists()
-    widget.kind.value = "uniform"
+    widget.augment.form.fields["kind"].value = "uniform"
     viewer.add_labels(np.zeros((5, 6, 7), np.uint8), name="small")
     widget.labels.value = viewer.layers["small"]
     assert widget.export_series() is None
@@ -179,8 +204,8 @@ def test_errors_are_notifications(dock, tmp_path, monkeypatch, qtbot):
 
 
 @pytest.mark.parametrize("suffix", [".mp4", ".gif"])
-def test_movie_of_the_current_view(dock, tmp_path, qtbot, suffix):
-    viewer, widget, image_layer, labels_layer = dock
+def test_movie_of_the_current_view(bare, tmp_path, qtbot, suffix):
+    viewer, widget, image_layer, labels_layer = bare
     img = np.asarray(image_layer.data, np.float32)
     frames = 5
     series = np.stack([img + 7 * t * (labels_layer.data > 0) for t in range(frames)])
@@ -230,3 +255,51 @@ def test_render_difference_is_zero_at_frame_0():
     px_per_mm = 200 / 40
     for region in (red, blue):
         assert region.sum() == pytest.approx((10 * px_per_mm) ** 2, rel=0.15)
+
+
+def test_without_an_augment_dock_it_says_so_and_opens_one(bare, tmp_path, qtbot, monkeypatch):
+    from laugen_napari.ui import export_widget as module
+
+    viewer, widget, *_ = bare
+    shown = []
+    monkeypatch.setattr(module, "show_error", lambda msg: shown.append(msg))
+    assert "no LAUGEN augment dock" in widget.settings_note.value and widget.settings_text.value == ""
+    assert not widget.open_augment.native.isHidden()
+    widget.outdir.value = tmp_path / "out"
+    assert widget.export_series() is None and "open the LAUGEN augment dock" in shown[-1]
+    widget.open_augment.changed.emit(None)  # the button
+    augment = widget._augment_panel()
+    assert isinstance(augment, AugmentWidget)
+    qtbot.waitUntil(lambda: augment.model is not None and augment.model.augmenter is not None, timeout=30000)
+    widget.refresh_settings_view()
+    assert "kind: uniform" in widget.settings_text.value and widget.open_augment.native.isHidden()
+    augment.wait_idle()
+
+
+def test_movie_titles_name_the_slice_in_mm_and_count_frames_from_one(dock, tmp_path, qtbot, monkeypatch):
+    from laugen_napari.io import movie
+    from laugen_napari.ui import export_widget as module
+
+    viewer, widget, image_layer, _ = dock
+    augment = widget.augment
+    series = viewer.layers["LAUGEN series"]
+    widget.movie_series.value = series
+    widget.movie_labels.value = viewer.layers["LAUGEN mask series"]
+    viewer.dims.set_point(1, -1.5)  # an axial plane 1.5 mm below the origin
+    seen = {}
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return movie.series_movie(*args, **kwargs)
+
+    monkeypatch.setattr(module, "series_movie", spy)
+    widget.movie_path.value = tmp_path / "m.gif"
+    assert widget.export_movie() is not None
+    _wait(qtbot, widget)
+    assert widget.last_error is None, widget.last_error
+    z_world = float(viewer.dims.point[1])
+    assert f"z = {z_world:.1f} mm" in seen["title"] and "axial" in seen["title"]
+    np.testing.assert_allclose(seen["z_mm"], augment.model.z_mm)
+    assert seen["edge_letters"] == {"top": "A", "bottom": "P", "left": "R", "right": "L"}
+    assert count_frames(tmp_path / "m.gif") == augment.model.frames
+    assert movie.frame_stamp("LAUGEN series", 7, 8, 2.1) == "LAUGEN series  frame 8 of 8  z_t = +2.10 mm"

@@ -112,6 +112,15 @@ def _grey(values: np.ndarray) -> np.ndarray:
     return np.stack([v, v, v, np.ones_like(v)], axis=-1)
 
 
+def frame_stamp(title: str, t: int, frames: int, z_mm: float | None = None) -> str:
+    """The text on movie frame ``t`` (counted from 0) of ``frames``: ``"title  frame 8 of 8
+    z_t = +2.10 mm"`` (frames counted from 1; z_t the deformation magnitude, not a position)."""
+    stamp = f"{title}  frame {t + 1} of {frames}".strip()
+    if z_mm is not None:
+        stamp += f"  z_t = {z_mm:+.2f} mm"
+    return stamp
+
+
 def render_series_frames(
     images: np.ndarray,
     labels: np.ndarray | None = None,
@@ -127,6 +136,7 @@ def render_series_frames(
     z_mm: Iterable[float] | None = None,
     panel_px: int = 360,
     progress: Callable[[int, int], None] | None = None,
+    edge_letters: dict[str, str] | None = None,
 ) -> np.ndarray:
     """Render one plane across the frames of a series as RGB movie frames (T, H, W, 3) uint8.
 
@@ -141,8 +151,10 @@ def render_series_frames(
         difference: ``"first"`` (I_t - I_0) or ``"previous"`` (I_t - I_{t-1}) adds a panel with a
             diverging colormap and symmetric limits; ``"none"`` does not.
         flip_rows / flip_cols: mirror the planes (napari camera pointing up / left).
-        title: text before the frame number on every frame.
+        title: text before the frame number on every frame ("frame t of T", counted from 1).
         z_mm: the trajectory, shown with the frame number when given.
+        edge_letters: anatomical letters at the panel edges (``top``, ``bottom``, ``left``,
+            ``right``), as the viewer shows them.
         panel_px: height of a panel in pixels.
     """
     from matplotlib import colormaps
@@ -217,6 +229,16 @@ def render_series_frames(
         label = "I_t - I_0" if difference == "first" else "I_t - I_(t-1)"
         fig.text((gap + panel_w + gap) / width_px, 1 - 6 / height_px, label, color="white", fontsize=9,
                  ha="left", va="top")
+    if edge_letters:
+        x0, x1 = gap / width_px, (gap + panel_w) / width_px
+        y0, y1 = gap / height_px, (gap + panel_h) / height_px
+        style = {"color": "#ffd24a", "fontsize": 11, "fontweight": "bold"}
+        for edge, (x, y, ha, va) in {"top": ((x0 + x1) / 2, y1 - 0.01, "center", "top"),
+                                     "bottom": ((x0 + x1) / 2, y0 + 0.01, "center", "bottom"),
+                                     "left": (x0 + 0.01, (y0 + y1) / 2, "left", "center"),
+                                     "right": (x1 - 0.01, (y0 + y1) / 2, "right", "center")}.items():
+            if edge in edge_letters:
+                fig.text(x, y, edge_letters[edge], ha=ha, va=va, **style)
     stamp_artist = fig.text(gap / width_px, 1 - 6 / height_px, "", color="white", fontsize=10, ha="left", va="top")
 
     out = np.empty((frames, height_px, width_px, 3), np.uint8)
@@ -235,12 +257,48 @@ def render_series_frames(
                                            linewidths=1.2, origin="upper", extent=extent))
         if diff_artist is not None:
             diff_artist.set_data(diffs[t])
-        stamp = f"{title}  frame {t}/{frames - 1}".strip()
-        if z_list is not None and t < len(z_list):
-            stamp += f"  z = {z_list[t]:+.2f} mm"
-        stamp_artist.set_text(stamp)
+        stamp_artist.set_text(frame_stamp(title, t, frames, z_list[t] if z_list is not None and t < len(z_list) else None))
         canvas.draw()
         out[t] = np.asarray(canvas.buffer_rgba())[..., :3]
         if progress is not None:
             progress(t + 1, frames)
     return out
+
+
+def series_movie(
+    take_image: Callable[[int], np.ndarray],
+    frames: int,
+    take_labels: Callable[[int], np.ndarray] | None = None,
+    label_color: Callable[[int], tuple[float, ...]] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    **render: object,
+) -> np.ndarray:
+    """The movie frames (T, H, W, 3) uint8 of one plane across a series (no Qt, no napari).
+
+    ``take_image(t)`` / ``take_labels(t)`` give the (rows, cols) planes of frame ``t`` as the
+    viewer shows them (row 0 on top); ``label_color(value)`` the RGBA of a label (default tab10).
+    ``render`` goes to :func:`render_series_frames` (pixel size, window, colormap, difference,
+    flips, title, z_mm, edge letters). ``progress(done, 2 * frames)``: gathering, then rendering.
+    """
+    if frames < 1:
+        raise ValueError(f"a movie needs at least one frame, got {frames}")
+    first = np.asarray(take_image(0), np.float32)
+    images = np.empty((frames,) + first.shape, np.float32)
+    images[0] = first
+    labels = None
+    if take_labels is not None:
+        plane = np.asarray(take_labels(0))
+        labels = np.empty((frames,) + plane.shape, plane.dtype)
+        labels[0] = plane
+    for t in range(frames):
+        if t:
+            images[t] = take_image(t)
+            if labels is not None:
+                labels[t] = take_labels(t)
+        if progress is not None:
+            progress(t + 1, 2 * frames)
+    colors = None
+    if labels is not None and label_color is not None:
+        colors = {int(v): tuple(label_color(int(v))) for v in np.unique(labels) if v != 0}
+    done = (lambda d, _n: progress(frames + d, 2 * frames)) if progress is not None else None
+    return render_series_frames(images, labels, label_colors=colors, progress=done, **render)

@@ -1,38 +1,69 @@
 """The "LAUGEN augment" dock: pick a scan, its labels and the deformation; watch the series live.
 
-Thin by design: the numbers come from :mod:`laugen_napari.core` (the engine and the lazy preview
-arrays); this module only turns widget values into engine parameters, runs the field computation
-in a worker thread, and refreshes three layers that keep the same lazy arrays:
-``LAUGEN series`` (T, Z, Y, X), ``LAUGEN mask series`` and ``LAUGEN difference``.
+Thin by design. The generation widgets are built from the one settings model
+(:class:`~laugen_napari.settings.GenerationSettings`, see :mod:`.settings_form`); the engine is
+built by :func:`laugen_napari.pipeline.build_augmenter`, the function ``laugen generate`` and the
+export dock use, in a worker thread; the layers show lazy arrays of
+:mod:`laugen_napari.core.preview` that always hand out computed frames:
+``LAUGEN series`` (T, Z, Y, X), ``LAUGEN mask series`` and ``LAUGEN difference`` (an overlay:
+diverging colours, transparent at zero). They take the input layer's whole transform.
+
+Display: anatomical orientation (axial anterior up, coronal/sagittal superior up, radiological or
+neurological convention) with L/R/A/P/S/I letters on the canvas; keybindings (docs/keybindings.md):
+Alt+P play/pause the frames, Shift+Right / Shift+Left next / previous frame, Alt+D show/hide the
+difference overlay. The panel remembers its last settings and can load a ``series.json``.
 """
 
 from __future__ import annotations
 
+import json
 import weakref
+from pathlib import Path
 
 import numpy as np
 import torch
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, Select, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, Select
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt, QTimer, Signal
-from qtpy.QtWidgets import QProgressBar, QVBoxLayout, QWidget
+from napari.utils.colormaps import Colormap
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QFileDialog, QFrame, QProgressBar, QScrollArea, QVBoxLayout, QWidget
 
-from ..core import KINDS, TRAJECTORIES, Augmenter, make_kind, make_trajectory, series_seed
+from ..core import series_seed
 from ..core.field import label_values
 from ..core.preview import LazyDifference, PreviewModel, preview_arrays
-from ..pipeline import GenerateOptions
-from .layers import volume_from_layer
+from ..pipeline import build_augmenter
+from ..settings import GenerationSettings, SettingsError
+from . import orientation
+from .layers import series_layer_kwargs, volume_from_layer
 from .plots import SeriesCurvesPlot, render_curves
+from .settings_form import SettingsForm, remember, remembered
 from .workers import WorkerSet
 
 SERIES, MASKS, DIFF = "LAUGEN series", "LAUGEN mask series", "LAUGEN difference"
+OUTPUTS = (SERIES, MASKS, DIFF)
 FIELD_DEBOUNCE_MS = 150
+PLAY_FPS = 4.0
+WARM_DELAY_MS = 400  # idle time before the full frame on screen is computed ahead
+# settings that change the displacement field (the rest only change z_t)
+FIELD_SETTINGS = ("kind", "sigma_mm", "direction", "center", "spread_mm", "label_interpolation", "device", "labels")
+DIFFERENCE_COLORMAP = Colormap(
+    colors=[[0.13, 0.40, 1.0, 1.0], [0.55, 0.75, 1.0, 0.0], [1.0, 0.6, 0.5, 0.0], [1.0, 0.25, 0.1, 1.0]],
+    controls=[0.0, 0.5, 0.5, 1.0], name="laugen_difference", interpolation="linear",
+)
+"""Blue (darker) - transparent at zero - red (brighter): the difference overlay never hides anatomy
+where nothing changed."""
+KEYBINDINGS = {
+    "Alt-P": "play / pause the frames",
+    "Shift-Right": "next frame",
+    "Shift-Left": "previous frame",
+    "Alt-D": "show / hide the difference overlay",
+}
 _PANELS: "weakref.WeakValueDictionary[int, AugmentWidget]" = weakref.WeakValueDictionary()
 
 
 def augment_panel(viewer) -> "AugmentWidget | None":
-    """The augment panel open in ``viewer``, if any (the export panel takes its parameters)."""
+    """The augment panel open in ``viewer``, if any (the export panel takes its settings)."""
     return _PANELS.get(_viewer_id(viewer))
 
 
@@ -41,11 +72,13 @@ def _viewer_id(viewer) -> int:
     return id(getattr(viewer, "__wrapped__", viewer))
 
 
-class AugmentWidget(QWidget):
-    """Dock widget: parameters on top, a progress bar and status, the curves plot below."""
+def _build_engine(image, mask, settings):
+    """The engine, built as ``laugen generate`` builds it (run on a worker thread)."""
+    return build_augmenter(image, mask, settings)
 
-    # emitted (from any thread) when the viewer asked for a full frame that is not computed yet
-    frame_needed = Signal()
+
+class AugmentWidget(QWidget):
+    """Dock widget: layers, the generation settings, display options; progress, status, curves."""
 
     def __init__(self, napari_viewer):
         super().__init__()
@@ -56,28 +89,65 @@ class AugmentWidget(QWidget):
         _PANELS[_viewer_id(napari_viewer)] = self
         self.model: PreviewModel | None = None
         self._arrays = None
+        self._source = None  # (image layer, labels layer) behind the model
+        self._volumes = None  # (image Volume, mask Volume) the model was built from
+        self._field_key = None
         self._worker = None
         self._field_pending = False
-        self._key = None  # identity of the (image, labels) pair behind the model
+        self._labels_version = 0
         self._label_values: list[int] = []
+        self._last_error = ""
+        self.folding_frame: int | None = None
+        self._watched: set[int] = set()
+        self._workers = WorkerSet("LAUGEN")
+        self._closed = False
         self._build()
         self._field_timer = QTimer(self, singleShot=True, interval=FIELD_DEBOUNCE_MS)
         self._field_timer.timeout.connect(self._start_field_worker)
         self._curves_timer = QTimer(self, singleShot=True, interval=60)
         self._curves_timer.timeout.connect(self._start_curves_worker)
-        self._workers = WorkerSet("LAUGEN")
+        self._labels_timer = QTimer(self, singleShot=True, interval=300)
+        self._labels_timer.timeout.connect(self._on_labels_edited)
+        self._warm_timer = QTimer(self, singleShot=True, interval=WARM_DELAY_MS)
+        self._warm_timer.timeout.connect(self._warm_ahead)
+        self._play_timer = QTimer(self, interval=int(1000 / PLAY_FPS))
+        self._play_timer.timeout.connect(self._play_tick)
         self._curves_pending = False
-        napari_viewer.layers.events.inserted.connect(self._reset_choices)
-        napari_viewer.layers.events.removed.connect(self._reset_choices)
+        napari_viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        napari_viewer.layers.events.removed.connect(self._on_layer_removed)
         napari_viewer.dims.events.ndisplay.connect(self._on_ndisplay)
         napari_viewer.dims.events.current_step.connect(self._on_step)
-        self.frame_needed.connect(self._warm_current_frame, Qt.ConnectionType.QueuedConnection)
+        napari_viewer.dims.events.order.connect(self._on_order)
+        orientation.camera(napari_viewer).events.orientation.connect(lambda *_: self.letters.update())
+        self.letters = orientation.OrientationLetters(napari_viewer)
+        for layer in napari_viewer.layers:
+            self._watch(layer)
+        self._bind_keys()
+        self._restore()
         self._reset_choices()
 
     # -- workers --------------------------------------------------------------------------
     def _run(self, fn, *args, **kwargs):
-        """Run ``fn`` on a worker thread (see :class:`~laugen_napari.ui.workers.WorkerSet`)."""
+        """Run ``fn`` on a worker thread (see :class:`~laugen_napari.ui.workers.WorkerSet`); its
+        callbacks are skipped once the dock is gone (closed while the worker ran)."""
+        for name in ("returned", "errored", "finished"):
+            if kwargs.get(name) is not None:
+                kwargs[name] = self._guarded(kwargs[name])
         return self._workers.run(fn, *args, **kwargs)
+
+    def _guarded(self, callback):
+        def call(*args):
+            if self._closed:
+                return None
+            try:
+                return callback(*args)
+            except RuntimeError as exc:  # the Qt side was deleted meanwhile
+                if "deleted" not in str(exc):
+                    raise
+                self._closed = True
+                return None
+
+        return call
 
     @property
     def busy(self) -> bool:
@@ -89,7 +159,11 @@ class AugmentWidget(QWidget):
         self._workers.wait_idle(timeout_ms)
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        for timer in (self._play_timer, self._warm_timer, self._field_timer, self._curves_timer, self._labels_timer):
+            timer.stop()
+        self.remember_settings()
         self.wait_idle()
+        self._closed = True
         super().closeEvent(event)
 
     # -- construction ---------------------------------------------------------------------
@@ -97,197 +171,309 @@ class AugmentWidget(QWidget):
         w = {}
         w["image"] = ComboBox(label="image", choices=lambda _: self._input_layers(Image))
         w["labels"] = ComboBox(label="labels", choices=lambda _: self._input_layers(Labels))
-        w["driving"] = Select(label="driving labels", choices=lambda _: self._label_values, allow_multiple=True)
-        w["kind"] = ComboBox(label="kind", choices=list(KINDS), value="uniform")
-        w["sigma"] = FloatSpinBox(label="sigma (mm)", value=5.0, min=0.5, max=50.0, step=0.5)
-        w["direction"] = LineEdit(label="direction X,Y,Z (world)", value="1, 0, 0")
-        w["view_axis"] = PushButton(text="along the current view axis")
-        w["centre"] = LineEdit(label="centre z,y,x (voxels)", value="")
-        w["pick"] = PushButton(text="click in the viewer to set the centre")
-        w["spread"] = FloatSpinBox(label="spread (mm)", value=10.0, min=0.5, max=200.0, step=0.5)
-        w["trajectory"] = ComboBox(label="trajectory", choices=list(TRAJECTORIES), value="linear")
-        w["slope_min"] = FloatSpinBox(label="slope min (mm/frame)", value=0.1, min=-5, max=5, step=0.05)
-        w["slope_max"] = FloatSpinBox(label="slope max (mm/frame)", value=0.4, min=-5, max=5, step=0.05)
-        w["rate"] = FloatSpinBox(label="rate (1/frame)", value=1.0, min=0.01, max=10, step=0.05)
-        w["values"] = LineEdit(label="custom z_t (mm)", value="0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5")
-        w["frames"] = SpinBox(label="frames", value=8, min=2, max=64)
-        w["seed"] = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
-        w["device"] = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
+        w["driving"] = Select(label="driving labels", choices=lambda _: self._label_values, allow_multiple=True,
+                              tooltip="labels that drive the deformation; none selected: every non-zero label")
+        w["hint"] = Label(value="")
+        self.form = SettingsForm(exclude=("series", "labels"))
+        f = self.form.fields
+        w["view_axis"] = PushButton(text="direction: along the current view axis")
+        w["pick"] = PushButton(text="centre: click in the viewer")
+        w["load"] = PushButton(text="load settings from a series.json…")
+        w["plane"] = ComboBox(label="view", choices=list(orientation.PLANES), value="axial")
+        w["convention"] = ComboBox(label="left-right", choices=list(orientation.CONVENTIONS), value="radiological",
+                                   tooltip="radiological: the patient's right on the screen's left")
         w["difference"] = ComboBox(label="difference", choices=["I_t - I_0", "I_t - I_(t-1)"], value="I_t - I_0")
-        w["show_difference"] = CheckBox(label="show the difference layer", value=False)
+        w["show_difference"] = CheckBox(label="show the difference overlay (Alt+D)", value=False)
         w["status"] = Label(value="pick an image and a labels layer")
-        self.form = Container(widgets=list(w.values()))
-        self.w = w
+        w["warning"] = Label(value="")
+        w["warning"].native.setStyleSheet("color: #ff9a4a")
+        w["warning"].native.setWordWrap(True)
+        w["status"].native.setWordWrap(True)
+        w["hint"].native.setWordWrap(True)
+        layers_box = Container(widgets=[w["image"], w["labels"], w["driving"], w["hint"]])
+        display = Container(widgets=[w["plane"], w["convention"], w["difference"], w["show_difference"]])
+        self.container = Container(widgets=[layers_box, self.form, w["view_axis"], w["pick"], w["load"], display,
+                                            w["status"], w["warning"]])
+        for c in (layers_box, display, self.container):
+            c.margins = (0, 0, 0, 0)
+        # every widget by name; old short names kept for scripts (bench/live.py)
+        self.w = {**w, **f, "sigma": f["sigma_mm"], "spread": f["spread_mm"], "centre": f["center"]}
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setTextVisible(False)
         self.progress.setMaximumHeight(8)
         self.plot = SeriesCurvesPlot(self)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(self.container.native)
         layout = QVBoxLayout(self)
-        layout.addWidget(self.form.native)
+        layout.addWidget(scroll, 3)
         layout.addWidget(self.progress)
-        layout.addWidget(self.plot)
+        layout.addWidget(self.plot, 2)
         for name in ("image", "labels"):
-            w[name].changed.connect(self._on_layers_changed)
-        for name in ("driving", "kind", "sigma", "direction", "centre", "spread", "device"):
-            w[name].changed.connect(self._schedule_field)
-        for name in ("trajectory", "slope_min", "slope_max", "rate", "values", "frames", "seed"):
-            w[name].changed.connect(self._on_trajectory_changed)
+            w[name].changed.connect(self._on_pair_changed)
+        w["driving"].changed.connect(self._on_driving_changed)
+        self.form.on_change(self._on_setting_changed)
         w["difference"].changed.connect(self._on_difference_changed)
         w["show_difference"].changed.connect(self._on_difference_changed)
         w["view_axis"].changed.connect(self._direction_from_view)
         w["pick"].changed.connect(self._toggle_pick)
-        w["kind"].changed.connect(self._show_kind_fields)
-        w["trajectory"].changed.connect(self._show_trajectory_fields)
-        self._show_kind_fields()
-        self._show_trajectory_fields()
+        w["load"].changed.connect(lambda *_: self.load_series_json())
+        w["plane"].changed.connect(self._apply_orientation)
+        w["convention"].changed.connect(self._apply_orientation)
+        self._show_helpers()
 
-    def _show_kind_fields(self, *_) -> None:
-        kind = self.w["kind"].value
-        for name in ("direction", "view_axis"):
-            self.w[name].visible = kind == "directional"
-        for name in ("centre", "pick", "spread"):
-            self.w[name].visible = kind == "gaussian"
-
-    def _show_trajectory_fields(self, *_) -> None:
-        name = self.w["trajectory"].value
-        for key in ("slope_min", "slope_max", "seed"):
-            self.w[key].visible = name != "custom"
-        self.w["rate"].visible = name in ("sigmoid", "exponential", "gompertz")
-        self.w["values"].visible = name == "custom"
-        self.w["frames"].visible = name != "custom"
+    def _show_helpers(self) -> None:
+        f = self.form.fields
+        self.w["view_axis"].visible = not f["direction"].native.isHidden()
+        self.w["pick"].visible = not f["center"].native.isHidden()
 
     def _input_layers(self, kind) -> list:
-        return [layer for layer in self.viewer.layers if isinstance(layer, kind) and layer.name not in (SERIES, MASKS, DIFF)]
+        return [layer for layer in self.viewer.layers if isinstance(layer, kind) and layer.ndim == 3
+                and layer.name not in OUTPUTS]
 
     def _reset_choices(self, *_) -> None:
-        self.form.reset_choices()
-        self._on_layers_changed()
+        self.container.reset_choices()
+        self._on_pair_changed()
 
-    # -- parameters -----------------------------------------------------------------------
+    # -- keybindings ------------------------------------------------------------------------
+    def _bind_keys(self) -> None:
+        actions = {"Alt-P": self.toggle_play, "Shift-Right": lambda: self.step_frame(1),
+                   "Shift-Left": lambda: self.step_frame(-1), "Alt-D": self.toggle_difference}
+        for key, action in actions.items():
+            self.viewer.bind_key(key, lambda _viewer, action=action: action(), overwrite=True)
+
+    def step_frame(self, delta: int) -> None:
+        """Show the next (``delta`` = 1) or previous frame, wrapping around."""
+        if self.model is None or self.viewer.dims.ndim < 4:
+            return
+        step = list(self.viewer.dims.current_step)
+        step[0] = (int(step[0]) + delta) % self.model.frames
+        self.viewer.dims.current_step = tuple(step)
+
+    def toggle_play(self) -> None:
+        """Play the frames in a loop (in 3D, a frame is shown once it is computed), or stop."""
+        if self._play_timer.isActive():
+            self._play_timer.stop()
+            self._status("stopped")
+        elif self.model is not None:
+            self._play_timer.start()
+            self._status(f"playing the frames ({PLAY_FPS:g} per second; Alt+P stops)")
+
+    @property
+    def playing(self) -> bool:
+        return self._play_timer.isActive()
+
+    def _play_tick(self) -> None:
+        if self.model is None or self.viewer.dims.ndim < 4:
+            self._play_timer.stop()
+            return
+        nxt = (self._current_frame() + 1) % self.model.frames
+        if self.viewer.dims.ndisplay == 3 and not self.model.is_cached(nxt):
+            self._warm(self._frames_for(nxt))  # wait for it rather than block the viewer
+            return
+        self.step_frame(1)
+
+    def toggle_difference(self) -> None:
+        """Show or hide the difference overlay."""
+        self.w["show_difference"].value = not self.w["show_difference"].value
+
+    # -- remembered settings and series.json ---------------------------------------------------
+    def remember_settings(self) -> None:
+        """Store the current settings as this panel's last ones (the user's config folder)."""
+        try:
+            record = self.form.settings().to_record()
+        except SettingsError:
+            return
+        remember("augment", {"options": record, "plane": self.w["plane"].value,
+                             "convention": self.w["convention"].value})
+
+    def _restore(self) -> None:
+        data = remembered("augment")
+        if not data:
+            return
+        try:
+            self.form.set_settings(GenerationSettings.from_record(data.get("options", {})))
+        except (SettingsError, TypeError):
+            return
+        for key in ("plane", "convention"):
+            if data.get(key) in self.w[key].choices:
+                self.w[key].value = data[key]
+
+    def load_series_json(self, path: str | Path | None = None) -> GenerationSettings | None:
+        """Load the settings recorded in a ``series.json`` (``laugen generate`` or the export dock)
+        into the panel, so that the preview shows that series. Asks for the file if ``path`` is None."""
+        if path is None:
+            path, _ = QFileDialog.getOpenFileName(self, "series.json of a LAUGEN series", "", "series.json (*.json)")
+            if not path:
+                return None
+        try:
+            record = json.loads(Path(path).read_text())
+            options = record["options"] if isinstance(record, dict) and "options" in record else record
+            settings = GenerationSettings.from_record(options)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            show_error(f"LAUGEN: {Path(path).name}: not a LAUGEN series.json ({exc})")
+            return None
+        self.form.set_settings(settings)
+        if settings.labels is not None:
+            self._select_driving(settings.labels)
+        seed_note = ""
+        index = record.get("series_index", 0) if isinstance(record, dict) else 0
+        if index:
+            seed_note = f"; the preview shows series 0 of seed {settings.seed}, the file was series {index}"
+        self._status(f"settings loaded from {Path(path).name}{seed_note}")
+        return settings
+
+    # -- settings ---------------------------------------------------------------------------
     def _status(self, text: str) -> None:
         self.w["status"].value = text
 
-    @staticmethod
-    def _numbers(text: str, n: int | None, what: str) -> list[float]:
-        try:
-            vals = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
-        except ValueError:
-            raise ValueError(f"{what}: expected comma-separated numbers, got {text!r}") from None
-        if n is not None and len(vals) != n:
-            raise ValueError(f"{what}: expected {n} numbers, got {len(vals)}")
-        if not np.all(np.isfinite(vals)):
-            raise ValueError(f"{what}: values must be finite")
-        return vals
+    def _driving(self) -> tuple[int, ...] | None:
+        chosen = sorted(int(v) for v in (self.w["driving"].value or []))
+        if not chosen or set(chosen) == set(self._label_values):
+            return None  # every label: as `laugen generate` without --labels
+        return tuple(chosen)
 
-    def trajectory_values(self) -> np.ndarray:
-        """z_t in mm for the current trajectory widgets (the slope drawn with the seed)."""
-        w = self.w
-        name = w["trajectory"].value
-        if name == "custom":
-            traj = make_trajectory("custom", values=self._numbers(w["values"].value, None, "custom z_t"))
-            return traj.sample(len(traj.values)).z_mm
-        rate = w["rate"].value if name != "linear" else None
-        lo, hi = sorted((w["slope_min"].value, w["slope_max"].value))  # a range whichever end moved first
-        traj = make_trajectory(name, (lo, hi), rate)
-        # the same stream as series 0 of `laugen generate --seed`: the preview is what gets exported
-        return traj.sample(w["frames"].value, series_seed(w["seed"].value, 0)).z_mm
+    def _select_driving(self, labels) -> None:
+        present = [v for v in labels if v in self._label_values]
+        self.w["driving"].value = present
 
-    def _centre_zyx(self) -> list[float]:
-        text = self.w["centre"].value
-        if not text.strip():
-            raise ValueError("gaussian: set a centre (click in the viewer or type z, y, x)")
-        return self._numbers(text, 3, "centre")
+    def current_settings(self) -> GenerationSettings:
+        """The panel's generation settings, validated (SettingsError naming the field)."""
+        return self.form.settings(labels=self._driving())
 
-    def generate_options(self) -> GenerateOptions:
-        """The panel's parameters as ``laugen generate`` options (world direction, file voxel centre)."""
-        w = self.w
-        name, kind = w["trajectory"].value, w["kind"].value
-        image = w["image"].value
-        centre = None
-        if kind == "gaussian":
-            if image is None:
-                raise ValueError("pick an image layer first")
-            centre = list(volume_from_layer(image, viewer=self.viewer).array_to_file_index(self._centre_zyx()))
-        values = self._numbers(w["values"].value, None, "custom z_t") if name == "custom" else None
-        return GenerateOptions(
-            kind=kind, trajectory=name, frames=len(values) if values else w["frames"].value,
-            slope_range=tuple(sorted((w["slope_min"].value, w["slope_max"].value))), values=values,
-            rate=w["rate"].value if name in ("sigmoid", "exponential", "gompertz") else None,
-            labels=list(w["driving"].value) or None, sigma_mm=w["sigma"].value,
-            direction=self._numbers(w["direction"].value, 3, "direction") if kind == "directional" else None,
-            center=centre, spread_mm=w["spread"].value, seed=w["seed"].value, device=w["device"].value,
-        )
+    def generate_options(self) -> GenerationSettings:
+        """The settings for ``laugen generate`` / the export dock (same as :meth:`current_settings`)."""
+        return self.current_settings()
 
-    def engine_kwargs(self, image: Image) -> dict:
-        """Keyword arguments of :class:`Augmenter` for the current widgets, with the image layer's
-        geometry (spacing in mm, world direction to array axes) as the export uses it."""
-        w = self.w
-        kind = w["kind"].value
-        volume = volume_from_layer(image, viewer=self.viewer)
-        direction = centre = None
-        if kind == "directional":
-            direction = volume.world_to_array_direction(self._numbers(w["direction"].value, 3, "direction"))
-        if kind == "gaussian":
-            centre = self._centre_zyx()
-        return {
-            "spacing": volume.spacing,
-            "selected": list(w["driving"].value) or None,
-            "sigma_mm": w["sigma"].value,
-            "kind": make_kind(kind, direction=direction, center=centre, spread_mm=w["spread"].value),
-            "device": w["device"].value,
-        }
+    def _report(self, exc: Exception) -> None:
+        """A settings problem: a notification naming the field (once per message) and the status."""
+        message = str(exc)
+        self._status(f"not updated: {message}")
+        if message != self._last_error:
+            self._last_error = message
+            show_error(f"LAUGEN: {message}")
 
-    # -- layers ---------------------------------------------------------------------------
-    def _on_layers_changed(self, *_) -> None:
-        image, labels = self.w["image"].value, self.w["labels"].value
-        if image is None or labels is None:
-            return
-        img = np.asarray(image.data)
-        lab = np.asarray(labels.data)
-        if img.ndim != 3 or lab.ndim != 3:
-            show_error("LAUGEN: the image and the labels must be 3D layers (Z, Y, X)")
-            return
-        if img.shape != lab.shape:
-            show_error(f"LAUGEN: image {img.shape} and labels {lab.shape} differ in shape")
-            return
-        key = (id(image), id(labels))
-        if key == self._key:
-            return
-        self._key = key
-        values = label_values(lab) if np.issubdtype(lab.dtype, np.integer) else []
-        if not values:
-            show_error(f"LAUGEN: the labels layer '{labels.name}' is empty")
-            return
-        self._label_values = values
-        self.w["driving"].reset_choices()
-        self.w["driving"].value = values
-        self.model = PreviewModel(img, lab)
-        self.model.on_missing_frame = lambda z: self.frame_needed.emit()
-        self._ensure_layers(image)
-        self._on_trajectory_changed()
+    def _on_setting_changed(self, name: str) -> None:
+        self._show_helpers()
+        if name != "*":
+            self.remember_settings()
+        if name in FIELD_SETTINGS or name == "*":
+            self._schedule_field()
+        if name not in FIELD_SETTINGS or name == "*":
+            self._on_trajectory_changed()
+
+    def _on_driving_changed(self, *_) -> None:
+        if self._label_values and not self.w["driving"].value:
+            self.w["hint"].value = "no driving label selected: every non-zero label drives the deformation"
+        elif not self.w["hint"].value.startswith("the labels layer"):
+            self.w["hint"].value = ""
         self._schedule_field()
 
-    def _ensure_layers(self, image: Image) -> None:
-        scale = (1.0,) + tuple(image.scale[-3:])
-        translate = (0.0,) + tuple(image.translate[-3:])
-        series, masks, diff = preview_arrays(self.model)
-        self._arrays = (series, masks, diff)
-        lo, hi = (float(v) for v in image.contrast_limits)
-        span = max(hi - lo, 1e-6)
-        for name in (SERIES, MASKS, DIFF):
+    # -- layers ---------------------------------------------------------------------------
+    def _watch(self, layer) -> None:
+        if isinstance(layer, Labels) and id(layer) not in self._watched and layer.name not in OUTPUTS:
+            self._watched.add(id(layer))
+            for name in ("paint", "data", "labels_update"):
+                emitter = getattr(layer.events, name, None)
+                if emitter is not None:
+                    emitter.connect(self._labels_touched)
+
+    def _labels_touched(self, event=None) -> None:
+        source = getattr(event, "source", None)
+        if source is not None and source is self.w["labels"].value:
+            self._labels_timer.start()
+
+    def _on_layer_inserted(self, event) -> None:
+        self._watch(event.value)
+        self._reset_choices()
+
+    def _on_layer_removed(self, event) -> None:
+        layer = event.value
+        self._watched.discard(id(layer))
+        if self._source is not None and any(layer is s for s in self._source):
+            self._drop_outputs(f"the {'labels' if isinstance(layer, Labels) else 'image'} layer "
+                               f"'{layer.name}' was removed: its LAUGEN layers were removed too")
+        self._reset_choices()
+
+    def _drop_outputs(self, why: str) -> None:
+        self._source = self._volumes = self._field_key = None
+        self.model = None
+        self._arrays = None
+        for name in OUTPUTS:
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
-        self.viewer.add_image(series, name=SERIES, scale=scale, translate=translate, contrast_limits=(lo, hi),
-                              colormap="gray")
-        self.viewer.add_image(diff, name=DIFF, scale=scale, translate=translate, colormap="PiYG",
-                              contrast_limits=(-0.25 * span, 0.25 * span), visible=False)
-        layer = self.viewer.add_labels(masks, name=MASKS, scale=scale, translate=translate, opacity=0.35)
+        self.w["warning"].value = ""
+        self._status(why)
+
+    def _on_pair_changed(self, *_) -> None:
+        image, labels = self.w["image"].value, self.w["labels"].value
+        if image is None or labels is None:
+            self._status("pick an image and a labels layer (3D)")
+            return
+        if tuple(image.data.shape) != tuple(labels.data.shape):
+            self._report(ValueError(f"image {tuple(image.data.shape)} and labels {tuple(labels.data.shape)} "
+                                    "differ in shape"))
+            return
+        self._refresh_label_values(labels)
+        self._schedule_field()
+
+    def _refresh_label_values(self, labels) -> None:
+        lab = np.asarray(labels.data)
+        values = label_values(lab) if np.issubdtype(lab.dtype, np.integer) else []
+        old, selected = self._label_values, set(self.w["driving"].value or [])
+        self._label_values = values
+        self.w["driving"].reset_choices()
+        if old != values:
+            # keep the selection; a new label joins when every old label was selected
+            everything = not old or set(old) <= selected
+            keep = [v for v in values if v in selected or (everything and v not in old)]
+            self.w["driving"].value = keep if keep else values
+        if not values:
+            self.w["hint"].value = (f"the labels layer '{labels.name}' is empty: paint a structure (or use the "
+                                    "LAUGEN segment dock) and the preview starts")
+        elif self.w["hint"].value.startswith("the labels layer"):
+            self.w["hint"].value = ""
+
+    def _on_labels_edited(self) -> None:
+        labels = self.w["labels"].value
+        if labels is None:
+            return
+        self._labels_version += 1
+        self._refresh_label_values(labels)
+        self._schedule_field()
+
+    def _ensure_layers(self, image_layer) -> None:
+        series, masks, diff = preview_arrays(self.model)
+        self._arrays = (series, masks, diff)
+        lo, hi = (float(v) for v in image_layer.contrast_limits)
+        span = max(hi - lo, 1e-6)
+        kwargs = series_layer_kwargs(image_layer)
+        for name in OUTPUTS:
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+        self.viewer.add_image(series, name=SERIES, contrast_limits=(lo, hi), colormap="gray", **kwargs)
+        self.viewer.add_image(diff, name=DIFF, colormap=DIFFERENCE_COLORMAP, contrast_limits=(-0.25 * span, 0.25 * span),
+                              blending="translucent", opacity=0.9, visible=False, **kwargs)
+        layer = self.viewer.add_labels(masks, name=MASKS, opacity=0.35, **kwargs)
         layer.editable = False
         self._on_difference_changed()
+        self._apply_orientation()
 
     def _layers(self):
-        return [self.viewer.layers[n] for n in (SERIES, MASKS, DIFF) if n in self.viewer.layers]
+        return [self.viewer.layers[n] for n in OUTPUTS if n in self.viewer.layers]
+
+    def _reshape_layers(self) -> None:
+        """After the number of frames changed: napari re-reads the shape and extent of every
+        LAUGEN layer, hidden ones too (the time slider shrinks or grows)."""
+        layers = self._layers()
+        for layer in layers:
+            clear = getattr(layer, "_clear_extent", None)  # a hidden layer keeps its cached extent
+            if clear is not None:
+                clear()
+        for layer in layers:
+            layer.data = layer.data
 
     def refresh_layers(self) -> None:
         """Redraw the series layers from the model (the lazy arrays stay the same objects)."""
@@ -303,66 +489,121 @@ class AugmentWidget(QWidget):
             layer = self.viewer.layers[DIFF]
             layer.visible = self.w["show_difference"].value
             layer.refresh()
+            if layer.visible:
+                self._schedule_warm()
+
+    # -- orientation ----------------------------------------------------------------------------
+    def _apply_orientation(self, *_) -> None:
+        self.remember_settings()
+        if self.viewer.dims.ndim >= 3:
+            orientation.show_plane(self.viewer, self.w["plane"].value, self.w["convention"].value)
+        self.letters.update()
+
+    def _on_order(self, *_) -> None:
+        plane = orientation.displayed_plane(self.viewer)
+        if plane is not None and plane != self.w["plane"].value:
+            self.w["plane"].value = plane  # napari's roll/transpose buttons: follow, then orient
+        else:
+            self.letters.update()
 
     # -- trajectory: cheap, on the GUI thread -----------------------------------------------------
+    def trajectory_values(self) -> np.ndarray:
+        """z_t in mm for the current settings (series 0 of ``laugen generate --seed``)."""
+        s = self.current_settings()
+        return s.trajectory_model().sample(s.frames, series_seed(s.seed, 0)).z_mm
+
     def _on_trajectory_changed(self, *_) -> None:
-        if self.model is None:
-            return
         try:
             z = self.trajectory_values()
-        except ValueError as exc:
-            self._status(str(exc))
+        except (SettingsError, ValueError) as exc:
+            self._report(exc)
             return
-        if self.model.augmenter is not None:
+        self._last_error = ""
+        if self.model is None:
+            return
+        if self.model.augmenter is not None and self._worker is None:
             self._status(self._ready_text(self.model.augmenter))
         frames_changed = len(z) != self.model.frames
         self.model.set_trajectory(z)
         if frames_changed:
-            for layer in self._layers():
-                layer.data = layer.data  # new shape: napari re-reads the extent
+            self._reshape_layers()
+            step = list(self.viewer.dims.current_step)
+            if step and step[0] >= len(z):
+                step[0] = len(z) - 1
+                self.viewer.dims.current_step = tuple(step)
         self.refresh_layers()
         self._curves_timer.start()
+        self._schedule_warm()
 
     # -- field: in a worker thread ----------------------------------------------------------
     def _schedule_field(self, *_) -> None:
-        if self.model is not None:
-            self._field_timer.start()
+        self._field_timer.start()
 
     def _start_field_worker(self) -> None:
-        if self.model is None:
-            return
         if self._worker is not None:
             self._field_pending = True
             return
-        try:
-            kwargs = self.engine_kwargs(self.w["image"].value)
-        except ValueError as exc:
-            self._status(str(exc))
+        image, labels = self.w["image"].value, self.w["labels"].value
+        if image is None or labels is None or tuple(image.data.shape) != tuple(labels.data.shape):
             return
-        model = self.model
+        if not self._label_values:
+            return  # an empty labels layer: the hint says what to do
+        try:
+            settings = self.current_settings()
+        except (SettingsError, ValueError) as exc:
+            self._report(exc)
+            return
+        self._last_error = ""
+        key = (id(image), id(labels), self._labels_version) + tuple(getattr(settings, n) for n in FIELD_SETTINGS)
+        if key == self._field_key and self.model is not None:
+            return
+        try:
+            image_vol = volume_from_layer(image, viewer=self.viewer)
+            mask_vol = volume_from_layer(labels, reference=image, viewer=self.viewer)
+            mask_vol.data = np.array(mask_vol.data)  # a snapshot: painting goes on meanwhile
+        except ValueError as exc:
+            self._report(exc)
+            return
         self.progress.setRange(0, 0)  # busy
         self._status("computing the displacement field…")
-        self._worker = self._run(Augmenter, model.image, model.labels, **kwargs,
-                                 returned=lambda aug, model=model: self._field_ready(model, aug),
+        job = (image, labels, image_vol, mask_vol, key)
+        self._worker = self._run(_build_engine, image_vol, mask_vol, settings,
+                                 returned=lambda aug, job=job: self._field_ready(job, aug),
                                  errored=self._field_failed, finished=self._worker_finished)
 
-    def _field_ready(self, model: PreviewModel, aug: Augmenter) -> None:
-        if model is not self.model:
+    def _field_ready(self, job, aug) -> None:
+        image, labels, image_vol, mask_vol, key = job
+        if image not in self.viewer.layers or labels not in self.viewer.layers:
             return
-        model.set_augmenter(aug)
+        self._field_key = key
+        same_pair = (self.model is not None and self._source is not None and self._source[0] is image
+                     and self._source[1] is labels and self.model.spatial_shape == mask_vol.spatial_shape
+                     and SERIES in self.viewer.layers)
+        if same_pair:
+            self.model.set_augmenter(aug, image=image_vol.data, labels=mask_vol.data)
+        else:
+            self.model = PreviewModel(image_vol.data, mask_vol.data)
+            self.model.set_augmenter(aug)
+        self._source, self._volumes = (image, labels), (image_vol, mask_vol)
+        try:
+            self.model.set_trajectory(self.trajectory_values())
+        except (SettingsError, ValueError) as exc:
+            self._report(exc)
+        if not same_pair:
+            self._ensure_layers(image)
+        else:
+            self._reshape_layers()  # the frame count may have changed meanwhile
         self._status(self._ready_text(aug))
         self.refresh_layers()
         self._curves_timer.start()
-        if self.viewer.dims.ndisplay == 3:
-            self._warm_current_frame()
+        self._schedule_warm()
 
     @staticmethod
-    def _ready_text(aug: Augmenter) -> str:
-        return f"{aug.kind.name} field ready: {aug.warper.n_moving:,} moving voxels"
+    def _ready_text(aug) -> str:
+        return f"ready: {aug.kind.name} deformation, {aug.warper.n_moving:,} voxels move"
 
     def _field_failed(self, exc: Exception) -> None:
-        self._status(f"field not computed: {exc}")
-        show_error(f"LAUGEN: {exc}")
+        self._report(exc)
 
     def _worker_finished(self) -> None:
         self._worker = None
@@ -371,7 +612,7 @@ class AugmentWidget(QWidget):
             self._field_pending = False
             self._start_field_worker()
 
-    # -- curves and 3D frames: in worker threads ----------------------------------------------
+    # -- curves, folding notice ---------------------------------------------------------------
     def _start_curves_worker(self) -> None:
         if self.model is None or self.model.augmenter is None:
             return
@@ -388,52 +629,114 @@ class AugmentWidget(QWidget):
         model, size = self.model, self.plot.size_px
 
         def curves_image():
-            return render_curves(model.curves(), *size)
+            curves = model.curves()
+            return curves, render_curves(curves, *size)
 
-        self._curves_worker = self._run(curves_image, returned=self.plot.show_rgba, finished=finished,
+        def returned(result):
+            curves, rgba = result
+            self.plot.show_rgba(rgba)
+            if model is self.model:
+                self._show_folding(curves.get("jacobian_min", []))
+
+        self._curves_worker = self._run(curves_image, returned=returned, finished=finished,
                                         errored=lambda exc: show_error(f"LAUGEN curves: {exc}"))
 
+    def _show_folding(self, jacobian_min) -> None:
+        """Say so when the warp folds (Jacobian <= 0), as ``laugen generate`` warns, with the first
+        folding frame."""
+        folding = [t for t, j in enumerate(jacobian_min) if j <= 0]
+        previous = self.folding_frame
+        self.folding_frame = folding[0] if folding else None
+        if self.folding_frame is None:
+            self.w["warning"].value = ""
+            return
+        t = self.folding_frame
+        text = (f"the warp folds (Jacobian <= 0) from frame {t} of {len(jacobian_min)} "
+                f"(lowest Jacobian {min(jacobian_min):.2f}): lower the slope range or raise sigma")
+        self.w["warning"].value = text
+        if previous != t:
+            show_warning(f"LAUGEN: {text}")
+
+    # -- full frames: computed on a worker before 3D display needs them --------------------------
+    # napari slices a 3D view on the GUI thread, before any plugin hears of the switch, and a
+    # full frame takes a while to compute. So the frame on screen (and, in 3D, its neighbours) is
+    # computed ahead on a worker whenever the viewer has been idle for a moment: switching to 3D,
+    # stepping or playing then finds it ready. Nothing else is ever handed out for a frame.
     def _current_frame(self) -> int:
         return int(self.viewer.dims.current_step[0]) if self.viewer.dims.ndim >= 4 else 0
 
-    def _warm_current_frame(self) -> None:
-        """Compute the full frame on screen on a worker thread, then redraw (3D display)."""
-        if self.model is None or self.model.augmenter is None:
+    def _frames_for(self, t: int) -> list[int]:
+        frames = [t]
+        if self._arrays is not None and self.w["show_difference"].value and self._arrays[2].reference == "previous":
+            frames.append(max(t - 1, 0))
+        return frames
+
+    def _schedule_warm(self, *_) -> None:
+        self._warm_timer.start()
+
+    def _warm_ahead(self) -> None:
+        t = self._current_frame()
+        frames = self._frames_for(t)
+        if self.viewer.dims.ndisplay == 3 and self.model is not None:
+            n = self.model.frames
+            frames += [(t + 1) % n, (t - 1) % n]
+        self._warm(frames)
+
+    def _warm(self, frames) -> None:
+        """Compute the full frames ``frames`` on one worker, one after the other."""
+        model = self.model
+        if model is None or model.augmenter is None:
             return
         if getattr(self, "_warm_worker", None) is not None:
             self._warm_pending = True
             return
+        needed = [f for f in dict.fromkeys(frames) if 0 <= f < model.frames and not model.is_cached(f)]
+        if not needed:
+            return
+
+        def work():
+            for f in needed:
+                if model is not self.model or f >= model.frames:
+                    return
+                model.warm_frame(f)
 
         def finished():
             self._warm_worker = None
             if getattr(self, "_warm_pending", False):
                 self._warm_pending = False
-                self._warm_current_frame()
-            else:
-                self.refresh_layers()
+                self._warm_timer.start()
 
-        self._warm_worker = self._run(self.model.warm_frame, self._current_frame(), finished=finished)
+        self._warm_worker = self._run(work, finished=finished)
+
+    def _warm_current_frame(self) -> None:
+        self._warm(self._frames_for(self._current_frame()))
 
     def _on_ndisplay(self, event) -> None:
-        if self.viewer.dims.ndisplay == 3:
-            self._warm_current_frame()
+        self.letters.update()
+        self._schedule_warm()
 
     def _on_step(self, event) -> None:
-        if self.viewer.dims.ndisplay == 3:
-            self._warm_current_frame()
+        if self.model is not None:
+            if self.viewer.dims.ndisplay == 3:
+                self._warm_ahead()
+            else:
+                self._schedule_warm()
 
     # -- direction and centre helpers ---------------------------------------------------------
     def _direction_from_view(self, *_) -> None:
-        """Set the direction to the axis perpendicular to the screen (2D view)."""
-        order = self.viewer.dims.order
-        spatial_hidden = [a for a in order[:-2] if a >= self.viewer.dims.ndim - 3]
-        if not spatial_hidden:
+        """Set the direction (world x, y, z) to the axis perpendicular to the screen (2D view)."""
+        if self.viewer.dims.ndisplay != 2 or self.viewer.dims.ndim < 3:
             show_info("LAUGEN: switch to a 2D view to take its axis")
             return
-        axis = spatial_hidden[-1] - (self.viewer.dims.ndim - 3)  # 0 = z, 1 = y, 2 = x
+        ndim = self.viewer.dims.ndim
+        sliced = self.viewer.dims.order[-3]
+        axis = sliced - (ndim - 3)  # 0 = z, 1 = y, 2 = x
+        if axis < 0:
+            show_info("LAUGEN: the view does not slice a spatial axis")
+            return
         xyz = [0.0, 0.0, 0.0]
         xyz[2 - axis] = 1.0
-        self.w["direction"].value = ", ".join(f"{v:g}" for v in xyz)
+        self.form.fields["direction"].value = ", ".join(f"{v:g}" for v in xyz)
 
     def _toggle_pick(self, *_) -> None:
         image = self.w["image"].value
@@ -452,6 +755,7 @@ class AugmentWidget(QWidget):
         if np.any(zyx < 0) or np.any(zyx >= np.asarray(layer.data.shape[-3:])):
             show_error("LAUGEN: the click lies outside the image")
             return
-        self.w["centre"].value = ", ".join(str(int(v)) for v in zyx)
+        ijk = volume_from_layer(layer, viewer=self.viewer).array_to_file_index(zyx)  # the settings' frame
+        self.form.fields["center"].value = ", ".join(f"{v:g}" for v in ijk)
         if self._pick_centre in layer.mouse_drag_callbacks:
             layer.mouse_drag_callbacks.remove(self._pick_centre)

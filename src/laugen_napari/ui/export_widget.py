@@ -1,58 +1,46 @@
 """The "LAUGEN export" dock: series for training (exactly what ``laugen generate`` writes) and
 movies for demos.
 
-Generation parameters come from :attr:`ExportWidget.options_provider`, a callable returning a
-:class:`~laugen_napari.pipeline.GenerateOptions`. By default it reads this panel's own fields, so
-the dock works on its own; the augment panel can set it to hand over its current settings
-(``export.options_provider = augment.generate_options``), which hides those fields.
+This dock has no generation form of its own. The settings are those of the LAUGEN augment dock
+(shown here read-only, only the fields that apply); without an augment dock it says so and offers
+to open one. Only what the export alone uses is set here: the layers, the output folder and the
+number of series (a widget built from the ``series`` field of the settings model). A script can set
+:attr:`ExportWidget.options_provider` to a callable returning
+:class:`~laugen_napari.settings.GenerationSettings` instead.
 
 Work runs on a worker thread (ui/workers.py) with a progress bar; nothing is overwritten without
 asking (:meth:`ExportWidget.confirm_overwrite`, a question box that tests override); every
-problem is a napari notification.
+problem is a napari notification. Movies show the plane on screen as the viewer orients it
+(anatomical orientation, letters at the edges), assembled by :func:`laugen_napari.io.movie.series_movie`.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import QFrame, QMessageBox, QProgressBar, QScrollArea, QVBoxLayout, QWidget
 
-from ..core import KINDS, TRAJECTORIES
-from ..io.movie import movie_format, render_series_frames, write_movie
+from ..io.movie import movie_format, series_movie, write_movie
 from ..io.nifti import check_same_grid
-from ..pipeline import GenerateOptions, generate_to_directory
+from ..pipeline import generate_to_directory
+from ..settings import GenerationSettings, setting_fields
+from . import orientation
 from .layers import PlaneOnScreen, source_unchanged, volume_from_layer
+from .settings_form import SettingsForm, settings_summary
 from .workers import ThreadWorker
 
-OptionsProvider = Callable[[], GenerateOptions]
+OptionsProvider = Callable[[], GenerationSettings]
 
 _DIFFERENCE_CHOICES = [("no difference map", "none"), ("difference I_t - I_0", "first"),
                        ("difference I_t - I_(t-1)", "previous")]
 Z_MM_KEYS = ("laugen_z_mm", "z_mm")
 """Series layer metadata keys whose value (z_t in mm) is stamped on the movie frames."""
-
-
-def _numbers(text: str, what: str, count: int | None = None, integer: bool = False) -> list[float] | None:
-    """Comma/space separated numbers, or None for an empty field."""
-    parts = [p for p in text.replace(";", ",").replace(",", " ").split() if p]
-    if not parts:
-        return None
-    try:
-        values = [int(p) if integer else float(p) for p in parts]
-    except ValueError:
-        raise ValueError(f"{what}: expected numbers, got {text!r}") from None
-    if count is not None and len(values) != count:
-        raise ValueError(f"{what}: expected {count} numbers, got {len(values)}")
-    if not all(math.isfinite(v) for v in values):
-        raise ValueError(f"{what}: numbers must be finite")
-    return values
 
 
 class ExportWidget(QWidget):
@@ -67,37 +55,18 @@ class ExportWidget(QWidget):
         self.worker: Any = None
         self.last_result: Any = None
         self.last_error: BaseException | None = None
-        d = GenerateOptions()
-
         # -- inputs
         self.image = ComboBox(label="image", choices=self._image_choices, nullable=True)
         self.labels = ComboBox(label="labels", choices=self._labels_choices, nullable=True)
         self.outdir = FileEdit(label="output folder", mode="d")
-        # -- parameters (used when no options_provider is set)
-        self.kind = ComboBox(label="kind", choices=list(KINDS), value=d.kind)
-        self.trajectory = ComboBox(label="trajectory", choices=list(TRAJECTORIES), value=d.trajectory)
-        self.frames = SpinBox(label="frames", min=2, max=1000, value=d.frames)
-        self.slope_min = FloatSpinBox(label="slope min (mm/frame)", min=-50, max=50, step=0.05, value=d.slope_range[0])
-        self.slope_max = FloatSpinBox(label="slope max (mm/frame)", min=-50, max=50, step=0.05, value=d.slope_range[1])
-        self.rate = LineEdit(label="rate (blank: default)", value="")
-        self.midpoint = LineEdit(label="midpoint (blank: middle)", value="")
-        self.values = LineEdit(label="custom z_t (mm)", value="")
-        self.label_values = LineEdit(label="driving labels (blank: all)", value="")
-        self.sigma = FloatSpinBox(label="sigma (mm)", min=0.1, max=200, step=0.5, value=d.sigma_mm)
-        self.direction = LineEdit(label="direction X Y Z (RAS)", value="1 0 0")
-        self.center = LineEdit(label="centre I J K (voxel)", value="")
-        self.spread = FloatSpinBox(label="spread (mm)", min=0.1, max=500, step=1.0, value=d.spread_mm)
-        self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=d.seed)
-        self.series = SpinBox(label="series", min=1, max=100000, value=d.series)
-        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value=d.device)
-        self.params = Container(widgets=[
-            self.kind, self.trajectory, self.frames, self.slope_min, self.slope_max, self.rate, self.midpoint,
-            self.values, self.label_values, self.sigma, self.direction, self.center, self.spread, self.seed,
-            self.series, self.device,
-        ])
-        self.params.margins = (0, 0, 0, 0)
-        self.params_note = Label(value="parameters: from the LAUGEN augment panel")
-        self.params_note.visible = False
+        # -- settings: the augment dock's, read-only; the number of series is the export's own
+        self.settings_note = Label(value="")
+        self.settings_note.native.setWordWrap(True)
+        self.settings_text = Label(value="")
+        self.settings_text.native.setWordWrap(True)
+        self.open_augment = PushButton(text="open the LAUGEN augment dock")
+        self.run_form = SettingsForm(exclude=[sf.name for sf in setting_fields() if sf.name != "series"])
+        self.series = self.run_form.fields["series"]
         self.series_button = PushButton(text="Export series")
         # -- movie
         self.movie_series = ComboBox(label="series layer (T,Z,Y,X)", choices=self._series_choices, nullable=True)
@@ -110,7 +79,7 @@ class ExportWidget(QWidget):
 
         self.form = Container(widgets=[
             Label(value="<b>Series</b> (as <tt>laugen generate</tt>)"), self.image, self.labels, self.outdir,
-            self.params_note, self.params, self.series_button,
+            self.settings_note, self.settings_text, self.open_augment, self.run_form, self.series_button,
             Label(value="<b>Movie</b> of the current view"), self.movie_series, self.movie_labels, self.difference,
             self.fps, self.movie_path, self.movie_button,
         ])
@@ -129,6 +98,10 @@ class ExportWidget(QWidget):
 
         self.series_button.changed.connect(self.export_series)
         self.movie_button.changed.connect(self.export_movie)
+        self.open_augment.changed.connect(self._open_augment)
+        self._summary_timer = QTimer(self, interval=500)
+        self._summary_timer.timeout.connect(self.refresh_settings_view)
+        self._summary_timer.start()
         self.progress_changed.connect(self._on_progress)
         events = self.viewer.layers.events
         for emitter in (events.inserted, events.removed, events.reordered):
@@ -136,6 +109,7 @@ class ExportWidget(QWidget):
         for layer in self.viewer.layers:
             layer.events.name.connect(self._on_layers_changed)
         self._on_layers_changed()
+        self.refresh_settings_view()
 
     # -- layer lists --------------------------------------------------------------------------
     def _layers(self, kind: type, ndim: Sequence[int]) -> list[tuple[str, Any]]:
@@ -169,61 +143,63 @@ class ExportWidget(QWidget):
             if combo.value is None and choices:
                 combo.value = choices[0][1]
 
-    # -- parameters ---------------------------------------------------------------------------
+    # -- settings -----------------------------------------------------------------------------
     @property
     def options_provider(self) -> OptionsProvider | None:
-        """Callable giving the generation parameters; None: this panel's own fields."""
+        """Callable giving the generation settings; None: the augment dock's."""
         return self._options_provider
 
     @options_provider.setter
     def options_provider(self, provider: OptionsProvider | None) -> None:
         self._options_provider = provider
-        self.params.visible = provider is None
-        self.params_note.visible = provider is not None
+        self.refresh_settings_view()
 
-    def options_from_fields(self) -> GenerateOptions:
-        """:class:`GenerateOptions` from this panel's fields (ValueError for unusable input)."""
-        rate = _numbers(self.rate.value, "rate", 1)
-        midpoint = _numbers(self.midpoint.value, "midpoint", 1)
-        values = _numbers(self.values.value, "custom z_t") if self.trajectory.value == "custom" else None
-        labels = _numbers(self.label_values.value, "driving labels", integer=True)
-        options = GenerateOptions(
-            kind=self.kind.value,
-            trajectory=self.trajectory.value,
-            frames=int(self.frames.value),
-            slope_range=(float(self.slope_min.value), float(self.slope_max.value)),
-            values=values,
-            rate=rate[0] if rate else None,
-            midpoint=midpoint[0] if midpoint else None,
-            labels=[int(v) for v in labels] if labels else None,
-            sigma_mm=float(self.sigma.value),
-            direction=_numbers(self.direction.value, "direction", 3) if self.kind.value == "directional" else None,
-            center=_numbers(self.center.value, "centre", 3) if self.kind.value == "gaussian" else None,
-            spread_mm=float(self.spread.value),
-            seed=int(self.seed.value),
-            series=int(self.series.value),
-            device=self.device.value,
-        )
-        if options.trajectory == "custom" and values is None:
-            raise ValueError("trajectory custom needs the z_t values (mm, starting with 0)")
-        if values is not None:
-            options.frames = len(values)  # as `laugen generate --values` does
-        return options
+    def _augment_panel(self):
+        from .augment_widget import augment_panel
 
-    def generate_options(self) -> GenerateOptions:
-        """The parameters an export uses: the provider's, else the augment panel's when one is
-        open in the viewer, else this panel's own fields."""
-        if self._options_provider is None:
-            from .augment_widget import augment_panel
+        return augment_panel(self.viewer)
 
-            panel = augment_panel(self.viewer)
-            if panel is not None:
-                self.options_provider = panel.generate_options
-        provider = self._options_provider or self.options_from_fields
+    def _open_augment(self, *_: Any) -> None:
+        if self._augment_panel() is None:
+            self.viewer.window.add_plugin_dock_widget("laugen-napari", "LAUGEN augment")
+        self.refresh_settings_view()
+
+    def generate_options(self) -> GenerationSettings:
+        """The settings an export uses: the provider's, else the augment dock's, with this dock's
+        number of series. ValueError when there is neither (or the settings are unusable)."""
+        provider = self._options_provider
+        if provider is None:
+            panel = self._augment_panel()
+            if panel is None:
+                raise ValueError("open the LAUGEN augment dock: the export uses its settings")
+            provider = panel.generate_options
         options = provider()
-        if not isinstance(options, GenerateOptions):
-            raise TypeError(f"options_provider returned {type(options).__name__}, not GenerateOptions")
-        return options
+        if not isinstance(options, GenerationSettings):
+            raise TypeError(f"options_provider returned {type(options).__name__}, not GenerationSettings")
+        return options.replace(series=int(self.series.value)).validate()
+
+    def refresh_settings_view(self) -> None:
+        """Show the settings the export will use (read-only), or say where they come from."""
+        try:
+            source = "the script's settings" if self._options_provider is not None else None
+            panel = None if source else self._augment_panel()
+            if source is None and panel is None:
+                self.settings_note.value = ("no LAUGEN augment dock is open: the export uses its settings. "
+                                            "Open it, set the deformation there, then export.")
+                self.settings_text.value = ""
+                self.open_augment.visible = True
+                return
+            self.open_augment.visible = False
+            source = source or "the LAUGEN augment dock"
+            try:
+                text = settings_summary(self.generate_options(), skip=("series",))
+                self.settings_note.value = f"settings of {source} (read-only; change them there):"
+            except (ValueError, TypeError) as exc:
+                text = ""
+                self.settings_note.value = f"the settings of {source} are not usable: {exc}"
+            self.settings_text.value = text
+        except RuntimeError:  # the Qt side is gone
+            self._summary_timer.stop()
 
     # -- questions and progress -----------------------------------------------------------------
     def confirm_overwrite(self, path: Path) -> bool:
@@ -373,37 +349,42 @@ class ExportWidget(QWidget):
             return None
         frames = int(series.data.shape[0])
         lo, hi = (float(v) for v in series.contrast_limits)
-        colormap = series.colormap.map
-        gamma = float(series.gamma)
-        difference = self.difference.value
-        fps = float(self.fps.value)
         z_mm = next((series.metadata[k] for k in Z_MM_KEYS if k in series.metadata), None)
-        names = ("z", "y", "x")
-        fixed = ", ".join(f"{names[a - 1] if 1 <= a <= 3 else f'axis {a}'} = {i}" for a, i in plane.fixed().items())
-        title = f"{series.name} ({fixed})" if fixed else series.name
+        if z_mm is None and series.name == "LAUGEN series":
+            panel = self._augment_panel()
+            if panel is not None and panel.model is not None and panel.model.frames == frames:
+                z_mm = [float(v) for v in panel.model.z_mm]
+        title = f"{series.name}  {self._slice_text(plane)}".strip()
+        letters = orientation.OrientationLetters.letters_of(self.viewer)
         data, mask_data = series.data, (masks.data if masks is not None else None)
+        options = {
+            "pixel_mm": plane.pixel_mm, "contrast_limits": (lo, hi), "colormap": series.colormap.map,
+            "gamma": float(series.gamma), "difference": self.difference.value, "flip_rows": plane.flip_rows,
+            "flip_cols": plane.flip_cols, "title": title, "z_mm": z_mm, "edge_letters": letters,
+        }
         label_colormap = masks.colormap if masks is not None else None
+        fps = float(self.fps.value)
 
         def work() -> Path:
-            total = 3 * frames
-            images = np.empty((frames,) + plane.take(data, 0).shape, np.float32)
-            labels = None
-            for t in range(frames):
-                images[t] = plane.take(data, t)
-                self._emit_progress(t + 1, total)
-            if mask_data is not None:
-                labels = np.stack([mask_plane.take(mask_data, t) for t in range(frames)])
-            colors = None
-            if labels is not None and label_colormap is not None:
-                colors = {}
-                for v in np.unique(labels):
-                    if v != 0:
-                        colors[int(v)] = tuple(float(c) for c in np.asarray(label_colormap.map(np.array([v]))).reshape(-1)[:4])
-            rgb = render_series_frames(
-                images, labels, pixel_mm=plane.pixel_mm, contrast_limits=(lo, hi), colormap=colormap, gamma=gamma,
-                label_colors=colors, difference=difference, flip_rows=plane.flip_rows, flip_cols=plane.flip_cols,
-                title=title, z_mm=z_mm, progress=lambda d, _t: self._emit_progress(frames + d, total),
-            )
-            return write_movie(path, rgb, fps=fps, progress=lambda d, _t: self._emit_progress(2 * frames + d, total))
+            rgb = series_movie(
+                lambda t: plane.take(data, t), frames,
+                (lambda t: mask_plane.take(mask_data, t)) if mask_data is not None else None,
+                label_color=(lambda v: tuple(float(c) for c in np.asarray(label_colormap.map(np.array([v]))).reshape(-1)[:4]))
+                if label_colormap is not None else None,
+                progress=lambda d, total: self._emit_progress(d, total + frames), **options)
+            return write_movie(path, rgb, fps=fps, progress=lambda d, _t: self._emit_progress(2 * frames + d, 3 * frames))
 
         return self._start(work, "movie export", lambda p: f"LAUGEN export: movie of {frames} frames in {p}")
+
+    def _slice_text(self, plane: PlaneOnScreen) -> str:
+        """Where the plane lies, in world mm: ``"axial plane, z = 12.0 mm"``."""
+        dims = self.viewer.dims
+        view = orientation.displayed_plane(self.viewer)
+        parts = []
+        names = ("z", "y", "x")
+        for axis in dims.order[:-2]:
+            k = int(axis) - (int(dims.ndim) - 3)
+            if k >= 0:
+                parts.append(f"{names[k]} = {float(dims.point[axis]):.1f} mm")
+        where = ", ".join(parts)
+        return f"({view + ' plane, ' if view else ''}{where})" if where else ""

@@ -330,7 +330,9 @@ class PlaneOnScreen:
         self.leading = leading
         scale = np.asarray(layer.scale, dtype=np.float64)
         self.pixel_mm = (float(scale[self.rows]), float(scale[self.cols]))
-        orientation = getattr(viewer.camera, "orientation2d", ("down", "right"))
+        scene = getattr(viewer, "scene", None)
+        cam = scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+        orientation = getattr(cam, "orientation2d", ("down", "right"))
         self.flip_rows = str(getattr(orientation[0], "value", orientation[0])) == "up"
         self.flip_cols = str(getattr(orientation[1], "value", orientation[1])) == "left"
 

@@ -44,6 +44,20 @@ def _default_of(name: str, current: GenerationSettings) -> float | None:
     return None
 
 
+def _show_decimals(widget, *values) -> None:
+    """Enough decimals for the limits and step of a float spin box (Qt's default of 2 would turn a
+    minimum of 0.001 into 0)."""
+    decimals = 2
+    for v in values:
+        if v:
+            text = f"{abs(float(v)):.6f}".rstrip("0")
+            decimals = max(decimals, len(text.split(".")[1]) if "." in text else 0)
+    native = widget.native
+    native.setDecimals(decimals)
+    if values and values[0] is not None:
+        widget.min = values[0]
+
+
 class SettingsForm(Container):
     """A form of :class:`GenerationSettings` fields (all but ``exclude``).
 
@@ -96,6 +110,7 @@ class SettingsForm(Container):
         else:
             value = sf.default if sf.default is not None else _default_of(sf.name, GenerationSettings()) or p.minimum
             w = FloatSpinBox(min=p.minimum, max=p.maximum, step=p.step, value=value, **opts)
+            _show_decimals(w, p.minimum, p.step)
         w.changed.connect(lambda *_, n=sf.name: self._emit(n))
         return w
 
