@@ -17,6 +17,7 @@ import argparse
 import importlib.util
 import sys
 
+from ..settings import add_settings_arguments
 from .train import add_data_arguments, add_model_arguments, data_kwargs, model_size
 
 
@@ -78,14 +79,24 @@ def _run_unit_test(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    pairs = [tuple(p) for p in args.synthetic] or None
-    report = score_checkpoint(args.model, args.out, pairs=pairs, kinds=_words(args.kinds), slopes=_numbers(args.slopes, float, "--slopes"),
-                              series=args.series, frames=None, axis=args.axis, crop=tuple(args.crop) if args.crop else None,
-                              labels=_numbers(args.labels, int, "--labels") if args.labels else None,
-                              sigma_mm=args.sigma_mm, seed=args.seed)
+    kinds = _words(args.kinds)
+    from ..core import KINDS
+
+    if not kinds or any(k not in KINDS for k in kinds):
+        raise ValueError(f"--kinds: expected some of {', '.join(KINDS)} separated by commas, got {args.kinds!r}")
+    if args.series < 1:
+        raise ValueError("--series must be at least 1")
+    report = score_checkpoint(args.model, args.out, pairs=args.pairs, kinds=kinds,
+                              slopes=_numbers(args.slopes, float, "--slopes"), series=args.series, axis=args.axis,
+                              crop=tuple(args.crop) if args.crop else None,
+                              labels=list(args.labels) if args.labels else None, sigma_mm=args.sigma_mm,
+                              trajectory=args.trajectory, seed=args.seed)
     for row in report["rows"]:
-        print(f"{row['kind']:<12} slope {row['slope']:+.2f} mm/frame: volume-change correlation {row['volume_corr']:.3f}, "
-              f"RMSE by horizon {', '.join(f'{v:.3g}' for v in row['rmse_by_horizon'])} "
+        r = row["volume_corr"]
+        print(f"{row['kind']:<12} slope {row['slope']:+.2f} mm/frame: area-change correlation "
+              f"{'undefined (no change predicted)' if r != r else f'{r:.3f}'}, last-frame change "
+              f"{row['model_change_last_mm2']:.0f} vs true {row['true_change_last_mm2']:.0f} mm2; RMSE by horizon "
+              f"{', '.join(f'{v:.3g}' for v in row['rmse_by_horizon'])} "
               f"(last image {', '.join(f'{v:.3g}' for v in row['baseline_rmse_by_horizon'])})")
     print(f"report in {args.out}/unit-test/report.json, unit-test.csv and unit-test.png")
     return 0
@@ -119,15 +130,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.set_defaults(func=_run, epochs=10)
     u = sub.add_parser("unit-test", help="score a trained SimVP on LAUGEN series with known truth, per kind and slope")
     u.add_argument("--model", required=True, metavar="CKPT", help="a SimVP checkpoint (best.pt or last.pt)")
-    u.add_argument("--synthetic", nargs=2, action="append", default=[], metavar=("IMAGE", "MASK"),
-                   help="image/mask pair (repeatable; default: the shipped MNI sample)")
+    u.add_argument("--pairs", metavar="DIR", help="image/mask pairs (folder or CSV manifest; default: the shipped MNI sample)")
     u.add_argument("--kinds", default="uniform,directional,gaussian", help="kinds to score")
     u.add_argument("--slopes", default="-0.5,0.25,0.5,1", help="slopes to score, mm/frame")
-    u.add_argument("--series", type=int, default=8, help="series per kind and slope")
-    u.add_argument("--axis", type=int, default=0, choices=(0, 1, 2))
-    u.add_argument("--crop", nargs=2, type=int, metavar=("H", "W"), help="plane crop (default: the model's frame size)")
-    u.add_argument("--labels", help="labels that drive the deformation and are measured (default: all)")
-    u.add_argument("--sigma-mm", type=float, default=5.0, help="field blur in mm")
+    u.add_argument("--series", type=int, default=4, help="series (seeds) per kind and slope")
+    u.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="plane axis of the (z, y, x) volume")
+    u.add_argument("--crop", nargs=2, type=int, metavar=("H", "W"), help="crop planes around the structure")
+    add_settings_arguments(u, include=("trajectory", "labels", "sigma_mm"), title="series")
     u.add_argument("--seed", type=int, default=0)
     u.add_argument("--threads", type=int, default=0)
     u.add_argument("--out", required=True, metavar="EXP_DIR")
