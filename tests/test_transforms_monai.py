@@ -215,3 +215,22 @@ def test_auto_device_is_cpu_in_workers():
 
     assert LongitudinalAugment().settings.device == "auto"
     assert list(torch.utils.data.DataLoader(Probe(), num_workers=2, collate_fn=list)) == [["cpu"], ["cpu"]]
+
+
+def test_lps_space_is_converted(oblique_files):
+    """The same image described in MONAI's LPS space (x and y negated) gives the same series for a
+    world RAS direction."""
+    loaded = Compose(_load())(_item(oblique_files))
+    flip = torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=torch.float64))
+    lps = {k: v.clone() for k, v in loaded.items() if k in KEYS}
+    for v in lps.values():
+        v.affine = flip @ v.affine
+        v.meta["space"] = "LPS"
+    kind = dict(PARAMS, kind="directional", direction=(0.0, 1.0, 0.0))
+    ras_out = LongitudinalAugment(**kind).set_random_state(0)(loaded)
+    lps_out = LongitudinalAugment(**kind).set_random_state(0)(lps)
+    torch.testing.assert_close(lps_out["label"].as_tensor(), ras_out["label"].as_tensor())
+    torch.testing.assert_close(lps_out["image"].as_tensor(), ras_out["image"].as_tensor())
+    lps["image"].meta["space"] = "RAS"  # the LPS affine read as RAS: anterior becomes posterior
+    wrong = LongitudinalAugment(**kind).set_random_state(0)(lps)
+    assert (wrong["label"] != ras_out["label"]).sum() > 20

@@ -68,8 +68,7 @@ def world_direction_to_array(direction_xyz: Sequence[float], affine: Array, spac
 
 
 def split_time(series: Array, frames: int) -> Array:
-    """``(T*C, *S)`` (``time_dim="channel"``) back to ``(T, C, *S)``; works on a batch too
-    (``(B, T*C, *S)`` -> ``(B, T, C, *S)``) when given ``series[b]`` per item."""
+    """One series ``(T*C, *S)`` (``time_dim="channel"``, frame-major) back to ``(T, C, *S)``."""
     if series.shape[0] % frames:
         raise ValueError(f"{series.shape[0]} channels are not a multiple of {frames} frames")
     return series.reshape((frames, series.shape[0] // frames) + tuple(series.shape[1:]))
