@@ -126,9 +126,9 @@ def test_memory_does_not_grow_with_frames(tmp_path):
     assert large - small < frame_bytes, (small, large, frame_bytes)
 
 
-def _refused_cli(capsys, tmp_path, *args, match):
+def _refused_cli(capsys, tmp_path, *args, match, quiet=False):
     out = tmp_path / "refused"
-    status = main(["generate", *map(str, args[:2]), "-o", str(out), *map(str, args[2:]), "-q"])
+    status = main(["generate", *map(str, args[:2]), "-o", str(out), *map(str, args[2:])] + ["-q"] * quiet)
     err = capsys.readouterr().err.strip()
     assert status == 2 and len(err.splitlines()) == 1 and all(m in err for m in match), err
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".refused")]
@@ -160,4 +160,5 @@ def test_a_disk_filling_up_mid_series_leaves_nothing(capsys, tmp_path, monkeypat
         real(self, frame)
 
     monkeypatch.setattr(SeriesWriter, "write", write)
-    _refused_cli(capsys, tmp_path, img_path, seg_path, "--frames", 5, match=["disk filled up", "nothing was kept"])
+    _refused_cli(capsys, tmp_path, img_path, seg_path, "--frames", 5, match=["disk filled up", "nothing was kept"],
+                 quiet=True)

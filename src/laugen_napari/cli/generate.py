@@ -42,13 +42,16 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     options = settings_from_args(args)
     check_output_dir(args.out, args.overwrite, "--overwrite")  # refuse before the progress bar appears
-    bar = None if args.quiet else tqdm(total=options.frames * options.series, unit="frame", desc="laugen generate",
-                                       file=sys.stderr, leave=False)
+    bar = None
 
     def progress(done: int, total: int) -> None:
-        if bar is not None:
-            bar.n = done
-            bar.refresh()
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:  # only once the inputs and resources passed their checks
+            bar = tqdm(total=total, unit="frame", desc="laugen generate", file=sys.stderr, leave=False)
+        bar.n = done
+        bar.refresh()
 
     with warnings_as_lines("generate"):  # printed after the bar is gone
         try:
