@@ -14,7 +14,12 @@ from laugen_napari import pipeline
 from laugen_napari.cli import main
 from laugen_napari.core import Augmenter, series_seed
 from laugen_napari.io.export import write_series
-from laugen_napari.io.nifti import SeriesWriter, load_volume, open_series_writer, save_volume
+from laugen_napari.io.nifti import (
+    SeriesWriter,
+    load_volume,
+    open_series_writer,
+    save_volume,
+)
 from laugen_napari.pipeline import build_augmenter, generate_to_directory, load_pair
 from laugen_napari.settings import GenerationSettings
 

@@ -4,7 +4,9 @@ A *manifest* (:mod:`laugen_napari.io.pairs`, the rule ``laugen train`` uses too)
 or a folder of image/mask pairs. Every pair runs :func:`laugen_napari.pipeline.generate_from_files` into
 ``OUTDIR/<id>`` with its own seed, derived from the base seed and the pair's id, so results do not
 depend on the order, the number of workers or the scheduler. A failing pair is recorded and the
-others go on; ``OUTDIR/dataset.json`` lists each pair's status.
+others go on; ``OUTDIR/dataset.json`` lists each pair's status, where its warp first folds
+(``folding``) and its warnings (from its series.json), and ``pairs_folding`` names the pairs whose
+warp folds. Hidden temporaries of runs or workers killed outright are removed by the next run.
 
 Example::
 

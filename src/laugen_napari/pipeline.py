@@ -20,7 +20,13 @@ import numpy as np
 from . import __version__
 from .core import Augmenter, make_kind, series_seed
 from .core.series import Frame
-from .io.export import check_output_dir, folding_warning, sha256, staged_directory, stream_series
+from .io.export import (
+    check_output_dir,
+    folding_warning,
+    sha256,
+    staged_directory,
+    stream_series,
+)
 from .io.nifti import Volume, check_same_grid, load_volume
 from .io.resources import available_memory, existing_ancestor, free_disk, human_bytes
 from .settings import GenerationSettings
