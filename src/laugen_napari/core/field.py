@@ -254,10 +254,22 @@ def unit_field(
     sigma_vox = [sigma_mm / s for s in spacing]
     radius = [int(TRUNCATE * s + 0.5) for s in sigma_vox]
     roi = _support_roi(mask, [r + 2 for r in radius])
-    crop = torch.from_numpy(np.ascontiguousarray(mask[roi], dtype=np.float32)).to(dev)
-    blurred = gaussian_blur(crop, sigma_vox)
+    crop = mask[roi]
+    # where the structure is cut by the volume's edge it continues across it (the blur extends the
+    # mask with its edge values): one more plane of that continuation makes the derivative on the
+    # edge plane the central difference of the continued structure, as it is everywhere else
+    ext = []
+    for axis, (r, n) in enumerate(zip(roi, mask.shape)):
+        cut_lo = n > 1 and r.start == 0 and bool(np.take(crop, 0, axis=axis).any())
+        cut_hi = n > 1 and r.stop == n and bool(np.take(crop, -1, axis=axis).any())
+        ext.append((int(cut_lo), int(cut_hi)))
+    if any(a or b for a, b in ext):
+        crop = np.pad(crop, ext, mode="edge")
+    crop = torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32)).to(dev)
+    blurred = gaussian_blur(crop, sigma_vox, mode="nearest")
     grad = spatial_gradient(blurred, spacing)
-    field = UnitField(tuple(mask.shape), spacing, roi, grad)
+    grad = grad[(slice(None),) + tuple(slice(a, m - b) for (a, b), m in zip(ext, crop.shape))]
+    field = UnitField(tuple(mask.shape), spacing, roi, grad.contiguous())
     return field.normalised()
 
 
