@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from laugen_napari.settings import SettingsError
-from laugen_napari.transforms import LongitudinalAugment, longitudinal_augment, spacing_from_affine, split_time
+from laugen_napari.settings import GenerationSettings, SettingsError
+from laugen_napari.transforms import (
+    LongitudinalAugment,
+    longitudinal_augment,
+    spacing_from_affine,
+    split_time,
+)
 
 SPACING = (2.0, 1.5, 1.5)
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +78,7 @@ def _blob(shape=(12, 20, 20), seed=0):
 
 
 def _transform(**kw):
-    params = dict(frames=4, slope_range=(0.3, 0.6), sigma_mm=2.0, spacing=SPACING)
+    params = {"frames": 4, "slope_range": (0.3, 0.6), "sigma_mm": 2.0, "spacing": SPACING}
     params.update(kw)
     return LongitudinalAugment(**params)
 
@@ -167,6 +172,53 @@ def test_in_a_torch_dataloader():
     for x, y in zip(first, again):
         torch.testing.assert_close(x["image"], y["image"])
         torch.testing.assert_close(x["z_mm"], y["z_mm"])
+
+
+class _Scans(torch.utils.data.Dataset):
+    """Eight copies of one blob through a transform, tagged with the worker that made them."""
+
+    def __init__(self, transform):
+        self.item = _blob()
+        self.transform = transform
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        out = self.transform({"image": self.item[0], "label": self.item[1]})
+        return torch.utils.data.get_worker_info().id, float(out["z_mm"][-1])
+
+
+@pytest.mark.parametrize("seed", [None, 3])
+def test_plain_torch_workers_draw_different_trajectories(seed):
+    def epoch(torch_seed):
+        t = _transform()
+        if seed is not None:
+            t.set_random_state(seed)
+        torch.manual_seed(torch_seed)
+        loader = torch.utils.data.DataLoader(_Scans(t), batch_size=None, num_workers=2)
+        return [(int(w), z) for w, z in loader]
+
+    first = epoch(0)
+    assert {w for w, _ in first} == {0, 1} and len({z for _, z in first}) == 8
+    assert epoch(0) == first
+    assert {z for _, z in epoch(1)}.isdisjoint({z for _, z in first})
+
+
+def test_unseeded_draws_follow_torch_and_settings_round_trip():
+    image, label = _blob()
+    data = {"image": image, "label": label}
+    torch.manual_seed(9)
+    a = [_transform()(data)["z_mm"][-1] for _ in range(2)]
+    torch.manual_seed(9)
+    b = [_transform()(data)["z_mm"][-1] for _ in range(2)]
+    assert a == b and a[0] != a[1]
+    settings = GenerationSettings(trajectory="gompertz", frames=3, slope_range=(0.5, 0.5), sigma_mm=2.0, labels=(1,),
+                                  seed=4, device="cpu").validate()
+    t = LongitudinalAugment.from_settings(settings, spacing=SPACING)
+    assert t.settings == settings.replace(seed=GenerationSettings().seed)
+    z = t(data)["z_mm"]
+    np.testing.assert_allclose(z, settings.trajectory_model().sample(3, np.random.default_rng(0)).z_mm, rtol=1e-6)
 
 
 @pytest.mark.parametrize("kw, field", [

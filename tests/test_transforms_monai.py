@@ -6,12 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from test_transforms import oblique_files  # noqa: F401  (fixture)
-
-monai = pytest.importorskip("monai")  # the `transforms` extra; installed with `dev`
-
-from monai.data import DataLoader, Dataset, MetaTensor, list_data_collate  # noqa: E402
-from monai.transforms import (  # noqa: E402
+from monai.data import DataLoader, Dataset, MetaTensor, list_data_collate
+from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
     LoadImaged,
@@ -19,15 +15,22 @@ from monai.transforms import (  # noqa: E402
     RandSpatialCropd,
     SaveImaged,
 )
-from monai.utils import set_determinism  # noqa: E402
+from monai.utils import set_determinism
+from test_transforms import write_oblique_pair
 
-from laugen_napari.core import Augmenter, TrajectoryDraw  # noqa: E402
-from laugen_napari.pipeline import build_augmenter, load_pair  # noqa: E402
-from laugen_napari.settings import GenerationSettings  # noqa: E402
-from laugen_napari.transforms import LongitudinalAugment  # noqa: E402
+from laugen_napari.core import Augmenter, TrajectoryDraw
+from laugen_napari.pipeline import build_augmenter, load_pair
+from laugen_napari.settings import GenerationSettings
+from laugen_napari.transforms import LongitudinalAugment
 
 KEYS = ["image", "label"]
-PARAMS = dict(frames=4, slope_range=(1.0, 1.5), sigma_mm=3.0)
+PARAMS = {"frames": 4, "slope_range": (1.0, 1.5), "sigma_mm": 3.0}
+
+
+@pytest.fixture(scope="module")
+def oblique_files(tmp_path_factory):
+    """The oblique L-A-S 2 x 2 x 3 mm crop of the sample (see ``test_transforms``)."""
+    return write_oblique_pair(tmp_path_factory.mktemp("oblique"))
 
 
 def _load():

@@ -6,16 +6,21 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from test_transforms import oblique_files  # noqa: F401  (fixture)
+import torchio as tio
+from test_transforms import write_oblique_pair
 
-tio = pytest.importorskip("torchio")  # the `transforms` extra; installed with `dev`
+from laugen_napari.core import Augmenter, TrajectoryDraw
+from laugen_napari.pipeline import build_augmenter, load_pair
+from laugen_napari.settings import GenerationSettings, SettingsError
+from laugen_napari.transforms import LongitudinalAugmentTio
 
-from laugen_napari.core import Augmenter, TrajectoryDraw  # noqa: E402
-from laugen_napari.pipeline import build_augmenter, load_pair  # noqa: E402
-from laugen_napari.settings import GenerationSettings, SettingsError  # noqa: E402
-from laugen_napari.transforms import LongitudinalAugmentTio  # noqa: E402
+PARAMS = {"frames": 4, "slope_range": (1.0, 1.5), "sigma_mm": 3.0}
 
-PARAMS = dict(frames=4, slope_range=(1.0, 1.5), sigma_mm=3.0)
+
+@pytest.fixture(scope="module")
+def oblique_files(tmp_path_factory):
+    """The oblique L-A-S 2 x 2 x 3 mm crop of the sample (see ``test_transforms``)."""
+    return write_oblique_pair(tmp_path_factory.mktemp("oblique"))
 
 
 def _subject(files, **extra):

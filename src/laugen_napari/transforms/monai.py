@@ -14,7 +14,8 @@ from __future__ import annotations
 import copy
 import os
 import types
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -173,10 +174,11 @@ class LongitudinalAugment(*_MONAI_BASES):
         time_dim: str = "channel",
         allow_missing_keys: bool = False,
     ):
-        given = dict(kind=kind, trajectory=trajectory, frames=frames, slope_range=slope_range, values=values,
-                     rate=rate, midpoint=midpoint, labels=labels, sigma_mm=sigma_mm, direction=direction,
-                     center=center, spread_mm=spread_mm, label_interpolation=label_interpolation, device=device)
-        self.settings: GenerationSettings = settings_from_args(types.SimpleNamespace(**given))
+        given = types.SimpleNamespace(
+            kind=kind, trajectory=trajectory, frames=frames, slope_range=slope_range, values=values, rate=rate,
+            midpoint=midpoint, labels=labels, sigma_mm=sigma_mm, direction=direction, center=center,
+            spread_mm=spread_mm, label_interpolation=label_interpolation, device=device)
+        self.settings: GenerationSettings = settings_from_args(given)  # validated; names the field
         if len(keys) != 2:
             raise ValueError(f"keys must be (image key, label key), got {keys!r}")
         if time_dim not in TIME_DIMS:
@@ -193,7 +195,7 @@ class LongitudinalAugment(*_MONAI_BASES):
         self._draw: TrajectoryDraw | None = None
 
     @classmethod
-    def from_settings(cls, settings: GenerationSettings, **host) -> "LongitudinalAugment":
+    def from_settings(cls, settings: GenerationSettings, **host) -> LongitudinalAugment:
         """The transform for a settings object (e.g. ``GenerationSettings.from_record`` of a
         series.json); ``host`` are the host arguments (keys, time_dim, ...). The run fields
         ``seed`` and ``series`` do not apply: seed with :meth:`set_random_state`."""
@@ -202,7 +204,7 @@ class LongitudinalAugment(*_MONAI_BASES):
 
     # -- randomness (MONAI Randomizable protocol) -------------------------------------------------
     def set_random_state(self, seed: int | None = None,
-                         state: np.random.Generator | np.random.RandomState | None = None) -> "LongitudinalAugment":
+                         state: np.random.Generator | np.random.RandomState | None = None) -> LongitudinalAugment:
         """Seed the transform's own generator with ``seed`` or ``state`` (numpy Generator or
         RandomState), as MONAI's ``Compose.set_random_state`` and ``DataLoader`` do; with neither,
         draws come from torch's global generator again. Returns ``self``."""
@@ -282,7 +284,7 @@ class LongitudinalAugment(*_MONAI_BASES):
         images = self._layout(series.images, img.shape, img.ndim == 4)
         labels = self._layout(series.labels.astype(lab.dtype, copy=False), _to_numpy(label).shape,
                               _to_numpy(label).ndim == 4)
-        extra = {"frames": int(len(z)), "time_dim": self.time_dim, "z_mm": [float(v) for v in z]}
+        extra = {"frames": len(z), "time_dim": self.time_dim, "z_mm": [float(v) for v in z]}
         out[image_key] = self._wrap(images, image, dict(extra, input_shape=list(img.shape)))
         out[label_key] = self._wrap(labels, label, dict(extra, input_shape=list(_to_numpy(label).shape)))
         out[self.z_key] = torch.from_numpy(z).to(image.device) if isinstance(image, torch.Tensor) else z

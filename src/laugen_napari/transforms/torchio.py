@@ -9,7 +9,8 @@ ground truth z_t (mm, shape (T,)) is stored in the subject under ``z_key``.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,7 +57,7 @@ class LongitudinalAugmentTio(tio.Transform):
         """The validated :class:`~laugen_napari.settings.GenerationSettings`."""
         return self.augment.settings
 
-    def set_random_state(self, seed: int | None = None, state: Any = None) -> "LongitudinalAugmentTio":
+    def set_random_state(self, seed: int | None = None, state: Any = None) -> LongitudinalAugmentTio:
         """Give the transform its own seed (see ``LongitudinalAugment.set_random_state``)."""
         self.augment.set_random_state(seed, state)
         return self
