@@ -45,7 +45,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError("--sizes: sizes must be at least 1 patient")
     else:
         values = []
-    runs = args.repeats * (2 if args.sweep == "pretrain" else len(values))
+    runs = args.repeats * (3 if args.sweep == "pretrain" else len(values))
     bar = tqdm(total=runs, unit="run", file=sys.stderr)
 
     def progress(msg: str) -> None:

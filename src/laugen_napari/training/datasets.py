@@ -543,14 +543,16 @@ def build_data(real: Sequence[str | Path] = (), acdc: str | Path | None = None,
     all_sources += [group_sources[n] for n, _ in train_groups if n in group_sources]
     if mix is None:
         mix = 1.0 if not groups else (0.0 if not all_sources else 0.1)
-    syn = SyntheticSequences(all_sources, frames, spec, seed=seed, **synthetic_options) if all_sources and mix > 0 else None
+    syn_all = SyntheticSequences(all_sources, frames, spec, seed=seed, **synthetic_options) if all_sources else None
+    syn = syn_all if mix > 0 else None
     real_train = stack_same_size([s for _, seqs in train_groups for s in seqs], "real data") if train_groups else None
-    if syn is not None:
-        planes = syn.source_planes()
+    planes = syn_all.source_planes() if syn_all is not None else []
+    if planes:
         sizes = {p.shape for p in planes} | ({real_train.shape[-2:]} if real_train is not None else set())
         if len(sizes) > 1:
             raise ValueError(f"sequences of different sizes {sorted(sizes)}; choose a common --crop H W")
-    norm = Normalizer.fit(([real_train] if real_train is not None else []) + (syn.source_planes() if syn else []))
+    # the normalisation does not depend on the mixing ratio: training data and source planes
+    norm = Normalizer.fit(([real_train] if real_train is not None else []) + planes)
     if val_groups:
         val = stack_same_size([s for _, seqs in val_groups for s in seqs], "validation data")
         if real_train is not None and val.shape[-2:] != real_train.shape[-2:]:

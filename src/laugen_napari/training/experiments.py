@@ -15,7 +15,8 @@
   steps as the real-only run; both arms share one intensity normalisation.
 
 In every sweep the validation patients are the same for every value and repeat (``split_seed``
-of the data options) and repeat k uses seed ``seed + k``. Each run goes to
+of the data options), one intensity normalisation (fitted on the whole training pool) sets the
+metrics' data range of every run, and repeat k uses seed ``seed + k``. Each run goes to
 ``out_dir/<sweep>/<value>/rep<k>/`` (metrics.csv, checkpoints, report.json); ``results.csv``
 holds one row per run: final validation metrics in our conventions and OpenSTL's, the last-image
 baseline, steps, samples per epoch, expected and realised synthetic fraction, the training
@@ -80,8 +81,10 @@ def run_sweep(kind: str, values: Sequence[float], data: dict, out_dir: str | Pat
     data = dict(data)
     length = data.pop("length", None)
     rows: list[dict] = []
+    # the whole training pool fixes the intensity normalisation (metrics' data range) of every run
+    pool = build_data(**data, mix=0.0, seed=seed, length=length)
+    norm = pool.normalizer.to_dict()
     if kind == "sizes":
-        pool = build_data(**data, mix=0.0, seed=seed, length=length)
         length = pool.train.length  # every n gets the epoch length of the whole pool
         too_big = [int(v) for v in values if int(v) > pool.info["train_pool"]]
         if too_big:
@@ -89,7 +92,7 @@ def run_sweep(kind: str, values: Sequence[float], data: dict, out_dir: str | Pat
     for rep in range(repeats):
         s = int(seed) + rep
         if kind == "pretrain":
-            rows += _pretrain_repeat(data, out, rep, s, length=length, epochs=epochs, steps=steps,
+            rows += _pretrain_repeat(data, out, rep, s, norm, length=length, epochs=epochs, steps=steps,
                                      pretrain_steps=pretrain_steps, batch_size=batch_size, opts=opts, progress=progress)
             write_csv(rows, out / "results.csv")
             continue
@@ -98,25 +101,28 @@ def run_sweep(kind: str, values: Sequence[float], data: dict, out_dir: str | Pat
                 bundle = build_data(**data, mix=float(value), seed=s, length=length)
             else:
                 bundle = build_data(**data, mix=mix, seed=s, length=length, train_size=int(value))
+            adopt_normalizer(bundle, norm)
             run_dir = out / f"{value:g}" / f"rep{rep}"
             if progress:
                 progress(f"{kind} {value:g} repeat {rep}: {run_dir}")
             report = _train(bundle, run_dir, epochs=epochs, steps=steps, batch_size=batch_size, seed=s, train_options=opts)
             rows.append(_row(kind, float(value), rep, s, bundle, report))
-            write_csv(sorted(rows, key=lambda r: (r["value"], r["repeat"])), out / "results.csv")
-    rows.sort(key=lambda r: (str(r["value"]), r["repeat"]))
+            write_csv(sorted(rows, key=_order), out / "results.csv")
+    rows.sort(key=_order)
     write_csv(rows, out / "results.csv")
     plot_sweep(rows, out / f"{kind}.png")
     return rows
 
 
-def _pretrain_repeat(data: dict, out: Path, rep: int, seed: int, *, length, epochs, steps, pretrain_steps,
+def _order(row: dict) -> tuple:
+    v = row["value"]
+    return (0, float(v), "", row["repeat"]) if isinstance(v, (int, float)) else (1, 0.0, str(v), row["repeat"])
+
+
+def _pretrain_repeat(data: dict, out: Path, rep: int, seed: int, norm: dict, *, length, epochs, steps, pretrain_steps,
                      batch_size: int, opts: dict, progress) -> list[dict]:
-    syn_bundle = build_data(**data, mix=1.0, seed=seed, length=length)
-    if syn_bundle.train.real is None:
-        raise ValueError("the pre-training experiment needs real data (4D files or an ACDC folder)")
-    real_bundle = build_data(**data, mix=0.0, seed=seed, length=length)
-    adopt_normalizer(real_bundle, syn_bundle.normalizer.to_dict())
+    syn_bundle = adopt_normalizer(build_data(**data, mix=1.0, seed=seed, length=length), norm)
+    real_bundle = adopt_normalizer(build_data(**data, mix=0.0, seed=seed, length=length), norm)
     fine_steps = total_steps(real_bundle.train, batch_size, epochs, steps)
     pre_steps = int(pretrain_steps) if pretrain_steps is not None else fine_steps
     rows = []
