@@ -64,6 +64,9 @@ class DHVAEConfig:
             (switch one off for the seed-002 ablations HVAE + discriminator / HVAE + perceptual).
         reg_weight: beta of the paper (regularisers); the ELBO gets alpha = 1 - beta.
         disc_warmup: steps before the discriminator term is switched on.
+        kl_warmup: steps over which the weight of the KL-like part of the ELBO (everything but
+            log p(x | z_K)) rises linearly from 0 to 1 (0: off, the paper's plain ELBO). Against the
+            posterior collapse seen on small slice sets (see training/dhvae.py).
         disc_width: base channels of the PatchGAN discriminator.
         lr, betas, weight_decay: AdamW settings of the paper.
     """
@@ -83,6 +86,7 @@ class DHVAEConfig:
     use_discriminator: bool = True
     reg_weight: float = 0.01
     disc_warmup: int = 500
+    kl_warmup: int = 0
     disc_width: int = 32
     lr: float = 5e-5
     betas: tuple[float, float] = (0.5, 0.999)
@@ -346,7 +350,8 @@ class DHVAE(nn.Module):
     def elbo(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Single-sample Hamiltonian ELBO of x (B, C, S, S) in [0, 1].
 
-        Returns a dict with ``elbo`` (B,) in nats, ``logits`` (B, C, S, S) decoded at z_K, ``z0``,
+        Returns a dict with ``elbo`` (B,) in nats, ``rec`` (B,) its reconstruction part
+        log p(x | z_K) (the rest, ``elbo - rec``, is the KL-like part), ``logits`` (B, C, S, S) decoded at z_K, ``z0``,
         ``zK``, ``mu``, ``logvar``. Gradients flow through the leapfrog (create_graph in training).
         """
         mu, logvar = self.encoder(x)
@@ -358,8 +363,9 @@ class DHVAE(nn.Module):
         k = self.cfg.leapfrog_steps
         if k == 0:
             logits = self.decode(z0)
-            elbo = bernoulli_log_lik(logits, x) + std_normal_log_prob(z0) - log_q0
-            return {"elbo": elbo, "logits": logits, "z0": z0, "zK": z0, "mu": mu, "logvar": logvar}
+            rec = bernoulli_log_lik(logits, x)
+            elbo = rec + std_normal_log_prob(z0) - log_q0
+            return {"elbo": elbo, "rec": rec, "logits": logits, "z0": z0, "zK": z0, "mu": mu, "logvar": logvar}
         gamma = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         beta0 = self.beta0
         rho0 = gamma / torch.sqrt(beta0)
@@ -375,8 +381,9 @@ class DHVAE(nn.Module):
         zk, rhok, (u_k, logits) = leapfrog_tempered(z0, rho0, grad_u, self.eps, beta0, k)
         if not create_graph:
             u_k, logits = u_k.detach(), logits.detach()
+        rec = bernoulli_log_lik(logits, x)
         elbo = -u_k + std_normal_log_prob(rhok) - log_q0 - std_normal_log_prob(gamma)
-        return {"elbo": elbo, "logits": logits, "z0": z0, "zK": zk, "mu": mu, "logvar": logvar}
+        return {"elbo": elbo, "rec": rec, "logits": logits, "z0": z0, "zK": zk, "mu": mu, "logvar": logvar}
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, batch: int = 64) -> torch.Tensor:

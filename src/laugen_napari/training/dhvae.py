@@ -312,6 +312,11 @@ class DHVAETask:
         out = m.elbo(x)
         nelbo = -out["elbo"].mean()
         values = {"nelbo": nelbo.detach().item()}
+        if cfg.kl_warmup > 0 and self.step < cfg.kl_warmup:  # anneal the KL-like part in
+            w = self.step / cfg.kl_warmup
+            rec = out["rec"].mean()
+            nelbo = -(rec + w * (out["elbo"].mean() - rec))
+            values["kl_weight"] = w
         disc_on = m.discriminator is not None and self.step >= cfg.disc_warmup
         fake = None
         if cfg.regularised:
