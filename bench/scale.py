@@ -24,6 +24,9 @@ figure kept is the fastest repeat, the least disturbed by other jobs on a shared
 - peak memory: the largest resident set size above the level before the step (sampled every 2 ms);
 - time per moving voxel per frame: frames time / (moving voxels x T), in ns.
 
+Times are CPU seconds of this process (``--clock cpu``, the default: on a machine shared with other
+jobs they do not count the time the process waits for a core) or wall seconds (``--clock wall``).
+
 With ``--device cuda`` the frames are also timed on the GPU alone (``torch.cuda.synchronize``,
 frames computed into device buffers), and the copy back to host memory separately.
 """
@@ -43,13 +46,16 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+# LAUGEN_SRC=path/to/another/checkout/src measures that engine (e.g. an older commit) with this script
+sys.path.insert(0, os.environ.get("LAUGEN_SRC", str(ROOT / "src")))
 
+import laugen_napari  # noqa: E402
 from laugen_napari.core import Augmenter, CustomTrajectory, resolve_device  # noqa: E402
 
 IMAGE = ROOT / "sample_data" / "mni152_t1.nii.gz"
 MASK = ROOT / "sample_data" / "mni152_ventricles_seg.nii.gz"
 SIGMA_MM = 5.0
+now = time.process_time  # the clock (set by --clock)
 STEP_MM = 0.4
 CT_SHAPE = (400, 512, 512)
 CT_SPACING = (1.0, 0.75, 0.75)
@@ -166,22 +172,22 @@ def run_setup(image, labels, spacing, device):
 def run_frames(aug: Augmenter, draw, sync) -> float:
     """Stream the frames; each is dropped as the next is computed."""
     sync()
-    t0 = time.perf_counter()
+    t0 = now()
     for frame in aug.iter_frames(draw):
         del frame
     sync()
-    return time.perf_counter() - t0
+    return now() - t0
 
 
 def run_floor(image_f32: np.ndarray, labels: np.ndarray, frames: int) -> float:
-    t0 = time.perf_counter()
+    t0 = now()
     for _ in range(frames):
         a = np.empty(image_f32.shape, np.float32)
         np.copyto(a, image_f32)
         b = np.empty(labels.shape, labels.dtype)
         np.copyto(b, labels)
         del a, b
-    return time.perf_counter() - t0
+    return now() - t0
 
 
 def run_gpu_frames(aug: Augmenter, draw) -> tuple[float, float]:
@@ -224,6 +230,8 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", nargs="+", default=["1", "0.7", "0.5", "ct"], help="sample spacings in mm and/or 'ct'")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                   help="cpu: CPU time of this process (default; robust to other jobs), wall: elapsed time")
     args = p.parse_args(argv)
     if args.repeats < 1 or min(args.frames) < 2:
         p.error("need --repeats >= 1 and --frames >= 2")
@@ -238,6 +246,10 @@ def main(argv=None) -> int:
             except ValueError:
                 p.error(f"--sizes takes spacings in mm or 'ct', got {s!r}")
     torch.set_num_threads(args.threads)
+    global now
+    now = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.clock == "cpu" and args.device != "cpu":
+        p.error("--clock cpu measures CPU work only: use --clock wall with --device cuda")
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
@@ -246,7 +258,8 @@ def main(argv=None) -> int:
           f" torch threads {torch.get_num_threads()}, device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if cuda else "")
           + f", OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, nice {os.nice(0)}")
-    print(f"  sigma {SIGMA_MM:g} mm, z_t = {STEP_MM:g}*t mm; fastest of {args.repeats} repeats (round-robin)")
+    print(f"  sigma {SIGMA_MM:g} mm, z_t = {STEP_MM:g}*t mm; fastest of {args.repeats} repeats (round-robin);"
+          f" clock: {'CPU time of this process' if args.clock == 'cpu' else 'wall time'}; engine from {laugen_napari.__file__}")
     print(f"  load average at start (1/5/15 min): {loadavg()}")
 
     # -- volumes ---------------------------------------------------------------------------------------
@@ -274,10 +287,10 @@ def main(argv=None) -> int:
         for c in cases:
             image, labels, spacing = c["image"], c["labels"], c["spacing"]
             with PeakRSS() as mem:
-                t0 = time.perf_counter()
+                t0 = now()
                 aug = run_setup(image, labels, spacing, device)
                 sync()
-                setup = time.perf_counter() - t0
+                setup = now() - t0
             c["moving"] = aug.warper.n_moving
             c["roi"] = tuple(s.stop - s.start for s in aug.field.roi)
             image_f32 = image.astype(np.float32)

@@ -41,7 +41,7 @@ from scipy.ndimage import gaussian_filter, map_coordinates
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from laugen_napari.core import Augmenter, CustomTrajectory  # noqa: E402
+from laugen_napari.core import Augmenter, CustomTrajectory, resolve_device  # noqa: E402
 from laugen_napari.core.field import NEGLIGIBLE, TRUNCATE, selection_mask, unit_field  # noqa: E402
 from laugen_napari.core.quality import JacobianStats  # noqa: E402
 from laugen_napari.core.warp import Warper  # noqa: E402
@@ -212,14 +212,20 @@ def main(argv=None) -> int:
     if args.repeats < 1 or args.frames < 2:
         p.error("need --repeats >= 1 and --frames >= 2")
 
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        p.error(str(exc))
+    cuda = device.type == "cuda"
+
     image_vol, mask_vol = load_pair(IMAGE, MASK)
     image, labels, spacing = image_vol.data, mask_vol.data, tuple(image_vol.spacing)
     image_f32 = image.astype(np.float32)
     z_mm = [round(args.step_mm * t, 10) for t in range(args.frames)]
     traj = CustomTrajectory(z_mm)
     T, R, S = args.frames, args.repeats, args.sigma_mm
-    dev = args.device
-    sync = make_sync(dev if dev != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = str(device)
+    sync = make_sync(dev)
 
     def ours_series(**kw):
         aug = Augmenter(image, labels, spacing, sigma_mm=S, device=dev, **kw)
@@ -247,7 +253,8 @@ def main(argv=None) -> int:
             have_bg = False
 
     times: dict[str, list[float]] = {k: [] for k in (
-        "ours", "ours_setup", "ours_frames", "ours_field", "bg", "scipy", "scipy_field", "floor_fresh", "floor_warm")}
+        "ours", "ours_setup", "ours_frames", "ours_field", "bg", "scipy", "scipy_field", "floor_fresh", "floor_warm",
+        "gpu_frames", "gpu_copy")}
     warm_a = np.empty((T,) + image.shape, np.float32)
     warm_b = np.empty((T,) + labels.shape, labels.dtype)
     copies_warm(image_f32, labels, warm_a, warm_b)
@@ -261,6 +268,12 @@ def main(argv=None) -> int:
         times["ours_frames"].append(dt)
         dt, _ = clock(lambda: unit_field(labels != 0, spacing, S, dev), sync)
         times["ours_field"].append(dt)
+        if cuda:  # frames on the GPU alone (device buffers), and their copy back to host memory
+            from scale import run_gpu_frames
+
+            g, cp = run_gpu_frames(aug, traj.sample(T))
+            times["gpu_frames"].append(g)
+            times["gpu_copy"].append(cp)
         if have_bg:
             dt, last["bg"] = clock(lambda: bg_series(image_f32, bg_seg, z_mm, bg_blur, bg_peak), sync)
             times["bg"].append(dt)
@@ -289,6 +302,9 @@ def main(argv=None) -> int:
     row("  ours: set-up (Augmenter: field, warper, Jacobian)", "ours_setup")
     row("    ours: field only (unit_field)", "ours_field")
     row("  ours: frames only (aug.series)", "ours_frames")
+    if cuda:
+        row("  ours: frames on the GPU (synchronised, no copy)", "gpu_frames", "  target <= 20 ms (issue 13)")
+        row("  ours: copy of the frames back to host memory", "gpu_copy")
     if have_bg:
         row(f"batchgenerators augment_anatomy_informed x{T - 1}", "bg", "  (+ frame 0 copied)")
     row("scipy reference (field once + map_coordinates)", "scipy")
@@ -359,6 +375,10 @@ def main(argv=None) -> int:
 
     # -- where our time goes ------------------------------------------------------------------------
     print()
+    if cuda:
+        print("== where our time goes: measured on CPU only (run with --device cpu) ==")
+        print(f"  load average at end (1/5/15 min): {loadavg()} (start: {load0})")
+        return 0
     print("== where our time goes (median of the repeats; per series of T frames unless said) ==")
     mask = labels != 0
     w = aug.warper
@@ -380,7 +400,7 @@ def main(argv=None) -> int:
         parts["warper"].append(clock(lambda: Warper(fld, image_f32, labels), sync)[0])
         parts["warper_near"].append(clock(lambda: Warper(fld, image_f32, labels, "nearest"), sync)[0])
         if counter_cls is not None:
-            parts["counter"].append(clock(lambda: counter_cls(w, spacing, aug.label_values), sync)[0])
+            parts["counter"].append(clock(lambda: counter_cls(w, spacing, aug._label_counts), sync)[0])
         parts["jac_init"].append(clock(lambda: JacobianStats(fld), sync)[0])
         acc = dict.fromkeys(("img", "img_copy", "img_coords", "img_sample", "img_scatter", "lab", "lab_sample",
                              "quality_jac", "quality_vol"), 0.0)
@@ -412,15 +432,15 @@ def main(argv=None) -> int:
     print(f"  set-up, once per series:")
     print(f"    selection mask                                {fmt_s(pm['sel'])}")
     print(f"    field (crop, blur, gradient, normalise)       {fmt_s(pm['field'])}")
-    print(f"    Warper init (float32 image, moving voxels,    {fmt_s(pm['warper'])}")
+    print(f"    Warper init (moving voxels, offsets,          {fmt_s(pm['warper'])}")
     print(f"      label cells); with 'nearest' labels         {fmt_s(pm['warper_near'])}"
-          f"   (difference = whole-volume label-cell scan)")
+          )
     print(f"    JacobianStats init (field derivatives)        {fmt_s(pm['jac_init'])}")
     print(f"  frames, summed over {T} (frame 0 = copies only):")
     print(f"    image_frame total                             {fmt_s(pm['img'])}")
     print(f"      full-volume copy of the input               {fmt_s(pm['img_copy'])}")
     print(f"      coordinates of the moving voxels            {fmt_s(pm['img_coords'])}")
-    print(f"      grid_sample at the moving voxels            {fmt_s(pm['img_sample'])}")
+    print(f"      trilinear samples at the moving voxels      {fmt_s(pm['img_sample'])}")
     print(f"      scatter into the frame                      {fmt_s(pm['img_scatter'])}")
     print(f"    label_frame total ({w.label_interpolation})                  {fmt_s(pm['lab'])}")
     print(f"      sampling at the moving voxels               {fmt_s(pm['lab_sample'])}")
