@@ -223,3 +223,16 @@ def test_mixing_and_pretrain_experiments(acdc, tmp_path):
     assert ft["data"]["normalizer"] == real["data"]["normalizer"]  # one normalisation for both arms
     assert ft["training"]["init"].endswith(os.path.join("pretrained", "rep0", "last.pt"))
     assert (tmp_path / "p" / "pretrain" / "pretrain.png").is_file()
+
+
+def test_3d_synthetic_samples_are_the_same_in_dataloader_workers(mni):
+    """Samples are functions of (seed, index): worker processes give the in-process values."""
+    from laugen_napari.training.datasets import MixedSequences, Normalizer
+
+    syn = SyntheticSequences([mni], 8, SliceSpec(crop=(32, 32)), geometry="3d", seed=4)
+    ds = MixedSequences(None, syn, 1.0, Normalizer(0.0, 255.0), length=4, seed=4)
+    direct = torch.stack([ds[i][0] for i in range(4)])
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, shuffle=False)
+    via_workers = torch.cat([x for x, _ in loader])
+    assert torch.equal(direct, via_workers)
+    assert direct.shape == (4, 8, 1, 32, 32) and not torch.equal(direct[0], direct[1])
