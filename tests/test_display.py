@@ -154,3 +154,44 @@ def test_difference_overlay_keeps_the_anatomy_visible(make_napari_viewer, sample
     assert changed.any()  # colour where the ventricles moved...
     assert changed.mean() < 0.05  # ...and the anatomy everywhere else
     widget.wait_idle()
+
+
+def test_exported_movie_is_in_anatomical_orientation(phantom_dock, tmp_path, qtbot):
+    """The movie shows the plane as the viewer does: anterior up, the patient's right on the left
+    (radiological), letters at the edges."""
+    import imageio.v3 as iio
+
+    from laugen_napari.ui.export_widget import ExportWidget
+
+    viewer, widget = phantom_dock
+    image = viewer.layers["phantom"]
+    keep = np.zeros(SHAPE, bool)
+    keep[:, -10:-6] = True  # the anterior marker only...
+    keep[:, :, -10:-6] = True  # ...and the right one
+    keep[-10:-6] = False
+    image.data[(image.data > 500) & ~keep] = 100
+    widget.w["plane"].value = "axial"
+    widget.w["convention"].value = "radiological"
+    qtbot.waitUntil(lambda: widget.model.augmenter is not None and not widget.busy, timeout=30000)
+    step = list(viewer.dims.current_step)
+    step[1] = SHAPE[0] // 2
+    viewer.dims.current_step = tuple(step)
+    export = ExportWidget(viewer)
+    export.movie_series.value = viewer.layers[SERIES]
+    export.movie_labels.value = None
+    export.movie_path.value = tmp_path / "axial.gif"
+    assert export.export_movie() is not None
+    qtbot.waitUntil(lambda: not export.busy, timeout=60000)
+    assert export.last_error is None, export.last_error
+    frame = iio.imread(tmp_path / "axial.gif", index=0)[..., :3].astype(int)
+    panel = frame[40:-14, 12:-12]  # below the title line, inside the margins
+    white = panel.min(axis=-1) > 200
+    rows, cols = np.nonzero(white)
+    h, w = white.shape
+    anterior = cols > 0.35 * w  # the right marker is at the far left; the anterior one near the middle
+    right = cols < 0.3 * w
+    assert anterior.any() and right.any()
+    assert rows[anterior].mean() < 0.4 * h  # anterior up
+    assert 0.35 * h < rows[right].mean() < 0.65 * h  # the patient's right: left, at mid height
+    yellow = (panel[..., 0] > 200) & (panel[..., 2] < 120)
+    assert yellow[: h // 6].any() and yellow[-h // 6:].any()  # letters A (top) and P (bottom)

@@ -84,3 +84,76 @@ def test_plane_on_screen_follows_dims_and_camera(make_napari_viewer):
         assert "time axis" in str(exc)
     else:
         raise AssertionError("a displayed time axis must be refused")
+
+
+def _oblique_sample(tmp_path, sample_pair):
+    """The sample cropped around the ventricles, its affine rotated by 20 degrees about two world
+    axes and sheared: an oblique, sheared image and mask pair on disk."""
+    from .conftest import SAMPLE_IMAGE, SAMPLE_MASK
+
+    img_nii, seg_nii = nib.load(str(SAMPLE_IMAGE)), nib.load(str(SAMPLE_MASK))
+    seg = np.asarray(seg_nii.dataobj)
+    ijk = np.argwhere(seg > 0)
+    lo, hi = np.maximum(ijk.min(0) - 10, 0), np.minimum(ijk.max(0) + 11, seg.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    crop = img_nii.affine.copy()
+    crop[:3, 3] = img_nii.affine[:3, :3] @ lo + img_nii.affine[:3, 3]
+    a = np.deg2rad(20)
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    shear = np.array([[1, 0.15, 0], [0, 1, 0.1], [0, 0, 1]])
+    affine = crop.copy()
+    affine[:3, :3] = rz @ rx @ shear @ crop[:3, :3]
+    paths = []
+    for name, data, dtype in (("oblique_t1.nii.gz", np.asarray(img_nii.dataobj)[box], np.float32),
+                              ("oblique_seg.nii.gz", seg[box], np.uint8)):
+        out = nib.Nifti1Image(data.astype(dtype), affine)
+        out.set_sform(affine, code=2)
+        out.set_qform(affine, code=1)
+        nib.save(out, str(tmp_path / name))
+        paths.append(tmp_path / name)
+    return paths, affine
+
+
+def test_series_layers_take_the_oblique_sheared_transform(make_napari_viewer, sample_pair, tmp_path, qtbot,
+                                                          monkeypatch):
+    """On an oblique, sheared file the LAUGEN layers sit exactly on the input (world position of
+    every voxel), frame 0 of the mask series is the input mask, and full reads equal `laugen
+    generate` on the file for a directional growth (world direction -> array axes)."""
+    from laugen_napari.cli import main as laugen
+    from laugen_napari.ui import io_hooks
+    from laugen_napari.ui.augment_widget import DIFF, MASKS, SERIES, AugmentWidget
+
+    monkeypatch.setenv("LAUGEN_NAPARI_CONFIG_DIR", str(tmp_path / "config"))
+    (image_path, mask_path), affine = _oblique_sample(tmp_path, sample_pair)
+    viewer = make_napari_viewer(show=True)
+    image, labels = [viewer.add_layer(Layer.create(*ld)) for ld in io_hooks.read_nifti([str(image_path), str(mask_path)])]
+    assert is_oblique(image.metadata[LAUGEN_VOLUME])
+    widget = AugmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    f = widget.form.fields
+    f["kind"].value = "directional"
+    f["direction"].value = "0, 0, 1"
+    f["frames"].value = 3
+    f["slope_min"].value = f["slope_max"].value = 0.8
+    f["device"].value = "cpu"
+    qtbot.waitUntil(lambda: widget.model is not None and widget.model.augmenter is not None
+                    and widget.model.augmenter.kind.name == "directional" and widget.model.frames == 3
+                    and not widget.busy and not widget._field_timer.isActive(), timeout=60000)
+    shape = image.data.shape
+    for name in (SERIES, MASKS, DIFF):
+        layer = viewer.layers[name]
+        for zyx in [(0, 0, 0), tuple(n - 1 for n in shape), (shape[0] // 2, 3, shape[2] - 2)]:
+            np.testing.assert_allclose(layer.data_to_world((2,) + zyx)[1:], image.data_to_world(zyx), atol=1e-5)
+    file_ijk = (3, 5, 7)
+    zyx = load_volume(image_path).file_to_array_index(file_ijk)
+    np.testing.assert_allclose(viewer.layers[SERIES].data_to_world((0,) + zyx)[1:], (affine @ [*file_ijk, 1])[:3][::-1],
+                               atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(viewer.layers[MASKS].data[0]), labels.data)
+    assert laugen(["generate", str(image_path), str(mask_path), "-o", str(tmp_path / "cli"), "-q", "--frames", "3",
+                   "--kind", "directional", "--direction", "0", "0", "1", "--slope-range", "0.8", "0.8",
+                   "--device", "cpu"]) == 0
+    cli = load_volume(tmp_path / "cli" / "image_series.nii.gz").data
+    np.testing.assert_array_equal(np.asarray(viewer.layers[SERIES].data), cli)
+    assert np.abs(cli[2] - cli[0]).max() > 1
+    widget.wait_idle()

@@ -29,7 +29,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog, QFrame, QProgressBar, QScrollArea, QVBoxLayout, QWidget
 
-from ..core import series_seed
+from ..core import Augmenter, series_seed  # noqa: F401 (Augmenter: scripts used to time the field here)
 from ..core.field import label_values
 from ..core.preview import LazyDifference, PreviewModel, preview_arrays
 from ..pipeline import build_augmenter

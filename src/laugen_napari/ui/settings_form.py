@@ -35,6 +35,13 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def field_label(sf: SettingField) -> str:
+    """The widget label of a field: the model's label with its unit (``"sigma (mm)"``), without
+    repeating a unit that is the name itself (``"frames"``, not ``"frames (frames)"``)."""
+    text = sf.name.replace("_mm", "").replace("_", " ")
+    return sf.label if sf.param.unit and sf.param.unit != text else text
+
+
 def _default_of(name: str, current: GenerationSettings) -> float | None:
     """What an empty optional number means (rate: the trajectory's rate; midpoint: the middle)."""
     if name == "rate":
@@ -86,7 +93,7 @@ class SettingsForm(Container):
     def _make(self, sf: SettingField):
         p = sf.param
         tip = p.help + (f" [{p.unit}]" if p.unit else "")
-        opts = {"label": sf.label, "tooltip": tip, "name": sf.name}
+        opts = {"label": field_label(sf), "tooltip": tip, "name": sf.name}
         if p.choices is not None:
             w = ComboBox(choices=list(p.choices), value=sf.default, **opts)
         elif p.length == 2:  # a range: two spin boxes in a row
@@ -231,7 +238,7 @@ def settings_summary(settings: GenerationSettings, skip: Iterable[str] = ()) -> 
             text = "every non-zero label"
         else:
             text = _fmt(value)
-        lines.append(f"{sf.label}: {text}")
+        lines.append(f"{field_label(sf)}: {text}")
     return "\n".join(lines)
 
 
