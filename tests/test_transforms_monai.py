@@ -237,3 +237,21 @@ def test_lps_space_is_converted(oblique_files):
     lps["image"].meta["space"] = "RAS"  # the LPS affine read as RAS: anterior becomes posterior
     wrong = LongitudinalAugment(**kind).set_random_state(0)(lps)
     assert (wrong["label"] != ras_out["label"]).sum() > 20
+
+
+def test_after_lazy_resampling(oblique_files):
+    """In a lazy Compose, Orientationd + Spacingd are applied before the series; label maps need
+    nearest-neighbour overrides, and without them the error says so."""
+    from monai.transforms import Orientationd, Spacingd
+
+    steps = _load() + [Orientationd(KEYS, "RAS"), Spacingd(KEYS, (2.5, 2.5, 2.5), mode=("bilinear", "nearest")),
+                       LongitudinalAugment(**PARAMS, kind="directional", direction=(0.0, 1.0, 0.0))]
+    out = Compose(steps, lazy=True, overrides={"label": {"mode": "nearest"}})(_item(oblique_files))
+    assert [op["class"] for op in out["label"].applied_operations] == ["Orientation", "SpatialResample",
+                                                                       "LongitudinalAugment"]
+    assert out["image"].shape[0] == 4 and np.allclose(nib.affines.voxel_sizes(out["image"].affine.numpy()), 2.5)
+    assert set(np.unique(out["label"].numpy())) == {0, 1, 2}
+    with pytest.raises(RuntimeError) as info:
+        Compose(steps, lazy=True)(_item(oblique_files))
+    assert "label: the label map holds non-integer values" in str(info.value.__cause__)
+    assert "overrides={'label': {'mode': 'nearest'}}" in str(info.value.__cause__)

@@ -276,6 +276,10 @@ class LongitudinalAugment(*_MONAI_BASES):
             if lab.shape[0] != 1:
                 raise ValueError(f"the label map must be (1, *S) or (*S), got shape {lab.shape}")
             lab = lab[0]
+        if np.issubdtype(lab.dtype, np.floating) and not np.array_equal(lab, np.round(lab)):
+            raise ValueError(f"{label_key}: the label map holds non-integer values; resample label maps with "
+                             f"nearest-neighbour interpolation (in a lazy MONAI Compose: "
+                             f"overrides={{{label_key!r}: {{'mode': 'nearest'}}}})")
         meta = getattr(image, "meta", None) or {}
         series = self.compute(img, lab, self._spacing(data, image), self._draw, getattr(image, "affine", None),
                               str(meta.get("space", "RAS")))
