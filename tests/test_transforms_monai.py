@@ -135,8 +135,9 @@ def test_saveimaged_writes_the_series_with_the_real_affine(oblique_files, tmp_pa
         np.testing.assert_array_equal(np.moveaxis(np.asarray(written.dataobj), -1, 0), out[key].numpy())
 
 
-def test_inverse_gives_back_the_input(oblique_files):
-    pipe = Compose(_load() + [LongitudinalAugment(**PARAMS).set_random_state(0)])
+@pytest.mark.parametrize("time_dim", ["channel", "leading"])
+def test_inverse_gives_back_the_input(oblique_files, time_dim):
+    pipe = Compose(_load() + [LongitudinalAugment(**PARAMS, time_dim=time_dim).set_random_state(0)])
     loaded = Compose(_load())(_item(oblique_files))
     back = pipe.inverse(pipe(_item(oblique_files)))
     for key in KEYS:
@@ -175,8 +176,8 @@ def _epoch(files, loader, n=8, seed=None, **kw):
     if seed is not None:
         pipe.set_random_state(seed)
     data = Dataset([_item(files)] * n, transform=pipe)
-    batches = list(loader(data, batch_size=1, num_workers=2, **kw))
-    return [(int(b["worker"][0]), float(b["z_mm"][0, -1])) for b in batches], batches
+    batches = list(loader(data, batch_size=2, num_workers=2, **kw))
+    return [(int(w), float(z[-1])) for b in batches for w, z in zip(b["worker"], b["z_mm"])], batches
 
 
 @pytest.mark.parametrize("loader, seed", [(DataLoader, None), (torch.utils.data.DataLoader, None),
@@ -201,7 +202,7 @@ def test_dataloader_workers_draw_different_trajectories(oblique_files, loader, s
     set_determinism(seed=None)
     assert {z for _, z in other}.isdisjoint({z for _, z in first})
     image = batches[0]["image"]
-    assert isinstance(image, MetaTensor) and image.shape == (1, 3, 40, 48, 20)
+    assert isinstance(image, MetaTensor) and image.shape == (2, 3, 40, 48, 20)
     np.testing.assert_allclose(image.affine[0].numpy(), nib.load(oblique_files[0]).affine, atol=1e-5)
 
 

@@ -315,7 +315,7 @@ class LongitudinalAugment(*_MONAI_BASES):
             x = out[key]
             info = self.pop_transform(x)[TraceKeys.EXTRA_INFO]
             shape = info["input_shape"]
-            per_frame = int(np.prod(shape)) // int(np.prod(x.shape[-3:]))  # channels of one frame
+            per_frame = shape[0] if len(shape) == 4 else 1  # channels of one frame
             first = x[0] if info["time_dim"] == "leading" else x[:per_frame]
             out[key] = first.reshape(list(shape[:-3]) + list(x.shape[-3:]))
         out.pop(self.z_key, None)
