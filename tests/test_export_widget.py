@@ -303,3 +303,15 @@ def test_movie_titles_name_the_slice_in_mm_and_count_frames_from_one(dock, tmp_p
     assert seen["edge_letters"] == {"top": "A", "bottom": "P", "left": "R", "right": "L"}
     assert count_frames(tmp_path / "m.gif") == augment.model.frames
     assert movie.frame_stamp("LAUGEN series", 7, 8, 2.1) == "LAUGEN series  frame 8 of 8  z_t = +2.10 mm"
+
+
+def test_the_dock_remembers_its_choices(bare, tmp_path):
+    viewer, widget, *_ = bare
+    widget.series.value = 3
+    widget.fps.value = 7.5
+    widget.difference.value = "previous"
+    widget.outdir.value = tmp_path / "exports"
+    again = ExportWidget(viewer)
+    assert again.series.value == 3 and again.fps.value == 7.5 and again.difference.value == "previous"
+    assert str(again.outdir.value) == str(tmp_path / "exports")
+    assert (tmp_path / "config" / "export.json").is_file()

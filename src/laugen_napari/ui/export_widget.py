@@ -32,7 +32,7 @@ from ..pipeline import generate_to_directory
 from ..settings import GenerationSettings, setting_fields
 from . import orientation
 from .layers import PlaneOnScreen, source_unchanged, volume_from_layer
-from .settings_form import SettingsForm, settings_summary
+from .settings_form import SettingsForm, remember, remembered, settings_summary
 from .workers import ThreadWorker
 
 OptionsProvider = Callable[[], GenerationSettings]
@@ -102,6 +102,9 @@ class ExportWidget(QWidget):
         self._summary_timer = QTimer(self, interval=500)
         self._summary_timer.timeout.connect(self.refresh_settings_view)
         self._summary_timer.start()
+        self._restore()
+        for widget in (self.series, self.outdir, self.difference, self.fps, self.movie_path):
+            widget.changed.connect(self.remember_settings)
         self.progress_changed.connect(self._on_progress)
         events = self.viewer.layers.events
         for emitter in (events.inserted, events.removed, events.reordered):
@@ -153,6 +156,28 @@ class ExportWidget(QWidget):
     def options_provider(self, provider: OptionsProvider | None) -> None:
         self._options_provider = provider
         self.refresh_settings_view()
+
+    # -- remembered settings (the user's config folder; see settings_form.config_dir) -----------
+    def remember_settings(self, *_: Any) -> None:
+        """Store this dock's own choices: number of series, folders, movie options."""
+        remember("export", {"series": int(self.series.value), "outdir": str(self.outdir.value),
+                            "difference": self.difference.value, "fps": float(self.fps.value),
+                            "movie_path": str(self.movie_path.value)})
+
+    def _restore(self) -> None:
+        data = remembered("export") or {}
+        try:
+            if "series" in data:
+                self.series.value = int(data["series"])
+            if data.get("difference") in [v for _, v in _DIFFERENCE_CHOICES]:
+                self.difference.value = data["difference"]
+            if "fps" in data:
+                self.fps.value = float(data["fps"])
+            for key, widget in (("outdir", self.outdir), ("movie_path", self.movie_path)):
+                if data.get(key) and data[key] != ".":
+                    widget.value = data[key]
+        except (TypeError, ValueError):
+            pass
 
     def _augment_panel(self):
         from .augment_widget import augment_panel
