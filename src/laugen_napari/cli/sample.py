@@ -43,36 +43,10 @@ def register(subparsers) -> None:
 
 
 def sample_pairs(model, n: int, min_mask_pixels: int, seed: int = 0, max_tries: int = 20, sampler=None):
-    """Draw until ``n`` pairs with masks of >= ``min_mask_pixels`` structure pixels (or ``max_tries`` rounds).
+    """See :func:`laugen_napari.training.generators.sample_nonempty`."""
+    from ..training.generators import sample_nonempty
 
-    ``sampler(n, generator) -> (n, C_img + L, S, S)`` (default ``model.sample``).
-    Returns (images (M, C_img, S, S) float32 in [0, 1], label maps (M, S, S) uint8, number dropped), M <= n.
-    """
-    import numpy as np
-    import torch
-
-    from ..training.generators import split_pairs
-
-    sampler = sampler or (lambda k, g: model.sample(k, generator=g))
-    ci = _image_channels(model)
-    g = torch.Generator().manual_seed(int(seed))
-    images, masks, dropped = [], [], 0
-    for _ in range(max(1, max_tries)):
-        imgs, labs = split_pairs(sampler(n, g), ci)
-        ok = (labs > 0).reshape(len(labs), -1).sum(1) >= max(1, min_mask_pixels)
-        dropped += int((~ok).sum())
-        images += list(imgs[ok])
-        masks += list(labs[ok])
-        if len(images) >= n:
-            break
-    images, masks = images[:n], masks[:n]
-    size = model.cfg.size
-    return (np.stack(images) if images else np.zeros((0, ci, size, size), np.float32),
-            np.stack(masks) if masks else np.zeros((0, size, size), np.uint8), dropped)
-
-
-def _image_channels(model) -> int:
-    return int(getattr(model.cfg, "image_channels", 1))
+    return sample_nonempty(model, n, min_mask_pixels, seed, max_tries, sampler)
 
 
 def run(args: argparse.Namespace) -> int:

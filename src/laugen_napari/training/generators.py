@@ -128,6 +128,30 @@ def split_pairs(x: torch.Tensor | np.ndarray, image_channels: int) -> tuple[np.n
     return x[:, :image_channels].numpy(), labels.numpy()
 
 
+def sample_nonempty(model, n: int, min_mask_pixels: int = 10, seed: int = 0, max_tries: int = 20, sampler=None):
+    """Draw until ``n`` pairs whose masks have >= ``min_mask_pixels`` structure pixels (or
+    ``max_tries`` rounds of n). ``sampler(n, generator)`` defaults to ``model.sample``.
+
+    Returns (images (M, C_img, S, S) float32 in [0, 1], label maps (M, S, S) uint8, number dropped), M <= n.
+    """
+    sampler = sampler or (lambda k, g: model.sample(k, generator=g))
+    ci = int(getattr(model.cfg, "image_channels", 1))
+    g = torch.Generator().manual_seed(int(seed))
+    images, masks, dropped = [], [], 0
+    for _ in range(max(1, max_tries)):
+        imgs, labs = split_pairs(sampler(n, g), ci)
+        ok = (labs > 0).reshape(len(labs), -1).sum(1) >= max(1, min_mask_pixels)
+        dropped += int((~ok).sum())
+        images += list(imgs[ok])
+        masks += list(labs[ok])
+        if len(images) >= n:
+            break
+    images, masks = images[:n], masks[:n]
+    size = model.cfg.size
+    return (np.stack(images) if images else np.zeros((0, ci, size, size), np.float32),
+            np.stack(masks) if masks else np.zeros((0, size, size), np.uint8), dropped)
+
+
 def slice_conditions(slices) -> torch.Tensor:
     """(N, 1 + L) structure descriptors of each slice: its relative position among the kept slices
     of its volume (0 first .. 1 last) and the square root of each label's area fraction."""
