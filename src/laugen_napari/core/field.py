@@ -82,16 +82,18 @@ class UnitField:
         if not math.isfinite(peak) or peak <= 0.0:
             raise ValueError("the displacement field is zero everywhere: nothing would move")
         keep = norm >= NEGLIGIBLE * peak
-        nz = torch.nonzero(keep)
-        lo = nz.min(0).values.tolist()
-        hi = (nz.max(0).values + 1).tolist()
+        lo, hi = [], []
+        for hit in (keep.flatten(1).any(1), keep.any(2).any(0), keep.any(1).any(0)):
+            idx = torch.nonzero(hit).squeeze(1)
+            lo.append(int(idx[0]))
+            hi.append(int(idx[-1]) + 1)
         # keep one voxel of zeros around the support so that finite differences see the edge
         lo = [max(0, a - 1) for a in lo]
         hi = [min(n, b + 1) for n, b in zip(norm.shape, hi)]
         inner = tuple(slice(a, b) for a, b in zip(lo, hi))
         roi = tuple(slice(r.start + s.start, r.start + s.stop) for r, s in zip(self.roi, inner))
-        mm = (self.mm * keep.unsqueeze(0))[(slice(None),) + inner] / peak
-        return UnitField(self.shape, self.spacing, roi, mm.contiguous())
+        mm = self.mm[(slice(None),) + inner] * (keep[inner] / peak).unsqueeze(0)
+        return UnitField(self.shape, self.spacing, roi, mm)
 
 
 def gaussian_kernel(sigma_vox: float, truncate: float = TRUNCATE) -> np.ndarray:

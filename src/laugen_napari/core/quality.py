@@ -25,23 +25,33 @@ class JacobianStats:
     costs one polynomial evaluation. Outside the field's ROI the determinant is 1.
     """
 
-    def __init__(self, field: UnitField):
-        grads = torch.stack([spatial_gradient(field.mm[i], field.spacing) for i in range(3)])  # (3 comp, 3 axis, ...)
-        g = grads.reshape(3, 3, -1)
-        self.c1 = g[0, 0] + g[1, 1] + g[2, 2]
-        self.c2 = (g[0, 0] * g[1, 1] - g[0, 1] * g[1, 0]) + (g[0, 0] * g[2, 2] - g[0, 2] * g[2, 0]) + (
-            g[1, 1] * g[2, 2] - g[1, 2] * g[2, 1]
-        )
-        self.c3 = (
-            g[0, 0] * (g[1, 1] * g[2, 2] - g[1, 2] * g[2, 1])
-            - g[0, 1] * (g[1, 0] * g[2, 2] - g[1, 2] * g[2, 0])
-            + g[0, 2] * (g[1, 0] * g[2, 1] - g[1, 1] * g[2, 0])
-        )
+    def __init__(self, field: UnitField, slab: int = 4):
+        # computed in slabs of ``slab`` planes along Z (plus one plane of halo on each side for the
+        # derivatives), so that the nine derivative arrays and the products stay in cache
+        mm = field.mm
+        depth = mm.shape[1]
+        parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        for z0 in range(0, depth, slab):
+            z1 = min(depth, z0 + slab)
+            a, b = max(0, z0 - 1), min(depth, z1 + 1)
+            inner = slice(z0 - a, z1 - a)
+            g = [spatial_gradient(mm[i, a:b], field.spacing)[:, inner] for i in range(3)]  # g[comp][axis]
+            c1 = g[0][0] + g[1][1] + g[2][2]
+            c2 = (g[0][0] * g[1][1] - g[0][1] * g[1][0]) + (g[0][0] * g[2][2] - g[0][2] * g[2][0]) + (
+                g[1][1] * g[2][2] - g[1][2] * g[2][1]
+            )
+            c3 = (
+                g[0][0] * (g[1][1] * g[2][2] - g[1][2] * g[2][1])
+                - g[0][1] * (g[1][0] * g[2][2] - g[1][2] * g[2][0])
+                + g[0][2] * (g[1][0] * g[2][1] - g[1][1] * g[2][0])
+            )
+            # where dF/dx = 0 the determinant is 1 for every z: keep only the other voxels
+            keep = (c1 != 0) | (c2 != 0) | (c3 != 0)
+            parts.append((c1[keep], c2[keep], c3[keep]))
         self.n_total = int(np.prod(field.shape))
-        self.n_roi = int(self.c1.numel())
-        # where dF/dx = 0 the determinant is 1 for every z: keep only the other voxels
-        keep = (self.c1 != 0) | (self.c2 != 0) | (self.c3 != 0)
-        self.c1, self.c2, self.c3 = self.c1[keep], self.c2[keep], self.c3[keep]
+        self.n_roi = int(mm[0].numel())
+        empty = mm.new_zeros(0)
+        self.c1, self.c2, self.c3 = (torch.cat([p[k] for p in parts]) if parts else empty for k in range(3))
 
     def determinant(self, z_mm: float) -> torch.Tensor:
         """Determinant for magnitude ``z_mm`` at every voxel where the field varies (flattened);

@@ -139,19 +139,40 @@ class Warper:
 
     def _labels_at(self, idx: torch.Tensor, frac: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """Label samples (n,) at cells ``idx`` (n, 8): nearest, or one-hot linear + argmax."""
+        out, pending = self._labels_deferred(idx, frac, coords)
+        if pending is not None and pending[0].numel():
+            out[pending[0]] = self._vote(pending[1], pending[2])
+        return out
+
+    def _labels_deferred(self, idx: torch.Tensor, frac: torch.Tensor, coords: torch.Tensor):
+        """Label samples (n,) with the vote of mixed cells left to the caller: returns (labels,
+        None) or (labels, (rows of the mixed cells, their corner labels (m, 8), fractions (m, 3))),
+        where the labels of those rows are placeholders. Voting once for many blocks saves the
+        per-call overhead of the vote's small arrays."""
         flat = self._flat_labels
         if self.label_interpolation == "nearest":
             near = torch.minimum(torch.floor(coords + 0.5).clamp_min(0), self._max_coord).to(torch.int64)
-            return flat.take((near * self._strides).sum(1))
+            return flat.take((near * self._strides).sum(1)), None
         # one-hot linear + argmax without building the one-hot volume: a label's interpolated
         # indicator is the summed trilinear weight of the corners that carry it, so the winner is
         # the corner label with the largest such sum. Cells whose 8 corners agree need no vote.
         corners = flat.take(idx)
         out = corners[:, 0].clone()
-        mixed = torch.nonzero((corners != corners[:, :1]).any(1)).squeeze(1)
-        if mixed.numel():
-            out[mixed] = self._vote(corners[mixed], frac[mixed])
-        return out
+        if corners.dtype == torch.uint8:  # the 8 corners as one int64: equal to 8 copies of the first?
+            mixed = corners.view(torch.int64).squeeze(1) != self._replicated_bytes().take(out.long())
+        else:
+            low, high = torch.aminmax(corners, dim=1)
+            mixed = low != high
+        rows = torch.nonzero(mixed).squeeze(1)
+        return out, (rows, corners[rows], frac[rows])
+
+    def _replicated_bytes(self) -> torch.Tensor:
+        """int64 whose 8 bytes all equal b, for every byte value b (256,)."""
+        table = getattr(self, "_bytes8", None)
+        if table is None:
+            pattern = np.arange(256, dtype=np.uint64) * np.uint64(0x0101010101010101)
+            table = self._bytes8 = torch.from_numpy(pattern.view(np.int64)).to(self._flat_labels.device)
+        return table
 
     @staticmethod
     def _vote(labels: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
@@ -199,16 +220,20 @@ class Warper:
                 torch.empty_like(self.flat_index, dtype=self.labels.dtype)
         if z_mm != 0.0:
             flat_img = img.view(img.shape[0], -1)
-            flat_lab = lab.view(-1) if lab is not None else None
+            pending = []
             for rows in self._blocks():
                 coords = self._coords(z_mm, rows)
                 idx, frac = self._cells(coords)
-                where = self.flat_index[rows]
-                flat_img[:, where] = self._image_at(idx, frac)
-                if flat_lab is not None:
-                    values = self._labels_at(idx, frac, coords)
-                    moving[rows] = values
-                    flat_lab[where] = values
+                flat_img[:, self.flat_index[rows]] = self._image_at(idx, frac)
+                if lab is not None:
+                    moving[rows], votes = self._labels_deferred(idx, frac, coords)
+                    if votes is not None and votes[0].numel():
+                        pending.append((votes[0] + rows.start, votes[1], votes[2]))
+            if lab is not None:
+                if pending:
+                    at, corners, frac = (torch.cat([p[k] for p in pending]) for k in range(3))
+                    moving[at] = self._vote(corners, frac)
+                lab.view(-1)[self.flat_index] = moving
         return (img[0] if self.single_channel else img), lab, moving
 
     def image_frame(self, z_mm: float, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -230,9 +255,7 @@ class Warper:
             raise ValueError("this warper was built without a label map")
         out = self.labels.clone() if out is None else out.copy_(self.labels)
         if z_mm != 0.0:
-            flat = out.view(-1)
-            for rows in self._blocks():
-                flat[self.flat_index[rows]] = self._sample_labels(self._coords(z_mm, rows))
+            out.view(-1)[self.flat_index] = self.moving_labels(z_mm)
         return out
 
     def moving_labels(self, z_mm: float) -> torch.Tensor:
@@ -242,8 +265,16 @@ class Warper:
         if z_mm == 0.0:
             return self.moving_values(self.labels)
         out = torch.empty_like(self.flat_index, dtype=self.labels.dtype)
+        pending = []
         for rows in self._blocks():
-            out[rows] = self._sample_labels(self._coords(z_mm, rows))
+            coords = self._coords(z_mm, rows)
+            idx, frac = self._cells(coords)
+            out[rows], votes = self._labels_deferred(idx, frac, coords)
+            if votes is not None and votes[0].numel():
+                pending.append((votes[0] + rows.start, votes[1], votes[2]))
+        if pending:
+            at, corners, frac = (torch.cat([p[k] for p in pending]) for k in range(3))
+            out[at] = self._vote(corners, frac)
         return out
 
     def moving_values(self, frame: torch.Tensor) -> torch.Tensor:
