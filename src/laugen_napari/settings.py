@@ -117,8 +117,10 @@ class GenerationSettings:
     """Every parameter of a LAUGEN series (units: mm, frames, voxels).
 
     ``direction`` is in the image's world axes (RAS+ x, y, z); ``center`` is a voxel index
-    (i, j, k) of the input file (for arrays without a file: of the array, in (x, y, z) order
-    of its last three axes reversed, as nibabel would store it). ``labels`` None means every
+    (i, j, k) of the input file. For the transform on arrays, ``center`` is a voxel index along
+    the host array's spatial axes in their stored order (MONAI/TorchIO: the file's i, j, k), and
+    ``direction`` is world RAS+ when the array carries an affine, else along the array axes.
+    ``labels`` None means every
     non-zero label. ``rate`` None means the trajectory's own default
     (:data:`~laugen_napari.core.trajectory.DEFAULT_RATE`); ``midpoint`` None the middle frame.
     """
