@@ -26,14 +26,49 @@ REDRAW_S = 1.0  # a full round of panel redraws takes at least this long
 MARGIN_PX = {"left": 44, "right": 8, "top": 20, "bottom": 30, "wspace": 46, "hspace": 46}
 
 
+class _VerticalScroll(QScrollArea):
+    """Scrolls vertically only; as wide as its content needs (nothing is cut off at the sides)."""
+
+    def __init__(self, min_height: int):
+        super().__init__()
+        self._min_height = int(min_height)
+
+    def setWidget(self, widget: QWidget) -> None:  # noqa: N802 (Qt name)
+        super().setWidget(widget)
+        widget.installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt name)
+        from qtpy.QtCore import QEvent
+
+        if obj is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()  # the content's minimum width may have changed: ask the dock again
+        return super().eventFilter(obj, event)
+
+    def minimumSizeHint(self):  # noqa: N802 (Qt name)
+        from qtpy.QtCore import QSize
+
+        inner = self.widget()
+        width = inner.minimumSizeHint().width() if inner is not None else 0
+        return QSize(width + self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth(), self._min_height)
+
+
+def narrow_combo(combo, chars: int = 14) -> None:
+    """Let a QComboBox shrink to ``chars`` characters instead of its longest item (long layer
+    names must not widen a dock past the screen)."""
+    from qtpy.QtWidgets import QComboBox
+
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(chars)
+
+
 def scroll_area(inner: QWidget, min_height: int = 120) -> QScrollArea:
-    """``inner`` in a vertical scroll area without a frame (a long form in a short dock)."""
-    area = QScrollArea()
+    """``inner`` in a vertical scroll area without a frame (a long form in a short dock), at least
+    ``min_height`` pixels tall and as wide as ``inner`` needs."""
+    area = _VerticalScroll(min_height)
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)
     area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     area.setWidget(inner)
-    area.setMinimumHeight(min_height)
     return area
 
 

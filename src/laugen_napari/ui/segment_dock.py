@@ -19,18 +19,18 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
+from qtpy.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFileDialog, QFormLayout, QGridLayout, QHBoxLayout, QLabel,
                             QLineEdit, QProgressBar, QPushButton, QRadioButton, QSpinBox, QVBoxLayout, QWidget)
 
 from ..segment import Prompts, RegionGrowingBackend, SegmentationCancelled, segment
-from .mpl_dock import scroll_area
+from .mpl_dock import narrow_combo, scroll_area
 from .workers import ThreadWorker
 
 POSITIVE_COLOR = "lime"
 NEGATIVE_COLOR = "red"
 FALLBACK_TEXT = "Fallback: region growing (no weights)"
 AXES = ("viewer's slice axis", "axis 0 (z)", "axis 1 (y)", "axis 2 (x)")
-NEW_LABELS = "new layer (made on the image's grid)"
+NEW_LABELS = "(new layer on the image's grid)"
 NEW_LABELS_NAME = "segmentation"
 
 
@@ -55,13 +55,19 @@ class SegmentWidget(QWidget):
         self._refresh_layers()
         self._update_backend_label()
 
+    def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
+        # a hard minimum once styled: stacked with other docks, Qt must not squash the form below it
+        self.setMinimumHeight(0)
+        self.setMinimumHeight(self.minimumSizeHint().height())
+        super().showEvent(event)
+
     # -- UI --------------------------------------------------------------------------------------
     def _build_ui(self) -> None:
         inner = QWidget()
         layout = QVBoxLayout(inner)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll_area(inner, min_height=160))  # fits a short dock: the form scrolls
+        outer.addWidget(scroll_area(inner, min_height=80))  # fits a short dock: the form scrolls
         form = QFormLayout()
         self.image_combo = QComboBox()
         self.points_combo = QComboBox()
@@ -72,6 +78,8 @@ class SegmentWidget(QWidget):
         self.label_value.setValue(1)
         self.axis_combo = QComboBox()
         self.axis_combo.addItems(AXES)
+        for combo in (self.image_combo, self.points_combo, self.shapes_combo, self.labels_combo, self.axis_combo):
+            narrow_combo(combo)
         form.addRow("image", self.image_combo)
         form.addRow("clicks (Points)", self.points_combo)
         form.addRow("boxes (Shapes)", self.shapes_combo)
@@ -82,7 +90,7 @@ class SegmentWidget(QWidget):
 
         row = QHBoxLayout()
         self.new_prompts_btn = QPushButton("new click/box layers")
-        self.new_labels_btn = QPushButton("new Labels layer now")
+        self.new_labels_btn = QPushButton("new Labels layer")
         row.addWidget(self.new_prompts_btn)
         row.addWidget(self.new_labels_btn)
         layout.addLayout(row)
@@ -114,14 +122,14 @@ class SegmentWidget(QWidget):
         self.overwrite_check = QCheckBox("overwrite other labels")
         layout.addWidget(self.overwrite_check)
 
-        runs = QHBoxLayout()
+        runs = QGridLayout()  # two rows: the dock stays narrow
         self.slice_btn = QPushButton("segment this slice")
         self.volume_btn = QPushButton("propagate through the volume")
         self.cancel_btn = QPushButton("cancel")
         self.cancel_btn.setEnabled(False)
-        runs.addWidget(self.slice_btn)
-        runs.addWidget(self.volume_btn)
-        runs.addWidget(self.cancel_btn)
+        runs.addWidget(self.slice_btn, 0, 0)
+        runs.addWidget(self.cancel_btn, 0, 1)
+        runs.addWidget(self.volume_btn, 1, 0, 1, 2)
         layout.addLayout(runs)
         self.progress = QProgressBar()
         self.status = QLabel("")

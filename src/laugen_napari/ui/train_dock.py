@@ -38,7 +38,7 @@ from ..training import plan as planning
 from ..training.loop import load_checkpoint  # noqa: F401  (the validation sample reads checkpoints with it, via plan)
 from ..training.plan import DHVAE_FAMILY, describe_end, describe_record, model_choices, tile  # noqa: F401 (tile: API)
 from . import load_settings, save_settings
-from .mpl_dock import PanelPlot, scroll_area
+from .mpl_dock import PanelPlot, narrow_combo, scroll_area
 from .workers import WorkerSet
 
 CHOICES = model_choices()
@@ -199,14 +199,18 @@ class TrainWidget(QWidget):
         w["threads"] = SpinBox(label="torch threads (child)", value=max(1, (os.cpu_count() or 2) - 1), min=1, max=256)
         w["weights_note"] = Label(value=WEIGHTS_NOTE)
         w["weights_note"].native.setWordWrap(True)
+        for widget in w.values():
+            if isinstance(widget, ComboBox):
+                narrow_combo(widget.native)
         form_keys = list(w)
         w["start"] = PushButton(text="Start")
         w["stop"] = PushButton(text="Stop")
         w["show_val"] = PushButton(text="show validation sample")
         w["status"] = Label(value="Idle. Choose a model and data, then press Start.")
         w["status"].native.setWordWrap(True)
-        # a fixed height: a status line that rewraps would re-layout the dock and resize the plot (a full redraw)
-        w["status"].native.setFixedHeight(3 * w["status"].native.fontMetrics().lineSpacing() + 4)
+        # a fixed height: a status line that rewraps would re-layout the dock and resize the plot (a full
+        # redraw); two lines keep the dock short enough to stack with the other LAUGEN docks on 800 px
+        w["status"].native.setFixedHeight(2 * w["status"].native.fontMetrics().lineSpacing() + 4)
         self.w = w
         self.form = Container(widgets=[w[k] for k in form_keys])
         self.plot = TrainPlot(self)
@@ -220,8 +224,10 @@ class TrainWidget(QWidget):
         inner_layout.setContentsMargins(0, 0, 0, 0)
         inner_layout.addWidget(self.plot)
         inner_layout.addWidget(self.form.native)
-        self.scroll = scroll_area(inner, min_height=140)
+        self.scroll = scroll_area(inner, min_height=70)
         layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.setSpacing(4)
         layout.addLayout(buttons)
         layout.addWidget(w["status"].native)
         layout.addWidget(self.scroll, 1)
@@ -231,6 +237,13 @@ class TrainWidget(QWidget):
         w["show_val"].changed.connect(self.show_validation_sample)
         w["stop"].enabled = False
         self._on_model()
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        # a hard minimum once styled (napari's stylesheet makes buttons taller): stacked with other
+        # docks, Qt must not squash Start/Stop and the status line
+        self.setMinimumHeight(0)
+        self.setMinimumHeight(self.minimumSizeHint().height())
+        super().showEvent(event)
 
     def _reset_choices(self, *_) -> None:
         names = [layer.name for layer in self.viewer.layers]
@@ -273,6 +286,7 @@ class TrainWidget(QWidget):
 
     def _status(self, text: str) -> None:
         self.w["status"].value = text
+        self.w["status"].native.setToolTip(text)
 
     # -- settings memory --------------------------------------------------------------------
     def settings(self) -> dict:
