@@ -96,7 +96,7 @@ def errors(monkeypatch):
     return shown
 
 
-def test_simvp_run_plots_records_stops_and_shows_a_sample(make_napari_viewer, qtbot, tmp_path, errors):
+def test_simvp_run_plots_records_stops_and_shows_a_sample(make_napari_viewer, qtbot, tmp_path, errors, monkeypatch):
     viewer = make_napari_viewer(show=True)
     viewer.add_image(moving_blob(), name="LAUGEN series")
     widget = TrainWidget(viewer)
@@ -125,6 +125,11 @@ def test_simvp_run_plots_records_stops_and_shows_a_sample(make_napari_viewer, qt
     qtbot.waitUntil(lambda: val_points() >= 2 and len(plot.lines["train/loss"].get_xdata()) >= 4, timeout=45000)
     assert widget.running and not errors
     assert plot.shown == [0, 1, 2, 3]
+    from napari.utils import progress
+
+    bar = widget._pbar  # the run in napari's activity dock, counting epochs
+    assert bar is not None and bar in progress._all_instances and bar.total == 10_000
+    assert 1 <= bar.n <= max(r.epoch for r in widget.proc.records) + 1
     # the plot holds exactly what the child sent
     recs = list(widget.proc.records)
     train = [r for r in recs if r.phase == "train"]
@@ -146,6 +151,7 @@ def test_simvp_run_plots_records_stops_and_shows_a_sample(make_napari_viewer, qt
     elapsed = time.perf_counter() - t0
     proc = widget.proc
     assert proc.error is None and proc.exitcode == 0 and not errors
+    assert widget._pbar is None and bar not in progress._all_instances  # closed at the end
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert ckpt["step"] == proc.records[-1].step < 10_000
     status = w["status"].value
@@ -158,6 +164,17 @@ def test_simvp_run_plots_records_stops_and_shows_a_sample(make_napari_viewer, qt
     assert_panels_legible(plot)
     # a validation sample as layers (from best.pt), timed on its own: adding three layers to a
     # shown viewer is napari's own cost, not the training's
+    # after Stop, "show validation sample" must build no optimizer in the viewer's process (that
+    # imported Triton beside Mesa and crashed napari): any optimizer built now fails the test
+    import torch
+
+    built = []
+
+    def no_optimizer(self, *args, **kwargs):
+        built.append(type(self).__name__)
+        raise AssertionError("an optimizer was built in the viewer's process")
+
+    monkeypatch.setattr(torch.optim.Optimizer, "__init__", no_optimizer)
     meter2 = StallMeter()
     meter2.start()
     w["show_val"].native.click()
@@ -166,6 +183,7 @@ def test_simvp_run_plots_records_stops_and_shows_a_sample(make_napari_viewer, qt
     assert viewer.layers[VAL_CONTEXT].data.shape == (4, 24, 24)
     assert viewer.layers[VAL_TARGET].data.shape == viewer.layers[VAL_PREDICTION].data.shape == (4, 24, 24)
     assert np.isfinite(viewer.layers[VAL_PREDICTION].data).all()
+    assert not built and not errors
     assert "Validation sequence 0" in w["status"].value
     print(f"validation sample: longest GUI-thread stall {sample_stall_ms:.0f} ms")
     assert sample_stall_ms < 500
