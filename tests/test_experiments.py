@@ -23,7 +23,7 @@ from laugen_napari.testing.acdc import build_acdc_folder, sample_pair
 from laugen_napari.training.datasets import (
     SliceSpec, SyntheticSequences, SyntheticSource, build_data, read_volume, scan_acdc)
 from laugen_napari.training.loop import load_checkpoint
-from laugen_napari.training.simvp import build_task, make_batches, train_simvp
+from laugen_napari.training.simvp import build_task, train_simvp
 
 torch.set_num_threads(1)
 T1, SEG = sample_pair()

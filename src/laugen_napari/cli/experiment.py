@@ -56,7 +56,8 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         rows = run_sweep(args.sweep, values, data_kwargs(args), args.out, repeats=args.repeats,
-                         epochs=None if args.steps is not None else args.epochs, steps=args.steps, mix=args.mix,
+                         epochs=None if args.steps is not None else args.epochs, steps=args.steps,
+                         mix=getattr(args, "mix", 0.1),
                          seed=args.seed, batch_size=args.batch_size, pretrain_steps=getattr(args, "pretrain_steps", None),
                          train_options=dict(translator=args.translator, size=model_size(args), lr=args.lr,
                                             schedule=args.schedule), progress=progress)
@@ -119,10 +120,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             p.add_argument("--ratios", default="0,0.1,0.2,0.5", help="comma-separated mixing ratios")
         elif name == "sizes":
             p.add_argument("--sizes", required=True, help="comma-separated numbers of training patients (4D files)")
+            p.add_argument("--mix", type=float, default=0.1, help="mixing ratio of every run (default 0.1, the paper's)")
         else:
             p.add_argument("--pretrain-steps", type=int, help="steps of synthetic-only pre-training "
                                                               "(default: as many as the fine-tuning)")
-        p.add_argument("--mix", type=float, default=0.1, help="mixing ratio of the sizes sweep (default 0.1)")
         p.add_argument("--repeats", type=int, default=3, help="runs (seeds --seed, --seed+1, ...) per value")
         add_data_arguments(p)
         add_model_arguments(p)

@@ -164,15 +164,6 @@ class SimVPTask:
         return {"model": "simvp", **self.model_config.to_dict(), "target": self.target}
 
 
-def make_batches(dataset: MixedSequences, batch_size: int, seed: int = 0):
-    """``batches(epoch)``: a shuffled DataLoader over ``dataset`` for that epoch (seeded)."""
-    def batches(epoch: int):
-        dataset.set_epoch(epoch)
-        g = torch.Generator().manual_seed(int(seed) * 100_003 + int(epoch))
-        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=g, num_workers=0)
-    return batches
-
-
 def steps_per_epoch(dataset: MixedSequences, batch_size: int) -> int:
     """Optimiser steps of one epoch over ``dataset`` (the last batch may be smaller)."""
     return -(-len(dataset) // int(batch_size))
