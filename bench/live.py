@@ -3,7 +3,10 @@
 Run under Xvfb:
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python bench/live.py [--changes 50] [--repeats 5]
-        [--profile] [--out bench/results/live.txt]
+        [--profile] [--out bench/results/live.txt] [--volume sample|0.5|ct]
+
+``--volume 0.5`` previews the sample resampled to 0.5 mm (8x the voxels), ``--volume ct`` the
+CT-sized volume of bench/scale.py (400x512x512) (issue 13).
 
 On the shipped MNI152 pair (1 mm, 189x233x197) with the axial plane through the ventricles shown at
 the last frame, it measures:
@@ -52,6 +55,28 @@ def uptime() -> str:
         return f"load average: {os.getloadavg()}"
 
 
+class _Vol:
+    """The parts of a loaded Volume the bench uses."""
+
+    def __init__(self, data, spacing, origin=(0.0, 0.0, 0.0)):
+        self.data, self.spacing, self.origin = data, tuple(float(s) for s in spacing), tuple(origin)
+
+
+def bench_volume(which: str, img, seg):
+    """The volume to preview: the sample as shipped, resampled to ``which`` mm, or 'ct' (the
+    CT-sized volume of bench/scale.py)."""
+    if which == "sample":
+        return img, seg
+    sys.path.insert(0, str(ROOT / "bench"))
+    import scale
+
+    if which == "ct":
+        image, labels, spacing = scale.make_ct()
+    else:
+        image, labels, spacing = scale.resample(img.data, seg.data, img.spacing, float(which))
+    return _Vol(image, spacing, img.origin if which != "ct" else (0.0, 0.0, 0.0)), _Vol(labels, spacing)
+
+
 def pct(values, q) -> float:
     return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else float("nan")
 
@@ -69,6 +94,7 @@ class Bench:
         self.QTimer, self.QEventLoop = QTimer, QEventLoop
         self.lines: list[str] = []
         img, seg = load_pair(ROOT / "sample_data/mni152_t1.nii.gz", ROOT / "sample_data/mni152_ventricles_seg.nii.gz")
+        img, seg = bench_volume(args.volume, img, seg)
         self.img, self.seg = img, seg
 
         # time the field computation where the dock runs it (the worker thread)
@@ -92,7 +118,7 @@ class Bench:
         viewer.add_labels(seg.data, name="seg", scale=img.spacing, translate=img.origin)
         self.widget = widget = aw.AugmentWidget(viewer)
         viewer.window.add_dock_widget(widget, name="LAUGEN augment", area="right")
-        self.series = viewer.layers[aw.SERIES]
+        self.series = None  # the dock adds its layers once the first field is ready
 
         # canvas draws: the time each vispy draw ends (callback after the scene has drawn)
         self.draws: list[float] = []
@@ -128,6 +154,8 @@ class Bench:
 
         ok = self.loop_until(lambda: widget.model is not None and widget.model.augmenter is not None, 60)
         assert ok, "the field never became ready"
+        assert self.loop_until(lambda: aw.SERIES in viewer.layers, 60), "the dock never added its layers"
+        self.series = viewer.layers[aw.SERIES]
         # axial plane through the ventricles, last frame
         self.z = int(np.argmax((seg.data > 0).sum(axis=(1, 2))))
         viewer.dims.set_point(0, widget.model.frames - 1)
@@ -400,7 +428,15 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats-3d", type=int, default=1, help="rendered 3D switches (slow under software GL)")
     ap.add_argument("--profile", action="store_true", help="add cProfile listings of the GUI thread")
     ap.add_argument("--out", default=None, help="also write the report to this file")
+    ap.add_argument("--volume", default="sample",
+                    help="sample (shipped, 1 mm), a spacing in mm to resample it to (e.g. 0.5), or ct (400x512x512)")
     args = ap.parse_args(argv)
+    if args.volume not in ("sample", "ct"):
+        try:
+            if float(args.volume) <= 0:
+                raise ValueError
+        except ValueError:
+            ap.error(f"--volume takes sample, ct or a positive spacing in mm, got {args.volume!r}")
 
     import napari
     import torch
@@ -412,7 +448,7 @@ def main(argv=None) -> int:
     out(f"python {platform.python_version()}, napari {napari.__version__}, torch {torch.__version__}, "
         f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
         f"GL: {_gl_renderer()}")
-    out(f"sample {b.img.data.shape} at {b.img.spacing} mm; axial plane z={b.z} at frame t={b.t}; "
+    out(f"volume {args.volume}: {b.img.data.shape} {b.img.data.dtype} at {b.img.spacing} mm; axial plane z={b.z} at frame t={b.t}; "
         f"field {b.widget.model.augmenter.warper.n_moving:,} moving voxels")
     out(f"uptime before: {uptime()}")
     out()
