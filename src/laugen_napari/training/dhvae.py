@@ -380,6 +380,8 @@ class DHVAETask:
         from .generators import sample_metrics, save_latest_samples
 
         g = torch.Generator().manual_seed(self.seed + 1)
+        if self.cfg.latent_sampling == "fitted":
+            self.model.fit_latent_density(self.train_x)
         s = self.model.sample(self.n_samples, generator=g)
         out = sample_metrics(self.train_x, s, self.image_channels, self.n_labels, min_mask_pixels=self.min_mask_pixels,
                              inception=self.inception, lpips=self.lpips, seed=self.seed)
@@ -392,6 +394,9 @@ class DHVAETask:
                 "model_config": self.cfg.to_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        for key in ("latent_mean", "latent_chol"):
+            if key in state["model"]:
+                setattr(self.model, key, torch.zeros_like(state["model"][key]))
         self.model.load_state_dict(state["model"])
         self.opt_g.load_state_dict(state["opt_g"])
         if self.opt_d is not None and state.get("opt_d") is not None:
@@ -412,7 +417,13 @@ def load_generator(path: str | os.PathLike):
     if cfg is None or ckpt.get("config", {}).get("task") != "dhvae":
         raise ValueError(f"{path} is not a dHVAE/HVAE/VAE checkpoint")
     model = DHVAE(DHVAEConfig(**cfg))
-    model.load_state_dict(ckpt["task"]["model"])
+    state = dict(ckpt["task"]["model"])
+    for key in ("latent_mean", "latent_chol"):  # absent in older checkpoints; sized by the fit
+        if key in state:
+            setattr(model, key, torch.zeros_like(state[key]))
+        else:
+            state[key] = getattr(model, key)
+    model.load_state_dict(state)
     return model.eval()
 
 

@@ -293,6 +293,9 @@ _DHVAE_OPTIONS = (
     Option("disc_warmup", int, 500, "steps before the discriminator term starts"),
     Option("lr", float, 5e-5, "AdamW learning rate (the paper's 5e-5)"),
     Option("clip_grad", float, 1.0, "gradient norm clip, 0 = off"),
+    Option("kl_warmup", int, 0, "steps over which the KL-like part of the ELBO is annealed in (0 = off)"),
+    Option("latent_sampling", str, "prior", "prior: z ~ N(0, I) (the paper); fitted: a Gaussian fitted to the "
+           "encoded training slices", ("prior", "fitted")),
     Option("batch_size", int, 8, "batch size"),
     Option("steps_per_epoch", int, 50, "steps between validations and checkpoints"),
     Option("vgg", str, None, "torchvision vgg16 state dict for the perceptual term"),
