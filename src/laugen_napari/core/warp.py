@@ -85,27 +85,32 @@ class Warper:
         self._strides = strides
         # interpolation cells: the lower corner is at most n - 2 (0 on an axis of one voxel); the
         # 8 corners are the lower one plus these flat offsets (bits z, y, x of the corner number)
-        self._max_coord = (shape - 1).to(torch.float32)
-        self._max_cell = (shape - 2).clamp_min(0).to(torch.float32)
+        self._max_coord = (shape - 1).to(torch.float32).view(3, 1)
+        self._max_cell = (shape - 2).clamp_min(0).to(torch.float32).view(3, 1)
+        self._strides_rows = strides.view(3, 1)
         step = [int(st) if n > 1 else 0 for st, n in zip(strides.tolist(), field.shape)]
         self._corner_offsets = torch.tensor(
-            [((k >> 2) & 1) * step[0] + ((k >> 1) & 1) * step[1] + (k & 1) * step[2] for k in range(8)], device=dev)
+            [((k >> 2) & 1) * step[0] + ((k >> 1) & 1) * step[1] + (k & 1) * step[2] for k in range(8)], device=dev
+        ).view(8, 1)
         # moving voxels, in raster order (cache-friendly gathers and scatters): integer positions
         # (P, 3) and displacement in voxels (P, 3)
-        disp = field.voxels()
-        moving = (disp != 0).any(0)
+        # (the sampling works on (3, n) and (8, n) arrays: every row contiguous, so vectorised)
+        mm = field.mm
+        moving = (mm != 0).any(0)
         local = torch.nonzero(moving)
         offset = torch.tensor([r.start for r in field.roi], device=dev)
         self.positions = local + offset
-        self.displacement = disp[:, moving].T.contiguous()
-        self._positions_f = self.positions.to(torch.float32)
+        spacing = torch.tensor(field.spacing, dtype=mm.dtype, device=dev).view(3, 1)
+        self._disp_rows = (mm[:, moving] / spacing).contiguous()  # (3, P) voxels
+        self.displacement = self._disp_rows.T  # (P, 3) view
+        self._positions_rows = self.positions.T.to(torch.float32).contiguous()  # (3, P)
         self.flat_index = (self.positions * strides).sum(1)
         self._block = CPU_BLOCK if dev.type == "cpu" else max(1, self.n_moving)
         # cell codes (see _ensure_codes), built on the first frame; reach: voxels per mm of z per axis
         self._codes: torch.Tensor | None = None
         self._codes_box: tuple[list[int], list[int]] | None = None
         self._codes_ok: bool | None = None if self.labels is not None else False
-        self._reach = (self.displacement.abs().amax(0).tolist() if self.n_moving else [0.0, 0.0, 0.0])
+        self._reach = (self._disp_rows.abs().amax(1).tolist() if self.n_moving else [0.0, 0.0, 0.0])
         self._plane_order: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     @property
@@ -119,33 +124,34 @@ class Warper:
 
     # -- sampling at the moving voxels -------------------------------------------------------
     def _coords(self, z_mm: float, rows: torch.Tensor | slice | None = None) -> torch.Tensor:
-        """Sampling positions (n, 3) in voxels (z, y, x) of the moving voxels ``rows`` (all if None)."""
+        """Sampling positions (3, n) in voxels (z, y, x rows) of the moving voxels ``rows`` (all if None)."""
         sel = slice(None) if rows is None else rows
-        return torch.add(self._positions_f[sel], self.displacement[sel], alpha=float(z_mm))
+        return torch.add(self._positions_rows[:, sel], self._disp_rows[:, sel], alpha=float(z_mm))
 
     def _cells(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(flat index (n, 1) of the lower corner of the interpolation cell, fractions (n, 3)) of
-        positions ``coords`` (n, 3); positions outside the volume take the nearest edge (clamped)."""
+        """(flat index (n,) of the lower corner of the interpolation cell, fractions (3, n)) of
+        positions ``coords`` (3, n); positions outside the volume take the nearest edge (clamped)."""
         c = torch.minimum(coords.clamp_min(0.0), self._max_coord)
         lo = torch.minimum(c.floor(), self._max_cell)
         frac = c - lo
-        return (lo.to(torch.int64) * self._strides).sum(1, keepdim=True), frac
+        return (lo.to(torch.int64) * self._strides_rows).sum(0), frac
 
-    def _interpolate(self, corners: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
-        """Trilinear value (n,) from corner values (n, 8) and fractions (n, 3)."""
-        n = corners.shape[0]
-        v = corners.view(n, 2, 2, 2)
-        x = torch.lerp(v[..., 0], v[..., 1], frac[:, 2].view(n, 1, 1))
-        y = torch.lerp(x[..., 0], x[..., 1], frac[:, 1].view(n, 1))
-        return torch.lerp(y[:, 0], y[:, 1], frac[:, 0])
+    @staticmethod
+    def _interpolate(corners: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
+        """Trilinear value (n,) from corner values (8, n) (corner k = 4 bz + 2 by + bx) and
+        fractions (3, n)."""
+        v = corners.view(2, 2, 2, -1)
+        x = torch.lerp(v[:, :, 0], v[:, :, 1], frac[2])
+        y = torch.lerp(x[:, 0], x[:, 1], frac[1])
+        return torch.lerp(y[0], y[1], frac[0])
 
     def _image_at(self, base: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
-        """Trilinear samples (C, n) of the image at cells ``base`` (n, 1) with fractions (n, 3)."""
-        idx = base + self._corner_offsets
+        """Trilinear samples (C, n) of the image at cells ``base`` (n,) with fractions (3, n)."""
+        idx = self._corner_offsets + base
         return torch.stack([self._interpolate(ch.take(idx).to(torch.float32), frac) for ch in self._flat_image])
 
     def _labels_at(self, base: torch.Tensor, frac: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        """Label samples (n,) at cells ``base`` (n, 1): nearest, or one-hot linear + argmax."""
+        """Label samples (n,) at cells ``base`` (n,): nearest, or one-hot linear + argmax."""
         out, pending = self._labels_deferred(base, frac, coords)
         if pending is not None and pending[0].numel():
             out[pending[0]] = self._vote(pending[1], pending[2])
@@ -160,23 +166,19 @@ class Warper:
         flat = self._flat_labels
         if self.label_interpolation == "nearest":
             near = torch.minimum(torch.floor(coords + 0.5).clamp_min(0), self._max_coord).to(torch.int64)
-            return flat.take((near * self._strides).sum(1)), None
+            return flat.take((near * self._strides_rows).sum(0)), None
         # one-hot linear + argmax without building the one-hot volume: a label's interpolated
         # indicator is the summed trilinear weight of the corners that carry it, so the winner is
         # the corner label with the largest such sum. Cells whose 8 corners agree need no vote.
         if codes:  # one byte per cell: its label, or MIXED
-            out = self._codes.take(base.squeeze(1))
+            out = self._codes.take(base)
             rows = torch.nonzero(out == MIXED).squeeze(1)
-            return out, (rows, flat.take(base[rows] + self._corner_offsets), frac[rows])
-        corners = flat.take(base + self._corner_offsets)
-        out = corners[:, 0].clone()
-        if corners.dtype == torch.uint8:  # the 8 corners as one int64: equal to 8 copies of the first?
-            mixed = corners.view(torch.int64).squeeze(1) != self._replicated_bytes().take(out.long())
-        else:
-            low, high = torch.aminmax(corners, dim=1)
-            mixed = low != high
-        rows = torch.nonzero(mixed).squeeze(1)
-        return out, (rows, corners[rows], frac[rows])
+            corners = flat.take(self._corner_offsets + base[rows])
+            return out, (rows, corners.T, frac[:, rows].T)
+        corners = flat.take(self._corner_offsets + base)  # (8, n)
+        out = corners[0].clone()
+        rows = torch.nonzero((corners[1:] != corners[:1]).any(0)).squeeze(1)
+        return out, (rows, corners[:, rows].T, frac[:, rows].T)
 
     def _ensure_codes(self, z_mm: float) -> bool:
         """Make the cell codes cover every cell that the moving voxels reach at magnitude
@@ -194,7 +196,7 @@ class Warper:
             return False
         reach = [r * abs(float(z_mm)) for r in self._reach]
         lo = [max(0, r.start - int(math.ceil(e)) - 1) for r, e in zip(self.field.roi, reach)]
-        hi = [min(int(m), r.stop + int(math.ceil(e))) for r, e, m in zip(self.field.roi, reach, self._max_cell.tolist())]
+        hi = [min(int(m), r.stop + int(math.ceil(e))) for r, e, m in zip(self.field.roi, reach, self._max_cell.view(-1).tolist())]
         box = self._codes_box
         if box is not None and all(a >= b for a, b in zip(lo, box[0])) and all(a <= b for a, b in zip(hi, box[1])):
             return True
@@ -215,14 +217,6 @@ class Warper:
             torch.where(same, first, torch.full_like(first, MIXED))
         self._codes_box = (lo, hi)
         return True
-
-    def _replicated_bytes(self) -> torch.Tensor:
-        """int64 whose 8 bytes all equal b, for every byte value b (256,)."""
-        table = getattr(self, "_bytes8", None)
-        if table is None:
-            pattern = np.arange(256, dtype=np.uint64) * np.uint64(0x0101010101010101)
-            table = self._bytes8 = torch.from_numpy(pattern.view(np.int64)).to(self._flat_labels.device)
-        return table
 
     @staticmethod
     def _vote(labels: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
