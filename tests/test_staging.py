@@ -202,3 +202,21 @@ def test_killed_dask_worker_leftovers_are_removed_by_the_next_dataset_run(tmp_pa
     assert main(["dataset", str(csv), "-o", str(out), "--scheduler", "synchronous", "--frames", "2",
                  "--sigma-mm", "2", "-q"]) == 0
     assert _hidden(out) == [] and sorted(p.name for p in out.iterdir()) == ["case", "dataset.json"]
+
+
+def test_sigterm_during_a_run_removes_its_staging(tmp_path):
+    img_path, seg_path, *_ = _lps_pair(tmp_path)
+    code = "import sys; from laugen_napari.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = _python(code, "generate", img_path, seg_path, "-o", tmp_path / "out", "--frames", 5000, "--sigma-mm", 2,
+                   "-q")
+    try:
+        deadline = time.monotonic() + 120
+        while not _hidden(tmp_path) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _hidden(tmp_path), proc.communicate()
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143 and "Traceback" not in err, err
+    assert _hidden(tmp_path) == [] and not (tmp_path / "out").exists()

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import signal
 import sys
+import threading
 from typing import Sequence
 
 from .. import __version__
@@ -37,7 +39,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``laugen`` console script; returns the exit status.
 
     Ctrl-C at any point, the start-up imports of the subcommands included, ends with one line
-    and status 130."""
+    and status 130; SIGTERM ends with status 143. Either way, partial outputs are removed."""
+    installed, previous = _exit_on_sigterm()
+    try:
+        return _main(argv)
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _exit_on_sigterm() -> tuple[bool, object]:
+    """Let SIGTERM (``kill``, a job scheduler's time limit) unwind like an exception, so staged
+    outputs are removed, and exit with status 143. Returns (installed, previous handler); only
+    the main thread can install it."""
+    if threading.current_thread() is not threading.main_thread():
+        return False, None
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        return True, signal.signal(signal.SIGTERM, terminate)
+    except (ValueError, OSError):  # pragma: no cover - no signals here
+        return False, None
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

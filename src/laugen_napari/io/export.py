@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -182,15 +183,23 @@ def check_output_dir(outdir: str | os.PathLike, overwrite: bool, overwrite_hint:
     is replaced and the link kept.
     """
     outdir = Path(outdir)
-    if outdir.exists():
-        if not outdir.is_dir():
+    try:
+        mode = os.stat(outdir).st_mode  # one look: another run may move it away at any moment
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None
+    if mode is not None:
+        if not stat.S_ISDIR(mode):
             raise FileExistsError(f"{outdir} exists and is not a directory")
         if _contains_cwd(outdir):
             raise ValueError(f"{outdir} is the current folder or holds it; name a new folder to write the "
                              "output into")
         if os.path.ismount(outdir.resolve()):
             raise ValueError(f"{outdir} is a mount point and cannot be replaced; name a folder inside it")
-        if any(outdir.iterdir()) and not overwrite:
+        try:
+            full = any(outdir.iterdir())
+        except FileNotFoundError:  # moved away meanwhile by another run replacing it
+            full = False
+        if full and not overwrite:
             hint = f"; pass {overwrite_hint} to replace it" if overwrite_hint else ""
             raise FileExistsError(f"{outdir} exists and is not empty{hint}")
     elif outdir.is_symlink():

@@ -271,6 +271,8 @@ class SeriesWriter:
         self.frames = int(frames)
         self.written = 0
         self.dtype = dtype
+        # array (…, Z, Y, X) -> file layout (I, J, K, …), as Volume.to_file_layout, computed once
+        self._back = ornt.ornt_transform(ornt.axcodes2ornt("RAS"), ornt.io_orientation(reference.file_affine))
 
     def write(self, frame: np.ndarray) -> None:
         """Append one frame (…, Z, Y, X) in the reference's array geometry."""
@@ -279,8 +281,10 @@ class SeriesWriter:
             raise ValueError(f"frame of shape {frame.shape}, expected {self.frame_shape}")
         if self.written >= self.frames:
             raise ValueError(f"all {self.frames} frames are written already")
+        frame = frame.astype(self.dtype, copy=False)
+        axes = list(range(frame.ndim))
+        file_layout = ornt.apply_orientation(np.moveaxis(frame, axes, axes[::-1]), self._back)  # a view
         # the file's layout (I, J, K, …) in Fortran order is (…, K, J, I) in C order: one copy
-        file_layout = self.reference.to_file_layout(frame.astype(self.dtype, copy=False))
         block = np.ascontiguousarray(file_layout.T)
         self._f.write(memoryview(block).cast("B"))
         self.written += 1
