@@ -390,5 +390,4 @@ def describe_end(stopped: bool, step: int, run_dir: str | os.PathLike) -> str:
     if not found:
         return f"{how} at step {step}; no checkpoint was written (the run ended before its first save)."
     files = " and ".join(found)
-    best = " (best.pt: the best validation so far)" if "best.pt" in found else ""
-    return f"{how} at step {step}. Saved {files} in {run_dir}{best}."
+    return f"{how} at step {step}: {files} saved in {run_dir}."

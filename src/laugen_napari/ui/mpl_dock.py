@@ -15,7 +15,7 @@ import math
 import time
 
 import numpy as np
-from matplotlib.ticker import MaxNLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QWidget
 
@@ -142,6 +142,10 @@ class PanelPlot(MplCanvas):
             self._panel_of[baseline] = i
         if log:
             ax.set_yscale("log")
+            # linear-spaced ticks with short labels: a loss often spans less than a decade, where
+            # the log scale's own ticks leave the axis without a single label
+            ax.yaxis.set_major_locator(MaxNLocator(4))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.3g}"))
             ax.yaxis.set_minor_formatter(NullFormatter())  # minor labels crowd the small panel
         self._legend(ax)
 
