@@ -188,19 +188,25 @@ def test_init_fine_tunes_from_a_pretrained_checkpoint(acdc, tmp_path):
 
 def test_sizes_sweep_same_steps_for_every_size(acdc, tmp_path):
     out = tmp_path / "exp"
-    argv = ["experiment", "sizes", "--sizes", "1,3", "--repeats", "2", "--steps", "3", "--mix", "0.1",
+    argv = ["experiment", "sizes", "--sizes", "1,3", "--repeats", "2", "--steps", "3", "--mix", "0,0.1",
             "--real-acdc", str(acdc), "--val-fraction", "0.25", "--kinds", "uniform", "--hid-s", "8", "--hid-t", "16",
             "--batch-size", "4", "--seed", "5", "--threads", "1", "--out", str(out)]
     assert main(argv) == 0
     rows = list(csv.DictReader(open(out / "sizes" / "results.csv")))
-    assert [(r["value"], r["repeat"], r["seed"]) for r in rows] == [
-        ("1.0", "0", "5"), ("1.0", "1", "6"), ("3.0", "0", "5"), ("3.0", "1", "6")]
+    assert [(r["value"], r["mix"], r["repeat"], r["seed"]) for r in rows] == [
+        (v, m, rep, seed) for v in ("1.0", "3.0") for m in ("0.0", "0.1") for rep, seed in (("0", "5"), ("1", "6"))]
     assert {r["steps"] for r in rows} == {"3"} and len({r["samples_per_epoch"] for r in rows}) == 1
-    assert [int(r["train_patients"]) for r in rows] == [1, 1, 3, 3]
+    assert [int(r["train_patients"]) for r in rows] == [1] * 4 + [3] * 4
     assert len({r["val_groups"] for r in rows}) == 1
+    # with and without augmentation, a size and repeat train on the same patients
+    for v in ("1.0", "3.0"):
+        for rep in ("0", "1"):
+            assert len({r["train_groups"] for r in rows if r["value"] == v and r["repeat"] == rep}) == 1
     for r in rows:
-        assert float(r["baseline_rmse"]) > 0 and 0 <= float(r["realised_fraction"]) <= 1
-        assert float(r["openstl_mse"]) > 0
+        assert float(r["baseline_rmse"]) > 0 and float(r["openstl_mse"]) > 0
+        assert float(r["expected_fraction"]) == float(r["mix"])
+        assert float(r["realised_fraction"]) == 0.0 if r["mix"] == "0.0" else 0 <= float(r["realised_fraction"]) < 0.5
+    assert (out / "sizes" / "3" / "mix0.1" / "rep1" / "report.json").is_file()
     assert (out / "sizes" / "sizes.png").stat().st_size > 10_000
     assert main(argv[:3] + ["1,9"] + argv[4:-1] + [str(tmp_path / "exp2")]) == 2  # more than 6 patients
 

@@ -43,9 +43,12 @@ def _run(args: argparse.Namespace) -> int:
         values = _numbers(args.sizes, int, "--sizes")
         if min(values) < 1:
             raise ValueError("--sizes: sizes must be at least 1 patient")
+        if not all(0 <= v <= 1 for v in _numbers(args.mix, float, "--mix")):
+            raise ValueError("--mix: mixing ratios must lie in [0, 1]")
     else:
         values = []
-    runs = args.repeats * (3 if args.sweep == "pretrain" else len(values))
+    runs = args.repeats * (3 if args.sweep == "pretrain" else len(values)) * (
+        len(_numbers(args.mix, float, "--mix")) if args.sweep == "sizes" else 1)
     bar = tqdm(total=runs, unit="run", file=sys.stderr)
 
     def progress(msg: str) -> None:
@@ -57,7 +60,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         rows = run_sweep(args.sweep, values, data_kwargs(args), args.out, repeats=args.repeats,
                          epochs=None if args.steps is not None else args.epochs, steps=args.steps,
-                         mix=getattr(args, "mix", 0.1),
+                         mix=_numbers(args.mix, float, "--mix") if args.sweep == "sizes" else 0.1,
                          seed=args.seed, batch_size=args.batch_size, pretrain_steps=getattr(args, "pretrain_steps", None),
                          train_options=dict(translator=args.translator, size=model_size(args), lr=args.lr,
                                             schedule=args.schedule), progress=progress)
@@ -66,7 +69,8 @@ def _run(args: argparse.Namespace) -> int:
         bar.close()
     for r in rows:
         value = r["value"] if isinstance(r["value"], str) else f"{r['value']:g}"
-        print(f"{args.sweep} {value} rep {r['repeat']}: RMSE {r['rmse']:.4g} SSIM {r['ssim']:.4f} PSNR {r['psnr']:.2f} "
+        arm = f" mix {r['mix']:g}" if args.sweep == "sizes" else ""
+        print(f"{args.sweep} {value}{arm} rep {r['repeat']}: RMSE {r['rmse']:.4g} SSIM {r['ssim']:.4f} PSNR {r['psnr']:.2f} "
               f"(last image {r['baseline_rmse']:.4g} / {r['baseline_ssim']:.4f} / {r['baseline_psnr']:.2f}); "
               f"{r['steps']} steps, synthetic {r['realised_fraction']:.3f} (expected {r['expected_fraction']:g})")
     print(f"results in {args.out}/{args.sweep}/results.csv and {args.sweep}.png")
@@ -120,7 +124,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             p.add_argument("--ratios", default="0,0.1,0.2,0.5", help="comma-separated mixing ratios")
         elif name == "sizes":
             p.add_argument("--sizes", required=True, help="comma-separated numbers of training patients (4D files)")
-            p.add_argument("--mix", type=float, default=0.1, help="mixing ratio of every run (default 0.1, the paper's)")
+            p.add_argument("--mix", default="0.1", help="mixing ratio(s) of the runs: 0.1 (default, the paper's), or "
+                                                        "0,0.1 to run every size without and with augmentation")
         else:
             p.add_argument("--pretrain-steps", type=int, help="steps of synthetic-only pre-training "
                                                               "(default: as many as the fine-tuning)")

@@ -65,11 +65,13 @@ def _row(kind: str, value, rep: int, seed: int, bundle, report: dict) -> dict:
 
 
 def run_sweep(kind: str, values: Sequence[float], data: dict, out_dir: str | Path, *, repeats: int = 3,
-              epochs: int | None = None, steps: int | None = None, mix: float = 0.1, seed: int = 0,
+              epochs: int | None = None, steps: int | None = None, mix: float | Sequence[float] = 0.1, seed: int = 0,
               batch_size: int = 8, pretrain_steps: int | None = None, train_options: dict | None = None,
               progress: Callable[[str], None] | None = None) -> list[dict]:
     """Run sweep ``kind`` over ``values`` (ratios, sizes; ignored for ``pretrain``); returns the rows
-    written to ``out_dir/<kind>/results.csv``. Budget per run: ``epochs`` and/or ``steps``."""
+    written to ``out_dir/<kind>/results.csv``. Budget per run: ``epochs`` and/or ``steps``. For
+    ``sizes``, ``mix`` may be several ratios (e.g. 0 and 0.1: without and with augmentation, as in
+    the paper's Fig. 4): every size is run with each."""
     if kind not in SWEEPS:
         raise ValueError(f"unknown sweep {kind!r}; choose one of {', '.join(SWEEPS)}")
     if repeats < 1 or (kind != "pretrain" and not values):
@@ -96,13 +98,15 @@ def run_sweep(kind: str, values: Sequence[float], data: dict, out_dir: str | Pat
                                      pretrain_steps=pretrain_steps, batch_size=batch_size, opts=opts, progress=progress)
             write_csv(rows, out / "results.csv")
             continue
-        for value in values:
+        mixes = [float(m) for m in (mix if isinstance(mix, (list, tuple)) else [mix])] if kind == "sizes" else [None]
+        for value, m in [(v, m) for v in values for m in mixes]:
             if kind == "mixing":
                 bundle = build_data(**data, mix=float(value), seed=s, length=length)
+                run_dir = out / f"{value:g}" / f"rep{rep}"
             else:
-                bundle = build_data(**data, mix=mix, seed=s, length=length, train_size=int(value))
+                bundle = build_data(**data, mix=m, seed=s, length=length, train_size=int(value))
+                run_dir = out / f"{value:g}" / (f"mix{m:g}" if len(mixes) > 1 else "") / f"rep{rep}"
             adopt_normalizer(bundle, norm)
-            run_dir = out / f"{value:g}" / f"rep{rep}"
             if progress:
                 progress(f"{kind} {value:g} repeat {rep}: {run_dir}")
             report = _train(bundle, run_dir, epochs=epochs, steps=steps, batch_size=batch_size, seed=s, train_options=opts)
@@ -116,7 +120,8 @@ def run_sweep(kind: str, values: Sequence[float], data: dict, out_dir: str | Pat
 
 def _order(row: dict) -> tuple:
     v = row["value"]
-    return (0, float(v), "", row["repeat"]) if isinstance(v, (int, float)) else (1, 0.0, str(v), row["repeat"])
+    key = (0, float(v), "") if isinstance(v, (int, float)) else (1, 0.0, str(v))
+    return key + (float(row["mix"]), row["repeat"])
 
 
 def _pretrain_repeat(data: dict, out: Path, rep: int, seed: int, norm: dict, *, length, epochs, steps, pretrain_steps,
@@ -181,11 +186,16 @@ def plot_sweep(rows: list[dict], path: Path) -> None:
     steps = sorted({int(r["steps"]) for r in rows})
     fig = Figure(figsize=(13, 3.6), layout="constrained")
     axes = fig.subplots(1, 4)
+    arms = sorted({float(r["mix"]) for r in rows}) if kind == "sizes" else [None]
     for ax, m, label in zip(axes, ("rmse", "ssim", "psnr", "openstl_mse"),
                             ("RMSE (intensity)", "SSIM", "PSNR (dB)", "MSE per frame, OpenSTL [0,1]")):
-        mean = [np.mean([r[m] for r in rows if r["value"] == v]) for v in values]
-        std = [np.std([r[m] for r in rows if r["value"] == v]) for v in values]
-        ax.errorbar(xs, mean, yerr=std, marker="o", capsize=3, label="SimVP", ls="-" if numeric else "none")
+        for arm in arms:
+            sel = [r for r in rows if arm is None or float(r["mix"]) == arm]
+            vals = [v for v in values if any(r["value"] == v for r in sel)]
+            mean = [np.mean([r[m] for r in sel if r["value"] == v]) for v in vals]
+            std = [np.std([r[m] for r in sel if r["value"] == v]) for v in vals]
+            ax.errorbar([xs[values.index(v)] for v in vals], mean, yerr=std, marker="o", capsize=3,
+                        label="SimVP" if arm is None else f"SimVP, mix {arm:g}", ls="-" if numeric else "none")
         ax.axhline(np.mean([r[f"baseline_{m}"] for r in rows]), color="k", ls="--", label="last image")
         ax.set_xlabel({"mixing": "mixing ratio", "sizes": "training patients", "pretrain": "arm"}[kind])
         if not numeric:
