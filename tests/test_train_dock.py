@@ -410,3 +410,39 @@ def test_beside_puts_the_grid_right_of_the_scan():
     extent = np.array([[0.0, -10.0, 5.0], [90.0, 100.0, 205.0]])  # z, y, x in mm
     (ty, tx), (sy, sx) = beside(extent, (256, 512))
     assert ty == -10.0 and tx > 205.0 and sy == sx == pytest.approx(110.0 / 256)
+
+
+def test_volume_generator_gets_whole_volumes_from_layers(tmp_path):
+    from laugen_napari.training.plan import make_plan, model_choices, prepare
+
+    pytest.importorskip("laugen_napari.training.ldm")
+    yy, xx = np.mgrid[:32, :32]
+    labels = np.stack([((yy - 16) ** 2 + (xx - 14 - z) ** 2 < 40).astype(np.uint8) for z in range(6)])
+    label = next(k for k, c in model_choices().items() if c.key == "ldm")
+    values = {**SIMVP_VALUES, "model": label, "run_dir": str(tmp_path / "ldm"), "size": 32}
+    plan = make_plan(values, image=FakeLayer(labels * 80.0, "img"), labels=FakeLayer(labels, "lab"))
+    _, kwargs, _ = prepare(plan)
+    assert "slices" not in kwargs and len(kwargs["volumes"].images) == 1
+    assert kwargs["volumes"].masks[0].shape[-2:] == (32, 32)
+
+
+def test_plot_of_a_generator_with_unknown_record_keys(qtbot):
+    """StyleGAN2 / LDM records are not known in advance: their keys get lines as they come, one
+    panel per phase, shown once they hold data."""
+    from laugen_napari.training.loop import Record
+    from laugen_napari.training.plan import model_choices
+
+    plot = train_dock.TrainPlot()
+    qtbot.addWidget(plot)
+    sg2 = next(c for c in model_choices().values() if c.key == "stylegan2")
+    plot.configure_for(sg2)
+    assert plot.shown == [0]
+    plot.add([Record(1, 0, "train", {"g_loss": 1.5, "d_loss": 0.7, "lr": 1e-3}, 0.0),
+              Record(2, 0, "train", {"g_loss": 1.2, "d_loss": 0.8, "lr": 1e-3}, 0.1)])
+    assert set(plot.lines) == {"train/g_loss", "train/d_loss"}  # the learning rate is not a curve
+    plot.refresh(force=True)
+    assert list(plot.lines["train/g_loss"].get_ydata()) == [1.5, 1.2]
+    plot.add([Record(2, 0, "val", {"fid_proxy": 3.0, "baseline_x": 1.0}, 0.2)])
+    assert "val/fid_proxy" in plot.lines and "val/baseline_x" not in plot.lines
+    assert len(plot.shown) == 2 and plot.axes[plot.shown[1]].get_title() == "validation"
+    assert_panels_legible(plot, min_px=40)

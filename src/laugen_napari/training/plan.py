@@ -28,6 +28,8 @@ PRETTY = {"dhvae": "dHVAE", "hvae": "HVAE", "vae": "VAE", "hvae-disc": "HVAE + d
           "hvae-perc": "HVAE + perceptual", "stylegan2": "StyleGAN2", "ldm": "slice LDM"}
 #: the dHVAE family (their records fill the dock's generator panels)
 DHVAE_FAMILY = ("dhvae", "hvae", "vae", "hvae-disc", "hvae-perc")
+#: generators trained on whole volumes (``volumes=``) rather than slices
+VOLUME_GENERATORS = ("ldm",)
 #: the dock's generator fields -> registry option names
 GENERATOR_FIELDS = {"lr": "lr", "batch": "batch_size", "epoch_steps": "steps_per_epoch", "warmup": "disc_warmup",
                     "vgg": "vgg", "inception": "inception"}
@@ -258,8 +260,13 @@ def prepare(plan: dict) -> tuple:
                        if GENERATOR_FIELDS[k] in options and not (v is None and k in ("vgg", "inception"))})
     if plan["image"] is not None:
         data, _, name = plan["image"]
-        kwargs["slices"] = slices_from_arrays(np.asarray(data, np.float32), np.asarray(plan["labels"]), plan["size"],
-                                              name=name)
+        image, labels = np.asarray(data, np.float32), np.asarray(plan["labels"])
+        if plan["key"] in VOLUME_GENERATORS:  # whole volumes, not slices
+            from .ldm import volumes_from_arrays
+
+            kwargs["volumes"] = volumes_from_arrays(image, labels, plan["size"], name=name)
+        else:
+            kwargs["slices"] = slices_from_arrays(image, labels, plan["size"], name=name)
     else:
         find_pairs(plan["pairs"])  # a folder without pairs fails here, with a clear message
         kwargs["pairs"] = plan["pairs"]
