@@ -144,7 +144,10 @@ def test_overwrite_hint_only_where_the_caller_has_the_option(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
-def test_huge_header_is_one_clear_line(tmp_path, capsys, suffix):
+def test_huge_header_is_one_clear_line(tmp_path, capsys, suffix, monkeypatch):
+    from laugen_napari.io import resources
+
+    monkeypatch.setattr(resources, "available_memory", lambda: 16 * 1024 ** 3)  # the same on any machine
     header = nib.Nifti2Header()
     header.set_data_shape((2 ** 31, 4, 4))
     header.set_data_dtype(np.float32)
