@@ -76,7 +76,7 @@ def test_four_docks_fit_a_1280x800_screen(make_napari_viewer, laugen_plugin, qtb
     # its plot keeps a legible size (the form and the plot scroll instead of squashing it)
     assert train.plot.height() >= train.plot.minimumHeight() >= 250
     # the segment dock's run buttons are reachable: in its scroll area, which scrolls to them
-    seg_dock, seg = docks["LAUGEN segment"]
+    _, seg = docks["LAUGEN segment"]
     area_widget = seg.findChild(type(train.scroll))
     from qtpy.QtCore import QPoint
     from qtpy.QtWidgets import QWidget

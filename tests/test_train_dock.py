@@ -338,7 +338,7 @@ def test_validation_sample_path_does_not_import_triton(tmp_path):
     assert (tmp_path / "run" / "last.pt").is_file() and recs
     (tmp_path / "run.pkl").write_bytes(pickle.dumps(run))
     out = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "run.pkl")], capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                         check=False, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen["triton"] is False and seen["dynamo"] is False

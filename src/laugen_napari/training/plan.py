@@ -86,7 +86,7 @@ def model_choices() -> dict[str, ModelChoice]:
         opts = tuple(o.name for o in getattr(spec, "options", ()))
         try:
             defaults = tuple(spec.defaults().items())
-        except Exception:  # a spec without defaults() still trains with its own
+        except (AttributeError, TypeError):  # a spec without defaults() still trains with its own
             defaults = ()
         out[label] = ModelChoice(label, "generator", name, getattr(spec, "description", ""), opts, defaults)
     return out

@@ -33,18 +33,18 @@ class _VerticalScroll(QScrollArea):
         super().__init__()
         self._min_height = int(min_height)
 
-    def setWidget(self, widget: QWidget) -> None:  # noqa: N802 (Qt name)
+    def setWidget(self, widget: QWidget) -> None:
         super().setWidget(widget)
         widget.installEventFilter(self)
 
-    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt name)
+    def eventFilter(self, obj, event) -> bool:
         from qtpy.QtCore import QEvent
 
         if obj is self.widget() and event.type() == QEvent.Type.LayoutRequest:
             self.updateGeometry()  # the content's minimum width may have changed: ask the dock again
         return super().eventFilter(obj, event)
 
-    def minimumSizeHint(self):  # noqa: N802 (Qt name)
+    def minimumSizeHint(self):
         from qtpy.QtCore import QSize
 
         inner = self.widget()

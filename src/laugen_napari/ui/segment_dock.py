@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFileDialog, QFormLayout, QGridLayout, QHBoxLayout, QLabel,
-                            QLineEdit, QProgressBar, QPushButton, QRadioButton, QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFileDialog, QFormLayout, QGridLayout, QHBoxLayout,
+                            QLabel, QLineEdit, QProgressBar, QPushButton, QRadioButton, QSpinBox, QVBoxLayout, QWidget)
 
 from ..segment import Prompts, RegionGrowingBackend, SegmentationCancelled, segment
 from .mpl_dock import narrow_combo, scroll_area
@@ -55,7 +55,7 @@ class SegmentWidget(QWidget):
         self._refresh_layers()
         self._update_backend_label()
 
-    def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
+    def showEvent(self, event: Any) -> None:
         # a hard minimum once styled: stacked with other docks, Qt must not squash the form below it
         self.setMinimumHeight(0)
         self.setMinimumHeight(self.minimumSizeHint().height())
@@ -377,7 +377,7 @@ class SegmentWidget(QWidget):
             from napari.utils import progress
 
             self._pbar = progress(total=0, desc=desc)
-        except Exception:  # pragma: no cover - the dock's own bar still works
+        except ImportError:  # pragma: no cover - the dock's own bar still works
             self._pbar = None
 
     def _close_progress(self) -> None:

@@ -35,7 +35,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QHBoxLayout, QVBoxLayout, QWidget
 
 from ..training import plan as planning
-from ..training.loop import load_checkpoint  # noqa: F401  (the validation sample reads checkpoints with it, via plan)
+from ..training.loop import load_checkpoint  # noqa: F401  (the one checkpoint reader; plan loads with it)
 from ..training.plan import DHVAE_FAMILY, describe_end, describe_record, model_choices, tile  # noqa: F401 (tile: API)
 from . import load_settings, save_settings
 from .mpl_dock import PanelPlot, narrow_combo, scroll_area
@@ -148,7 +148,7 @@ class TrainWidget(QWidget):
         """Whether a training process is starting, running or stopping."""
         return self._starting or (self.proc is not None and self.timer.isActive())
 
-    def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
+    def closeEvent(self, event) -> None:
         self.shutdown()
         super().closeEvent(event)
 
@@ -238,7 +238,7 @@ class TrainWidget(QWidget):
         w["stop"].enabled = False
         self._on_model()
 
-    def showEvent(self, event) -> None:  # noqa: N802 (Qt name)
+    def showEvent(self, event) -> None:
         # a hard minimum once styled (napari's stylesheet makes buttons taller): stacked with other
         # docks, Qt must not squash Start/Stop and the status line
         self.setMinimumHeight(0)
