@@ -339,3 +339,21 @@ def test_keybindings_step_play_and_toggle_the_difference(dock, qtbot):
     qtbot.waitUntil(lambda: viewer.dims.current_step[0] >= 3, timeout=5000)
     widget.toggle_play()
     assert not widget.playing
+
+
+def test_directional_and_gaussian_start_from_what_the_user_sees(dock, qtbot, sample_pair):
+    """Switching to directional takes the axis through the screen; gaussian the middle of the
+    driving labels (as a voxel index of the file) — no error for a field the user has not set yet."""
+    viewer, widget = dock
+    image, mask = sample_pair
+    f = widget.form.fields
+    f["kind"].value = "directional"
+    assert f["direction"].value == "0, 0, 1"  # axial view: the superior-inferior axis
+    qtbot.waitUntil(lambda: widget.model.augmenter.kind.name == "directional" and not widget.busy, timeout=30000)
+    f["kind"].value = "gaussian"
+    middle = np.argwhere(mask.data > 0).mean(axis=0)
+    ijk = [float(v) for v in f["center"].value.split(",")]
+    np.testing.assert_allclose(ijk, image.array_to_file_index(np.round(middle)))
+    qtbot.waitUntil(lambda: widget.model.augmenter.kind.name == "gaussian" and not widget.busy, timeout=30000)
+    np.testing.assert_allclose(widget.model.augmenter.kind.center, np.round(middle))
+    assert "not updated" not in widget.w["status"].value

@@ -73,8 +73,11 @@ def _viewer_id(viewer) -> int:
 
 
 def _build_engine(image, mask, settings):
-    """The engine, built as ``laugen generate`` builds it (run on a worker thread)."""
-    return build_augmenter(image, mask, settings)
+    """The engine, built as ``laugen generate`` builds it (run on a worker thread), and the image
+    in float32 that it and the preview's frame 0 share (converted here, off the GUI thread)."""
+    image32 = image.like(np.asarray(image.data, dtype=np.float32))
+    image32.path = image.path
+    return build_augmenter(image32, mask, settings), image32.data
 
 
 class AugmentWidget(QWidget):
@@ -173,6 +176,7 @@ class AugmentWidget(QWidget):
         w["labels"] = ComboBox(label="labels", choices=lambda _: self._input_layers(Labels))
         w["driving"] = Select(label="driving labels", choices=lambda _: self._label_values, allow_multiple=True,
                               tooltip="labels that drive the deformation; none selected: every non-zero label")
+        w["driving"].native.setMaximumHeight(72)  # a few rows; it scrolls for many labels
         w["hint"] = Label(value="")
         self.form = SettingsForm(exclude=("series", "labels"))
         f = self.form.fields
@@ -357,6 +361,8 @@ class AugmentWidget(QWidget):
 
     def _on_setting_changed(self, name: str) -> None:
         self._show_helpers()
+        if name == "kind":
+            self._suggest_kind_fields()
         if name != "*":
             self.remember_settings()
         if name in FIELD_SETTINGS or name == "*":
@@ -568,21 +574,23 @@ class AugmentWidget(QWidget):
         self._status("computing the displacement field…")
         job = (image, labels, image_vol, mask_vol, key)
         self._worker = self._run(_build_engine, image_vol, mask_vol, settings,
-                                 returned=lambda aug, job=job: self._field_ready(job, aug),
+                                 returned=lambda result, job=job: self._field_ready(job, *result),
                                  errored=self._field_failed, finished=self._worker_finished)
 
-    def _field_ready(self, job, aug) -> None:
+    def _field_ready(self, job, aug, image32=None) -> None:
         image, labels, image_vol, mask_vol, key = job
         if image not in self.viewer.layers or labels not in self.viewer.layers:
             return
         self._field_key = key
+        image32 = image_vol.data if image32 is None else image32
         same_pair = (self.model is not None and self._source is not None and self._source[0] is image
                      and self._source[1] is labels and self.model.spatial_shape == mask_vol.spatial_shape
                      and SERIES in self.viewer.layers)
+        frames_before = self.model.frames if same_pair else None
         if same_pair:
-            self.model.set_augmenter(aug, image=image_vol.data, labels=mask_vol.data)
+            self.model.set_augmenter(aug, image=image32, labels=mask_vol.data)
         else:
-            self.model = PreviewModel(image_vol.data, mask_vol.data)
+            self.model = PreviewModel(image32, mask_vol.data)
             self.model.set_augmenter(aug)
         self._source, self._volumes = (image, labels), (image_vol, mask_vol)
         try:
@@ -591,8 +599,8 @@ class AugmentWidget(QWidget):
             self._report(exc)
         if not same_pair:
             self._ensure_layers(image)
-        else:
-            self._reshape_layers()  # the frame count may have changed meanwhile
+        elif self.model.frames != frames_before:
+            self._reshape_layers()
         self._status(self._ready_text(aug))
         self.refresh_layers()
         self._curves_timer.start()
@@ -723,6 +731,27 @@ class AugmentWidget(QWidget):
                 self._schedule_warm()
 
     # -- direction and centre helpers ---------------------------------------------------------
+    def _suggest_kind_fields(self) -> None:
+        """A kind that needs a direction or a centre starts from one the user can see: the axis
+        through the screen (2D view), or the middle of the driving labels; the status says so."""
+        f = self.form.fields
+        kind = f["kind"].value
+        if kind == "directional" and not f["direction"].value.strip():
+            if self.viewer.dims.ndisplay == 2 and self.viewer.dims.ndim >= 3:
+                self._direction_from_view()
+                self._status(f"direction set to the axis through the screen ({f['direction'].value}); change it "
+                             "or press the button in another view")
+        elif kind == "gaussian" and not f["center"].value.strip():
+            image, labels = self.w["image"].value, self.w["labels"].value
+            if image is None or labels is None or not self._label_values:
+                return
+            lab = np.asarray(labels.data)
+            chosen = self._driving() or self._label_values
+            zyx = np.argwhere(np.isin(lab, chosen)).mean(axis=0)
+            ijk = volume_from_layer(image, viewer=self.viewer).array_to_file_index(np.round(zyx))
+            f["center"].value = ", ".join(f"{v:g}" for v in ijk)
+            self._status("centre set to the middle of the driving labels; click in the viewer to move it")
+
     def _direction_from_view(self, *_) -> None:
         """Set the direction (world x, y, z) to the axis perpendicular to the screen (2D view)."""
         if self.viewer.dims.ndisplay != 2 or self.viewer.dims.ndim < 3:
