@@ -221,8 +221,8 @@ def test_mixing_and_pretrain_experiments(acdc, tmp_path):
     assert abs(float(rows[1]["realised_fraction"]) * 12 - 1.2) < 1.0  # 12 samples seen, 1.2 expected
     assert main(["experiment", "pretrain", "--pretrain-steps", "2", *common, "--out", str(tmp_path / "p")]) == 0
     rows = list(csv.DictReader(open(tmp_path / "p" / "pretrain" / "results.csv")))
-    assert [r["value"] for r in rows] == ["pretrained+finetuned", "real-only"]
-    assert {r["steps"] for r in rows} == {"3"} and [r["pretrain_steps"] for r in rows] == ["2", "0"]
+    assert [r["value"] for r in rows] == ["pretrained+finetuned", "real-only", "real-only-total-steps"]
+    assert [r["steps"] for r in rows] == ["3", "3", "5"] and [r["pretrain_steps"] for r in rows] == ["2", "0", "0"]
     assert {r["realised_fraction"] for r in rows} == {"0.0"}
     ft = json.loads((tmp_path / "p" / "pretrain" / "pretrained+finetuned" / "rep0" / "report.json").read_text())
     real = json.loads((tmp_path / "p" / "pretrain" / "real-only" / "rep0" / "report.json").read_text())

@@ -47,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError("--mix: mixing ratios must lie in [0, 1]")
     else:
         values = []
-    runs = args.repeats * (3 if args.sweep == "pretrain" else len(values)) * (
+    runs = args.repeats * (4 if args.sweep == "pretrain" else len(values)) * (
         len(_numbers(args.mix, float, "--mix")) if args.sweep == "sizes" else 1)
     bar = tqdm(total=runs, unit="run", file=sys.stderr)
 
@@ -118,7 +118,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
     for name, help_ in (("mixing", "sweep the fraction of semi-synthetic samples"),
                         ("sizes", "sweep the number of real training patients"),
-                        ("pretrain", "real-only vs synthetic pre-training + real fine-tuning, same steps")):
+                        ("pretrain", "real-only vs synthetic pre-training + real fine-tuning (same real steps; and real-only "
+                                     "with the total steps)")):
         p = sub.add_parser(name, help=help_)
         if name == "mixing":
             p.add_argument("--ratios", default="0,0.1,0.2,0.5", help="comma-separated mixing ratios")

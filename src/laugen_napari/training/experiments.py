@@ -12,7 +12,8 @@
   pool for every n, the real data are repeated, so every n runs the same number of steps.
 - ``pretrain``: real-only training vs pre-training on semi-synthetic series only (from the
   training patients' ED frames) followed by fine-tuning on the real data with the same number of
-  steps as the real-only run; both arms share one intensity normalisation.
+  steps as the real-only run, and a third arm trained on real data only for the pre-training plus
+  fine-tuning steps (same total compute); all arms share one intensity normalisation.
 
 In every sweep the validation patients are the same for every value and repeat (``split_seed``
 of the data options), one intensity normalisation (fitted on the whole training pool) sets the
@@ -149,6 +150,14 @@ def _pretrain_repeat(data: dict, out: Path, rep: int, seed: int, norm: dict, *, 
                     batch_size=batch_size, seed=seed, train_options=opts, init=pre_dir / "last.pt")
     row = _row("pretrain", "pretrained+finetuned", rep, seed, ft_bundle, report)
     row["pretrain_steps"] = pre_steps
+    rows.append(row)
+    if progress:
+        progress(f"pretrain real-only with the total steps repeat {rep}")
+    long_bundle = adopt_normalizer(build_data(**data, mix=0.0, seed=seed, length=length), norm)
+    report = _train(long_bundle, out / "real-only-total-steps" / f"rep{rep}", epochs=None, steps=fine_steps + pre_steps,
+                    batch_size=batch_size, seed=seed, train_options=opts)
+    row = _row("pretrain", "real-only-total-steps", rep, seed, long_bundle, report)
+    row["pretrain_steps"] = 0
     rows.append(row)
     return rows
 
