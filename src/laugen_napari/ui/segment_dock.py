@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFileDialog, QFo
 
 from ..segment import Prompts, RegionGrowingBackend, SegmentationCancelled, segment
 from .mpl_dock import narrow_combo, scroll_area
-from .workers import ThreadWorker
+from .workers import ThreadWorker, activity
 
 POSITIVE_COLOR = "lime"
 NEGATIVE_COLOR = "red"
@@ -373,12 +373,7 @@ class SegmentWidget(QWidget):
     def _open_progress(self, desc: str) -> None:
         """A progress bar in napari's activity dock (driven from the GUI thread only)."""
         self._close_progress()
-        try:
-            from napari.utils import progress
-
-            self._pbar = progress(total=0, desc=desc)
-        except ImportError:  # pragma: no cover - the dock's own bar still works
-            self._pbar = None
+        self._pbar = activity(0, desc)
 
     def _close_progress(self) -> None:
         if self._pbar is not None:

@@ -39,7 +39,7 @@ from ..training.loop import load_checkpoint  # noqa: F401  (the one checkpoint r
 from ..training.plan import DHVAE_FAMILY, describe_end, describe_record, model_choices, tile  # noqa: F401 (tile: API)
 from . import load_settings, save_settings
 from .mpl_dock import PanelPlot, narrow_combo, scroll_area
-from .workers import WorkerSet
+from .workers import WorkerSet, activity
 
 CHOICES = model_choices()
 MODELS = list(CHOICES)
@@ -96,15 +96,6 @@ class TrainPlot(PanelPlot):
 def _text(edit: FileEdit) -> str:
     """The raw text of a FileEdit (its ``value`` turns an empty field into ``.``)."""
     return edit.line_edit.value.strip()
-
-
-def _progress(total: int | None, desc: str):
-    """A napari progress bar (shown in the activity dock), or None where napari has none."""
-    try:
-        from napari.utils import progress
-    except ImportError:  # pragma: no cover - napari always has it
-        return None
-    return progress(total=total, desc=desc)
 
 
 class TrainWidget(QWidget):
@@ -371,7 +362,7 @@ class TrainWidget(QWidget):
         self.scroll.ensureWidgetVisible(self.plot)
         total = run["kwargs"]["steps"] if run["kind"] == "generator" else run["kwargs"]["run"]["epochs"]
         self._close_progress()
-        self._pbar = _progress(int(total), f"LAUGEN train: {run['model']}")
+        self._pbar = activity(int(total), f"LAUGEN train: {run['model']}")
         self._pbar_unit = "step" if run["kind"] == "generator" else "epoch"
         self.timer.start()
 

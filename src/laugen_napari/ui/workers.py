@@ -4,6 +4,10 @@ Why not napari's ``thread_worker``: it runs on Qt's global QThreadPool, which Qt
 image conversion while painting. Under a software OpenGL (Mesa/Xvfb) a repaint on the GUI thread,
 holding the GIL, waited for a pool thread while every pool thread was a Python worker waiting for
 the GIL: a deadlock seen here. Our own threads never take a pool slot.
+
+Long jobs still show in napari's activity dock: :func:`activity` makes a ``napari.utils.progress``
+bar that the docks create, advance and close on the GUI thread only (from their timers and
+queued signals), so no Qt thread-pool worker is involved.
 """
 
 from __future__ import annotations
@@ -112,3 +116,14 @@ class WorkerSet:
         while self._running and timer.elapsed() < timeout_ms:
             QCoreApplication.processEvents()
             QThread.msleep(5)
+
+
+def activity(total: int | None, desc: str):
+    """A progress bar in napari's activity dock (``napari.utils.progress``), or None without napari.
+
+    Create, ``update`` and ``close`` it on the GUI thread; ``total`` 0 or None shows a busy bar."""
+    try:
+        from napari.utils import progress
+    except ImportError:  # pragma: no cover - napari is a dependency
+        return None
+    return progress(total=total, desc=desc)
