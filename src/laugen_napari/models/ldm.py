@@ -5,8 +5,9 @@ Three parts, trained one after the other (see :mod:`laugen_napari.training.ldm`)
 1. :class:`SliceAutoencoder` — a per-slice VAE over all image channels + one mask channel per
    label (everything in [-1, 1]; a mask is recovered by sign), downsampling x8 to ``latent_channels``
    channels; the slice position (sinusoidal embedding of the slice index -> MLP) is added inside
-   every residual block of encoder and decoder. Loss L1 + (1 - SSIM) + a tiny KL (the seed also
-   uses a perceptual term: here only when an LPIPS network is given).
+   every residual block of encoder and decoder. Loss L1 + (1 - SSIM) + a tiny KL, plus a soft
+   Dice term on the mask channels (not in the seed; small structures vanished without it). The
+   seed's perceptual term is not used.
 2. :class:`Aggregator` — the latents of the D slices of one volume are laid out as one 2D canvas
    (D = g*g slices in a g x g grid) and encoded by a second small autoencoder (x4 down), so the
    diffusion sees all slices at once and they stay coherent.

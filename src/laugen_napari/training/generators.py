@@ -293,7 +293,8 @@ _DHVAE_OPTIONS = (
     Option("disc_warmup", int, 500, "steps before the discriminator term starts"),
     Option("lr", float, 5e-5, "AdamW learning rate (the paper's 5e-5)"),
     Option("clip_grad", float, 1.0, "gradient norm clip, 0 = off"),
-    Option("kl_warmup", int, 0, "steps over which the KL-like part of the ELBO is annealed in (0 = off)"),
+    Option("kl_warmup", int, 200, "steps over which the KL-like part of the ELBO is annealed in, against "
+           "posterior collapse on small data (0 = off, the paper)"),
     Option("latent_sampling", str, "prior", "prior: z ~ N(0, I) (the paper); fitted: a Gaussian fitted to the "
            "encoded training slices", ("prior", "fitted")),
     Option("batch_size", int, 8, "batch size"),

@@ -117,7 +117,8 @@ def draw_volume(vs: VolumeSet, i: int, depth: int, rng: np.random.Generator | No
 class LDMTask:
     """Trains a :class:`~laugen_napari.models.ldm.SliceLDM` (see the module docstring).
 
-    Train values: ``stage`` (1, 2, 3), and ``ae_l1`` / ``ae_ssim`` / ``kl`` (stage 1), ``agg_l1``
+    Train values: ``stage`` (1, 2, 3), and ``ae_l1`` / ``ae_ssim`` / ``ae_dice`` (soft Dice loss of
+    the mask channels) / ``kl`` (stage 1), ``agg_l1``
     (stage 2), ``diff_l1`` (stage 3); ``loss`` the optimised value."""
 
     monitor = "loss"
@@ -166,7 +167,13 @@ class LDMTask:
         ci = self.cfg.image_channels
         ss = ms_ssim((rec[:, :ci] + 1) / 2, (x[:, :ci] + 1) / 2).mean()
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).flatten(1).sum(1).mean()
-        return {"ae_l1": l1, "ae_ssim": ss, "kl": kl, "loss": l1 + (1 - ss) + self.cfg.kl_weight * kl}
+        # soft Dice of the mask channels: a small structure is ~1 % of the pixels, and L1 alone let
+        # the autoencoder drop it (first CPU run: no mask survived decoding); not in the seed
+        pm, tm = (rec[:, ci:] + 1) / 2, (x[:, ci:] + 1) / 2
+        inter = (pm * tm).sum(dim=(2, 3))
+        dice = 1 - (2 * inter + 1) / (pm.sum(dim=(2, 3)) + tm.sum(dim=(2, 3)) + 1)
+        return {"ae_l1": l1, "ae_ssim": ss, "ae_dice": dice.mean(), "kl": kl,
+                "loss": l1 + (1 - ss) + dice.mean() + self.cfg.kl_weight * kl}
 
     def _canvas(self, vol: torch.Tensor) -> torch.Tensor:
         m = self.model
