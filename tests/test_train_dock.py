@@ -446,3 +446,58 @@ def test_plot_of_a_generator_with_unknown_record_keys(qtbot):
     assert "val/fid_proxy" in plot.lines and "val/baseline_x" not in plot.lines
     assert len(plot.shown) == 2 and plot.axes[plot.shown[1]].get_title() == "validation"
     assert_panels_legible(plot, min_px=40)
+
+
+VIEWER_CHILD = r"""
+import json, pickle, sys, time
+import napari
+from qtpy.QtWidgets import QApplication
+from laugen_napari.ui.train_dock import VAL_PREDICTION, TrainWidget
+
+viewer = napari.Viewer(show=True)
+widget = TrainWidget(viewer)
+viewer.window.add_dock_widget(widget, name="LAUGEN train")
+app = QApplication.instance()
+for _ in range(40):  # draw the canvas: OpenGL (Mesa under Xvfb) is loaded now
+    app.processEvents()
+    time.sleep(0.02)
+maps = open("/proc/self/maps").read()
+widget.run = pickle.load(open(sys.argv[1], "rb"))
+widget.w["show_val"].native.click()
+t0 = time.time()
+while VAL_PREDICTION not in viewer.layers and time.time() - t0 < 120:
+    app.processEvents()
+    time.sleep(0.02)
+seen = {"shown": VAL_PREDICTION in viewer.layers, "status": widget.w["status"].value,
+        "triton": "triton" in sys.modules, "dynamo": "torch._dynamo" in sys.modules,
+        "gl": "libGL" in maps or "mesa" in maps.lower()}
+widget.wait_idle()
+viewer.close()
+print(json.dumps(seen))
+"""
+
+
+def test_show_validation_sample_in_a_fresh_viewer_process(tmp_path):
+    """The button, pressed in a real viewer in a fresh process (no test-suite pre-import of Triton,
+    OpenGL already loaded): the sample appears, the process exits cleanly, Triton never loads."""
+    import json
+    import pickle
+    import subprocess
+    import sys
+
+    from laugen_napari.training.loop import run_training
+    from laugen_napari.training.plan import make_plan, prepare
+
+    plan = make_plan({**SIMVP_VALUES, "run_dir": str(tmp_path / "run")}, series=FakeLayer(moving_blob(), "blob"))
+    factory, kwargs, run = prepare(plan)
+    task, batches, run_kwargs = factory(**kwargs)
+    list(run_training(task, batches, **run_kwargs))
+    (tmp_path / "run.pkl").write_bytes(pickle.dumps(run))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LAUGEN_SETTINGS_DIR": str(tmp_path / "settings")}
+    out = subprocess.run([sys.executable, "-c", VIEWER_CHILD, str(tmp_path / "run.pkl")], capture_output=True,
+                         text=True, check=False, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["shown"] and seen["status"].startswith("Validation sequence 0"), seen
+    assert seen["gl"], "the viewer did not load OpenGL: the crash condition was not reproduced"
+    assert seen["triton"] is False and seen["dynamo"] is False
