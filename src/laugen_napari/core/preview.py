@@ -31,7 +31,8 @@ class PreviewModel:
     """
 
     def __init__(self, image: np.ndarray, labels: np.ndarray, frames: int = 8, cache_bytes: int = 1 << 30):
-        self.image = np.asarray(image, dtype=np.float32)
+        self.image = np.asarray(image)  # the input as given; frame 0 in float32 is made on demand
+        self._image_f32: np.ndarray | None = None
         self.labels = np.asarray(labels)
         self.augmenter: Augmenter | None = None
         self.z_mm = np.zeros(frames)
@@ -53,13 +54,18 @@ class PreviewModel:
         """Use a new engine (after the field was recomputed), with new inputs if given (frame 0:
         the labels as they were when the engine was built); clears the frame cache."""
         with self._lock:
-            if image is not None:
-                self.image = np.asarray(image, dtype=np.float32)
+            if image is not None:  # no float32 copy here: this runs on the viewer's thread
+                self.image = np.asarray(image)
+                self._image_f32 = None
             if labels is not None:
                 self.labels = np.asarray(labels)
             self.augmenter = augmenter
             self._cache.clear()
             self._full_counts_for = None
+        if augmenter is not None:
+            # planes along Y and X cost only their own moving voxels once these are sorted: done
+            # off the caller's (GUI) thread; until then a plane costs one pass over the moving voxels
+            threading.Thread(target=augmenter.warper.index_planes, name="laugen-plane-index", daemon=True).start()
 
     def set_trajectory(self, z_mm: Sequence[float]) -> None:
         """New values z_t (mm); the frame count may change."""
@@ -78,7 +84,7 @@ class PreviewModel:
     def image_plane(self, t: int, axis: int, index: int) -> np.ndarray:
         z = self.magnitude(t)
         if z == 0.0:
-            return np.take(self.image, index, axis=axis)
+            return np.take(self.image, index, axis=axis).astype(np.float32, copy=False)
         cached = self._cached("image", z)
         if cached is not None:
             return np.take(cached, index, axis=axis)
@@ -96,8 +102,19 @@ class PreviewModel:
     def image_frame(self, t: int) -> np.ndarray:
         z = self.magnitude(t)
         if z == 0.0:
-            return self.image
+            return self.input_image()
         return self._frame("image", z)
+
+    def input_image(self) -> np.ndarray:
+        """Frame 0, the input image as float32 (converted once, on first use)."""
+        out = self._image_f32
+        if out is None:
+            image = self.image
+            out = image if image.dtype == np.float32 else image.astype(np.float32)
+            with self._lock:
+                if self.image is image:
+                    self._image_f32 = out
+        return out
 
     def label_frame(self, t: int) -> np.ndarray:
         z = self.magnitude(t)

@@ -336,16 +336,25 @@ class Warper:
     # -- single planes, for the live preview --------------------------------------------------
     def _plane_rows(self, axis: int, index: int) -> torch.Tensor:
         """Rows of the moving voxels in plane ``index`` along ``axis``: a binary search along Z
-        (the voxels are in raster order), a sorted order built once for Y and X."""
-        if axis not in self._plane_order:
-            if axis == 0:
-                self._plane_order[0] = (self.positions[:, 0].contiguous(), None)
-            else:
-                self._plane_order[axis] = tuple(torch.sort(self.positions[:, axis], stable=True))
-        keys, order = self._plane_order[axis]
+        (the voxels are in raster order) or along Y and X once :meth:`index_planes` has sorted
+        them; until then one pass over the moving voxels."""
+        if axis == 0 and 0 not in self._plane_order:
+            self._plane_order[0] = (self.positions[:, 0].contiguous(), None)
+        entry = self._plane_order.get(axis)
+        if entry is None:
+            return torch.nonzero(self.positions[:, axis] == int(index)).squeeze(1)
+        keys, order = entry
         probe = torch.tensor([int(index), int(index) + 1], device=keys.device, dtype=keys.dtype)
         a, b = torch.searchsorted(keys, probe).tolist()
         return torch.arange(a, b, device=keys.device) if order is None else order[a:b]
+
+    def index_planes(self) -> None:
+        """Sort the moving voxels by Y and by X (once; call it from a worker thread), so that a
+        preview plane along any axis costs only its own moving voxels."""
+        for axis in (1, 2):
+            if axis not in self._plane_order:
+                keys, order = torch.sort(self.positions[:, axis], stable=True)
+                self._plane_order[axis] = (keys, order)
 
     def _plane_scatter(self, out: torch.Tensor, axis: int, rows: torch.Tensor) -> torch.Tensor:
         keep = [a for a in range(3) if a != axis]
