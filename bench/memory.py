@@ -58,12 +58,16 @@ def run_child(code: str, frames: int, workdir: Path) -> tuple[float, float, int]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code, str(IMAGE), str(MASK), str(workdir), str(frames)], env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"bench/memory.py: the run with T={frames} failed (exit {proc.returncode})")
+    with tempfile.TemporaryFile() as err:  # warnings (folding at large T) kept out of the table
+        proc = subprocess.Popen([sys.executable, "-c", code, str(IMAGE), str(MASK), str(workdir), str(frames)],
+                                env=env, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            err.seek(0)
+            sys.stderr.write(err.read().decode(errors="replace"))
+            raise SystemExit(f"bench/memory.py: the run with T={frames} failed (exit {proc.returncode})")
     size = sum(p.stat().st_size for p in workdir.rglob("*") if p.is_file())
     return usage.ru_maxrss / 1024.0, wall, size  # ru_maxrss is in KiB on Linux
 
