@@ -178,6 +178,8 @@ class Augmenter:
         frames = len(z)
         on_cpu = self.device.type == "cpu"
         counter = _LabelCounter(self.warper, self.spacing, self._label_counts)
+        if frames:
+            self.warper.prepare(float(np.abs(z).max()))
         dev_img = dev_lab = None
         for t, zt in enumerate(z):
             img_np, lab_np = buffers(t)

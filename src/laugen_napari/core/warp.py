@@ -3,8 +3,17 @@
 Every frame is warped from the original with the displacement ``z_t * F`` (never frame from frame,
 which would blur). Because F is exactly zero outside its ROI, and mostly zero inside it, only the
 "moving" voxels (F != 0) are resampled; every other voxel is copied. Images are sampled
-trilinearly, label maps by nearest neighbour, samples outside the volume take the nearest edge
-value. The same field moves every channel and every label.
+trilinearly; label maps by one-hot linear interpolation + argmax (default) or nearest neighbour;
+samples outside the volume take the nearest edge value. The same field moves every channel and
+every label.
+
+Cost (issue 13): a frame is one copy of the input (converted to float32 on the fly; the image is
+kept in its own dtype) plus, per moving voxel, one gather of the 8 corners of its interpolation
+cell, shared by the image and the labels. The moving voxels are in raster order (gathers and
+scatters walk memory forward) and are processed in blocks of :data:`CPU_BLOCK` on CPU, with
+coordinates as (3, n) and corners as (8, n) rows, so that every intermediate stays in cache and
+every operation is vectorised. A label cell whose 8 corners agree is looked up as one byte (its
+code); only the few mixed cells near a boundary vote.
 """
 
 from __future__ import annotations
@@ -194,13 +203,18 @@ class Warper:
                               and lab.device.type == "cpu" and lab.numel() > 0 and int(lab.max()) < MIXED)
         if not self._codes_ok or self.n_moving == 0:
             return False
-        reach = [r * abs(float(z_mm)) for r in self._reach]
-        lo = [max(0, r.start - int(math.ceil(e)) - 1) for r, e in zip(self.field.roi, reach)]
-        hi = [min(int(m), r.stop + int(math.ceil(e))) for r, e, m in zip(self.field.roi, reach, self._max_cell.view(-1).tolist())]
+        def bounds(z: float) -> tuple[list[int], list[int]]:
+            reach = [r * abs(z) for r in self._reach]
+            cells = self._max_cell.view(-1).tolist()
+            return ([max(0, r.start - int(math.ceil(e)) - 1) for r, e in zip(self.field.roi, reach)],
+                    [min(int(m), r.stop + int(math.ceil(e))) for r, e, m in zip(self.field.roi, reach, cells)])
+
+        lo, hi = bounds(float(z_mm))
         box = self._codes_box
         if box is not None and all(a >= b for a, b in zip(lo, box[0])) and all(a <= b for a, b in zip(hi, box[1])):
             return True
-        if box is not None:
+        if box is not None:  # growing: reach 1.5x farther at once, not again at every frame
+            lo, hi = bounds(1.5 * float(z_mm))
             lo = [min(a, b) for a, b in zip(lo, box[0])]
             hi = [max(a, b) for a, b in zip(hi, box[1])]
         if self._codes is None:  # lazily zeroed pages: only the box is ever touched
@@ -308,6 +322,12 @@ class Warper:
         if z_mm != 0.0:
             out.view(-1).scatter_(0, self.flat_index, self.moving_labels(z_mm))
         return out
+
+    def prepare(self, z_max_mm: float) -> None:
+        """Make ready for magnitudes up to ``|z_max_mm|`` (the label cell codes reach that far), so
+        that a series whose magnitude grows frame by frame builds them once."""
+        if self.labels is not None:
+            self._ensure_codes(float(z_max_mm))
 
     def moving_labels(self, z_mm: float) -> torch.Tensor:
         """The warped label values at the moving voxels only, shape (P,) (cheap volume counts)."""
