@@ -14,6 +14,14 @@ from laugen_napari.ui.segment_dock import FALLBACK_TEXT, NEW_LABELS, SegmentWidg
 
 torch.set_num_threads(1)
 
+
+@pytest.fixture(autouse=True)
+def settings_dir(tmp_path, monkeypatch):
+    """The dock remembers its settings here, not in the user's configuration."""
+    d = tmp_path / "settings"
+    monkeypatch.setenv("LAUGEN_SETTINGS_DIR", str(d))
+    return d
+
 SCALE = (2.0, 0.5, 0.75)       # mm per voxel (z, y, x)
 TRANSLATE = (10.0, -5.0, 3.0)  # mm
 
@@ -197,3 +205,20 @@ def test_failed_run_into_a_new_layer_makes_no_layer(make_napari_viewer, qtbot):
     widget.cancel()
     wait(qtbot, widget)
     assert len(viewer.layers) == n and "segmentation" not in viewer.layers
+
+
+def test_the_dock_remembers_checkpoint_and_choices(make_napari_viewer, settings_dir):
+    viewer = make_napari_viewer()
+    first = SegmentWidget(viewer)
+    first.checkpoint_edit.setText("/models/medsam_vit_b.pth")
+    first.model_type_combo.setCurrentText("vit_l")
+    first.label_value.setValue(4)
+    first.axis_combo.setCurrentIndex(2)
+    first.close()  # closing the dock saves
+    second = SegmentWidget(viewer)
+    assert second.checkpoint_edit.text() == "/models/medsam_vit_b.pth" and second.model_type_combo.currentText() == "vit_l"
+    assert second.label_value.value() == 4 and second.axis_combo.currentIndex() == 2
+    assert "medsam_vit_b.pth" in second.backend_label.text()
+    (settings_dir / "segment_dock.json").write_text('{"label_value": "x", "axis": 99}')
+    third = SegmentWidget(viewer)  # a damaged file: defaults
+    assert third.label_value.value() == 1 and third.axis_combo.currentIndex() == 0

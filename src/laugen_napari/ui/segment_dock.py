@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFileDialog, QFo
                             QLabel, QLineEdit, QProgressBar, QPushButton, QRadioButton, QSpinBox, QVBoxLayout, QWidget)
 
 from ..segment import Prompts, RegionGrowingBackend, SegmentationCancelled, segment
+from . import load_settings, save_settings
 from .mpl_dock import narrow_combo, scroll_area
 from .workers import ThreadWorker, activity
 
@@ -32,6 +33,7 @@ FALLBACK_TEXT = "Fallback: region growing (no weights)"
 AXES = ("viewer's slice axis", "axis 0 (z)", "axis 1 (y)", "axis 2 (x)")
 NEW_LABELS = "(new layer on the image's grid)"
 NEW_LABELS_NAME = "segmentation"
+SETTINGS_NAME = "segment_dock"
 
 
 class SegmentWidget(QWidget):
@@ -53,7 +55,38 @@ class SegmentWidget(QWidget):
         for name in ("inserted", "removed", "reordered"):
             getattr(self.viewer.layers.events, name).connect(self._refresh_layers)
         self._refresh_layers()
+        self.restore_settings()
         self._update_backend_label()
+
+    # -- settings memory (the SAM checkpoint need not be picked again each session) ----------------
+    def settings(self) -> dict[str, Any]:
+        """The remembered values: checkpoint file, model type, label value, slice axis, overwrite."""
+        return {"checkpoint": self.checkpoint_edit.text().strip(), "model_type": self.model_type_combo.currentText(),
+                "label_value": int(self.label_value.value()), "axis": self.axis_combo.currentIndex(),
+                "overwrite": bool(self.overwrite_check.isChecked())}
+
+    def save_settings(self) -> None:
+        save_settings(SETTINGS_NAME, self.settings())
+
+    def restore_settings(self) -> None:
+        saved = load_settings(SETTINGS_NAME)
+        try:
+            if isinstance(saved.get("checkpoint"), str):
+                self.checkpoint_edit.setText(saved["checkpoint"])
+            if saved.get("model_type") in [self.model_type_combo.itemText(i) for i in range(self.model_type_combo.count())]:
+                self.model_type_combo.setCurrentText(saved["model_type"])
+            if "label_value" in saved:
+                self.label_value.setValue(int(saved["label_value"]))
+            if "axis" in saved and 0 <= int(saved["axis"]) < self.axis_combo.count():
+                self.axis_combo.setCurrentIndex(int(saved["axis"]))
+            if "overwrite" in saved:
+                self.overwrite_check.setChecked(bool(saved["overwrite"]))
+        except (TypeError, ValueError):  # a damaged file: the defaults stay
+            pass
+
+    def closeEvent(self, event: Any) -> None:
+        self.save_settings()
+        super().closeEvent(event)
 
     def showEvent(self, event: Any) -> None:
         # a hard minimum once styled: stacked with other docks, Qt must not squash the form below it
@@ -351,6 +384,7 @@ class SegmentWidget(QWidget):
             return segment(data, prompts, backend, axis=axis, index=None if volume else index, window=window,
                            progress=self.progressed.emit, cancel=self._cancel.is_set)
 
+        self.save_settings()
         worker = ThreadWorker(job)
         self._succeeded = False
         worker.returned.connect(lambda mask: self._paint(labels, mask, value, image))
