@@ -144,8 +144,6 @@ class Bench:
         self._wrap(widget.plot, "show_rgba", "curves image shown")
         self._wrap(widget, "_field_ready", "dock _field_ready (set field, refresh layers)")
         self._wrap(widget, "refresh_layers", "dock refresh_layers")
-        self._wrap(widget.model, "image_frame", "full image frame")
-        self._wrap(widget.model, "label_frame", "full label frame")
         # GUI-thread ticks
         self.ticks: list[float] = []
         self.ticker = QTimer()
@@ -156,6 +154,8 @@ class Bench:
         assert ok, "the field never became ready"
         assert self.loop_until(lambda: aw.SERIES in viewer.layers, 60), "the dock never added its layers"
         self.series = viewer.layers[aw.SERIES]
+        self._wrap(widget.model, "image_frame", "full image frame")
+        self._wrap(widget.model, "label_frame", "full label frame")
         # axial plane through the ventricles, last frame
         self.z = int(np.argmax((seg.data > 0).sum(axis=(1, 2))))
         viewer.dims.set_point(0, widget.model.frames - 1)
@@ -245,13 +245,15 @@ class Bench:
         w, series = self.widget, self.series
         values = (0.6, 0.3)
         # the planes each value must show, computed by the model (not through napari)
-        expected = {}
+        expected, z_seen = {}, {}
         for v in values:
             w.w["slope_max"].value = v
             self.settle()
             expected[v] = np.array(w.model.image_plane(self.t, 0, self.z))
+            z_seen[v] = (w.model.z_mm.tolist(), w.model.augmenter is not None)
             np.testing.assert_array_equal(np.asarray(series._slice.image.raw), expected[v])
-        assert not np.array_equal(expected[values[0]], expected[values[1]]), "the two slopes show the same plane"
+        assert not np.array_equal(expected[values[0]], expected[values[1]]), \
+            f"the two slopes show the same plane (z_mm, engine ready per slope: {z_seen})"
         to_slice, to_draw, setter = [], [], []
         rng = np.random.default_rng(0)
         for i in range(n):

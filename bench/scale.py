@@ -196,18 +196,18 @@ def run_gpu_frames(aug: Augmenter, draw) -> tuple[float, float]:
     from laugen_napari.core.series import _LabelCounter
 
     w = aug.warper
-    img = torch.empty_like(w.image)
+    img = torch.empty(w.image.shape, dtype=torch.float32, device=w.image.device)
     lab = torch.empty_like(w.labels)
-    counter = _LabelCounter(w, aug.spacing, aug.label_values)
+    counter = _LabelCounter(w, aug.spacing, aug._label_counts)
+    w.prepare(float(np.abs(draw.z_mm).max()))
     host_img = torch.empty(img.shape, dtype=img.dtype, pin_memory=True)
     host_lab = torch.empty(lab.shape, dtype=lab.dtype, pin_memory=True)
     gpu = copy = 0.0
     for z in draw.z_mm:
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        w.image_frame(float(z), out=img)
-        frame = w.label_frame(float(z), out=lab)
-        counter.volumes_ml(frame)
+        _, _, moving = w.warp(float(z), img, lab)
+        counter.volumes_ml(moving)
         aug.jacobian.summary(float(z))
         torch.cuda.synchronize()
         t1 = time.perf_counter()
@@ -230,8 +230,9 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", nargs="+", default=["1", "0.7", "0.5", "ct"], help="sample spacings in mm and/or 'ct'")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
-                   help="cpu: CPU time of this process (default; robust to other jobs), wall: elapsed time")
+    p.add_argument("--clock", choices=("cpu", "wall"), default=None,
+                   help="cpu: CPU time of this process (default on CPU; robust to other jobs), wall: elapsed time"
+                        " (default with --device cuda)")
     args = p.parse_args(argv)
     if args.repeats < 1 or min(args.frames) < 2:
         p.error("need --repeats >= 1 and --frames >= 2")
@@ -247,9 +248,11 @@ def main(argv=None) -> int:
                 p.error(f"--sizes takes spacings in mm or 'ct', got {s!r}")
     torch.set_num_threads(args.threads)
     global now
-    now = time.process_time if args.clock == "cpu" else time.perf_counter
-    if args.clock == "cpu" and args.device != "cpu":
+    if args.clock is None:
+        args.clock = "cpu" if device.type == "cpu" else "wall"
+    if args.clock == "cpu" and device.type != "cpu":
         p.error("--clock cpu measures CPU work only: use --clock wall with --device cuda")
+    now = time.process_time if args.clock == "cpu" else time.perf_counter
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
