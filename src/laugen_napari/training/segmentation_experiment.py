@@ -207,6 +207,8 @@ def run_segmentation_experiment(
             n_syn = 0
             if cond.kind == "generator":
                 if synth is None or len(synth[0]) == 0:
+                    say(f"fold {f + 1}/{folds}: {cond.name}: skipped, the generator gave no pair with a mask of "
+                        f">= {min_mask_pixels} pixels")
                     continue
                 n_syn = min(cond.n_synthetic, len(synth[0]))
                 x = np.concatenate([xr, synth[0][:n_syn]])
