@@ -216,7 +216,8 @@ def test_the_dock_remembers_checkpoint_and_choices(make_napari_viewer, settings_
     first.axis_combo.setCurrentIndex(2)
     first.close()  # closing the dock saves
     second = SegmentWidget(viewer)
-    assert second.checkpoint_edit.text() == "/models/medsam_vit_b.pth" and second.model_type_combo.currentText() == "vit_l"
+    assert second.checkpoint_edit.text() == "/models/medsam_vit_b.pth"
+    assert second.model_type_combo.currentText() == "vit_l"
     assert second.label_value.value() == 4 and second.axis_combo.currentIndex() == 2
     assert "medsam_vit_b.pth" in second.backend_label.text()
     (settings_dir / "segment_dock.json").write_text('{"label_value": "x", "axis": 99}')

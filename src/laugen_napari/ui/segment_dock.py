@@ -73,7 +73,8 @@ class SegmentWidget(QWidget):
         try:
             if isinstance(saved.get("checkpoint"), str):
                 self.checkpoint_edit.setText(saved["checkpoint"])
-            if saved.get("model_type") in [self.model_type_combo.itemText(i) for i in range(self.model_type_combo.count())]:
+            types = [self.model_type_combo.itemText(i) for i in range(self.model_type_combo.count())]
+            if saved.get("model_type") in types:
                 self.model_type_combo.setCurrentText(saved["model_type"])
             if "label_value" in saved:
                 self.label_value.setValue(int(saved["label_value"]))
