@@ -79,13 +79,11 @@ def test_four_docks_fit_a_1280x800_screen(make_napari_viewer, laugen_plugin, qtb
     _, seg = docks["LAUGEN segment"]
     area_widget = seg.findChild(type(train.scroll))
     from qtpy.QtCore import QPoint
-    from qtpy.QtWidgets import QWidget
 
     for button in (seg.slice_btn, seg.volume_btn, seg.cancel_btn):
         area_widget.verticalScrollBar().setValue(button.mapTo(area_widget.widget(), QPoint(0, 0)).y())
         qtbot.wait(50)
-        assert visible_in(button, area_widget.viewport()), (button.text(), button.geometry(), area_widget.viewport().size(),
-            seg.width(), seg.minimumSizeHint(), [(type(c).__name__, c.minimumSizeHint().width()) for c in area_widget.widget().findChildren(QWidget) if c.minimumSizeHint().width() > 150])
+        assert visible_in(button, area_widget.viewport()), (button.text(), button.geometry(), seg.width())
     assert area_widget.horizontalScrollBar().value() == 0  # nothing cut off at the sides
     for _, widget in docks.values():  # no dock's content is wider than the dock
         assert widget.minimumSizeHint().width() <= widget.width(), widget

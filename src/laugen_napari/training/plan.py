@@ -104,7 +104,8 @@ def tile(stack: np.ndarray, columns: int | None = None) -> np.ndarray:
     return out
 
 
-def beside(extent: np.ndarray, grid_shape: Sequence[int], gap: float = 0.05) -> tuple[tuple[float, float], tuple[float, float]]:
+def beside(extent: np.ndarray, grid_shape: Sequence[int],
+           gap: float = 0.05) -> tuple[tuple[float, float], tuple[float, float]]:
     """``(translate, scale)`` (y, x) that put a 2D grid image to the right of a world extent.
 
     ``extent`` is napari's ``[[min...], [max...]]`` of the layers already shown (last two axes
