@@ -62,9 +62,16 @@ class ModelChoice:
 
 
 def _registry() -> dict | None:
+    """The generator registry, or None when it cannot be imported (the dock then lists today's three)."""
     try:
         from .generators import GENERATORS
     except ImportError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - a broken registry must not take the train dock down with it
+        import warnings
+
+        warnings.warn(f"the generator registry failed to load ({type(exc).__name__}: {exc}); "
+                      "the train dock lists dHVAE, HVAE and VAE only", stacklevel=2)
         return None
     return GENERATORS
 
