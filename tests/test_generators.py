@@ -67,6 +67,11 @@ def test_every_generator_trains_checkpoints_loads_and_samples(tmp_path, pairs_di
     if name in ("hvae-disc", "hvae-perc"):  # the ablations switch one regulariser off
         assert (task.model.discriminator is None) == (name == "hvae-perc")
         assert task.cfg.use_perceptual == (name == "hvae-perc")
+        train = [r.values for r in recs if r.phase == "train"]
+        if name == "hvae-disc":  # no L_rec (L1 + perceptual), the discriminator from step 0 (tiny warm-up 0)
+            assert all(v["l1"] == 0 and v["perc"] == 0 for v in train) and train[-1]["disc"] > 0
+        else:
+            assert all(v["l1"] > 0 and v["perc"] > 0 for v in train) and "disc" not in train[-1]
 
 
 def test_fixed_options_cannot_be_overridden(pairs_dir):

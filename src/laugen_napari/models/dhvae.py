@@ -60,8 +60,9 @@ class DHVAEConfig:
         beta0: initial inverse temperature of the tempering schedule, in (0, 1].
         learn_beta0: learn beta0 (through a logit) along with the rest.
         kind: ``"dhvae"``, ``"hvae"`` or ``"vae"`` (sets the regulariser switches).
-        use_perceptual, use_discriminator: for ``dhvae``, the two regularisers of the paper
-            (switch one off for the seed-002 ablations HVAE + discriminator / HVAE + perceptual).
+        use_perceptual, use_discriminator: for ``dhvae``, the two regularisers of the paper:
+            the reconstruction term L_rec = L1 + perceptual, and the discriminator (switch one off
+            for the seed-002 ablations HVAE + discriminator / HVAE + perceptual).
         reg_weight: beta of the paper (regularisers); the ELBO gets alpha = 1 - beta.
         disc_warmup: steps before the discriminator term is switched on.
         kl_warmup: steps over which the weight of the KL-like part of the ELBO (everything but

@@ -321,8 +321,9 @@ class DHVAETask:
         fake = None
         if cfg.regularised:
             recon = torch.sigmoid(out["logits"])
-            l1 = (recon - x).abs().mean()
-            perc = self._perceptual(recon, x) if cfg.use_perceptual else torch.zeros(())
+            rec_on = cfg.use_perceptual  # the paper's L_rec = L1 + perceptual, switched as one
+            l1 = (recon - x).abs().mean() if rec_on else torch.zeros(())
+            perc = self._perceptual(recon, x) if rec_on else torch.zeros(())
             gen = torch.zeros(())
             if disc_on:
                 z = torch.randn(x.shape[0], cfg.latent_dim)
