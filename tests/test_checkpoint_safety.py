@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -58,10 +56,13 @@ def test_a_pickle_payload_never_runs_on_any_loading_path(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "refused" in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "s").exists()
-    # the train dock's "show validation sample" reads the run's checkpoint with the same loader
-    from laugen_napari.ui import train_dock
+    # the train dock's "show validation sample" reads the run's checkpoint through training.plan
+    from laugen_napari.training import plan
 
-    assert train_dock.load_checkpoint is load_checkpoint
+    with pytest.raises(CheckpointError):
+        plan.load_simvp_for_inference(ckpt)
+    with pytest.raises(CheckpointError):
+        plan.load_simvp_for_inference(run / "last.pt")
     assert not marker.exists(), "a checkpoint ran code while being loaded"
     # and the payload really is live: plain pickle would run it (the test would catch a regression)
     pickle.loads(pickle.dumps(_Payload(marker)))

@@ -223,3 +223,21 @@ def test_the_dock_remembers_checkpoint_and_choices(make_napari_viewer, settings_
     (settings_dir / "segment_dock.json").write_text('{"label_value": "x", "axis": 99}')
     third = SegmentWidget(viewer)  # a damaged file: defaults
     assert third.label_value.value() == 1 and third.axis_combo.currentIndex() == 0
+
+
+def test_grower_gets_the_layers_true_voxel_size_in_mm():
+    """The dock hands the region grower the spacing of the layer's full affine: an anisotropic,
+    rotated and sheared layer gives the lengths of its affine's columns, not 1 mm."""
+    import napari
+
+    from laugen_napari.ui.segment_dock import voxel_spacing_mm
+
+    plain = napari.layers.Image(np.zeros((4, 5, 6), np.float32), scale=(3.0, 1.0, 0.5))
+    assert voxel_spacing_mm(plain) == pytest.approx((3.0, 1.0, 0.5))
+    c, s = np.cos(0.4), np.sin(0.4)
+    rot = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    oblique = napari.layers.Image(np.zeros((4, 5, 6), np.float32), scale=(2.2, 2.0, 2.0), rotate=rot)
+    assert voxel_spacing_mm(oblique) == pytest.approx((2.2, 2.0, 2.0))
+    sheared = napari.layers.Image(np.zeros((4, 5, 6), np.float32), scale=(1.0, 1.0, 1.0), shear=(0.5, 0.0, 0.0))
+    # shear (0.5, 0, 0) maps the y voxel axis to (0.5, 1, 0) in world: 1.118 mm long
+    assert voxel_spacing_mm(sheared) == pytest.approx((1.0, np.hypot(0.5, 1.0), 1.0))

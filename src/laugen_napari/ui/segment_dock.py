@@ -19,11 +19,27 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFileDialog, QFormLayout, QGridLayout, QHBoxLayout,
-                            QLabel, QLineEdit, QProgressBar, QPushButton, QRadioButton, QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QRadioButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..segment import Prompts, RegionGrowingBackend, SegmentationCancelled, segment
 from . import load_settings, save_settings
+from .layers import layer_transform_kwargs
 from .mpl_dock import narrow_combo, scroll_area
 from .workers import ThreadWorker, activity
 
@@ -35,6 +51,15 @@ NEW_LABELS = "(new layer on the image's grid)"
 NEW_LABELS_NAME = "segmentation"
 SETTINGS_NAME = "segment_dock"
 
+
+
+def voxel_spacing_mm(layer: Any) -> tuple[float, float, float]:
+    """Voxel size (z, y, x) in mm of a 3D layer: the lengths of the columns of its whole
+    data-to-world matrix (extra affine · rotate · shear · scale), so an oblique or sheared layer
+    gives its true spacing."""
+    t = layer_transform_kwargs(layer, leading=0)
+    linear = np.asarray(t["affine"])[:3, :3] @ t["rotate"] @ t["shear"] @ np.diag(t["scale"])
+    return tuple(float(v) for v in np.linalg.norm(linear, axis=0))
 
 class SegmentWidget(QWidget):
     """Dock widget: pick image, prompt layers, target labels; segment a slice or the whole volume."""
@@ -378,12 +403,13 @@ class SegmentWidget(QWidget):
         data = np.asarray(image.data)
         window = tuple(float(v) for v in image.contrast_limits)
         value = int(self.label_value.value())
+        spacing = voxel_spacing_mm(image)
         self._cancel.clear()
 
         def job() -> np.ndarray:
             backend = self._resolve_backend()
             return segment(data, prompts, backend, axis=axis, index=None if volume else index, window=window,
-                           progress=self.progressed.emit, cancel=self._cancel.is_set)
+                           spacing=spacing, progress=self.progressed.emit, cancel=self._cancel.is_set)
 
         self.save_settings()
         worker = ThreadWorker(job)

@@ -35,7 +35,6 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QHBoxLayout, QVBoxLayout, QWidget
 
 from ..training import plan as planning
-from ..training.loop import load_checkpoint  # noqa: F401  (the one checkpoint reader; plan loads with it)
 from ..training.plan import DHVAE_FAMILY, describe_end, describe_record, model_choices, tile  # noqa: F401 (tile: API)
 from . import load_settings, save_settings
 from .mpl_dock import PanelPlot, narrow_combo, scroll_area
