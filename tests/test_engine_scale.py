@@ -9,6 +9,7 @@
 """
 
 import gc
+import warnings
 import weakref
 
 import numpy as np
@@ -76,6 +77,13 @@ def test_an_integer_image_is_kept_in_its_dtype_and_gives_the_float_frames(crop):
     for f, g in zip(small.iter_frames(draw), wide.iter_frames(draw)):
         assert f.image.dtype == np.float32
         np.testing.assert_array_equal(f.image, g.image)
+    # a read-only input is read in place, without a copy and without a warning
+    ro_image, ro_labels = image.copy(), labels.copy()
+    ro_image.flags.writeable = ro_labels.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frame = list(Augmenter(ro_image, ro_labels, spacing, sigma_mm=4.0, device="cpu").iter_frames(draw))[-1]
+    np.testing.assert_array_equal(frame.image, list(wide.iter_frames(draw))[-1].image)
     # two channels of other dtypes move alike
     two = np.stack([image.astype(np.int16) - 100, image.astype(np.int16)])
     aug = Augmenter(two, labels, spacing, sigma_mm=4.0, device="cpu")

@@ -20,6 +20,7 @@ per axis.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -184,6 +185,13 @@ def _support_roi(mask: np.ndarray, pad: Sequence[int]) -> tuple[slice, slice, sl
     return tuple(roi)
 
 
+def shared_tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A tensor sharing ``array``'s memory, for reading only (so a read-only array needs no copy)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.as_tensor(array)
+
+
 def label_counts(labels: np.ndarray) -> dict[int, int]:
     """Voxel count of every value of an integer label map (0 included when present), sorted by value."""
     flat = labels.reshape(-1)
@@ -191,7 +199,7 @@ def label_counts(labels: np.ndarray) -> dict[int, int]:
         return {}
     if flat.dtype == np.uint8 or (flat.dtype in (np.int8, np.int16, np.int32, np.int64) and flat.min() >= 0
                                   and flat.max() < 1 << 20):
-        counts = torch.bincount(torch.from_numpy(np.ascontiguousarray(flat))).numpy()
+        counts = torch.bincount(shared_tensor(np.ascontiguousarray(flat))).numpy()
         values = np.flatnonzero(counts)
         return {int(v): int(counts[v]) for v in values}
     values, counts = np.unique(flat, return_counts=True)

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .field import UnitField
+from .field import UnitField, shared_tensor as _shared
 
 
 # dtypes the image is kept in (gathered, then converted to float32 per sample); others become float32
@@ -35,7 +35,7 @@ MIXED = 255  # cell code of a cell whose 8 corners carry different labels
 
 
 def _as_channels(image: np.ndarray | torch.Tensor) -> torch.Tensor:
-    t = torch.as_tensor(image) if not isinstance(image, np.ndarray) or image.dtype.type not in _WIDEN else \
+    t = _shared(image) if not isinstance(image, np.ndarray) or image.dtype.type not in _WIDEN else \
         torch.as_tensor(image.astype(np.float32))
     if t.dtype not in _KEPT_DTYPES:
         t = t.to(torch.float32)
@@ -83,7 +83,7 @@ class Warper:
         self._flat_image = self.image.view(self.image.shape[0], -1)
         self.labels = None
         if labels is not None:
-            lab = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
+            lab = _shared(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
             if tuple(lab.shape) != tuple(field.shape):
                 raise ValueError(f"label map shape {tuple(lab.shape)} differs from the field's {field.shape}")
             self.labels = lab.to(dev).contiguous()
