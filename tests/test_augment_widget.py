@@ -357,3 +357,24 @@ def test_directional_and_gaussian_start_from_what_the_user_sees(dock, qtbot, sam
     qtbot.waitUntil(lambda: widget.model.augmenter.kind.name == "gaussian" and not widget.busy, timeout=30000)
     np.testing.assert_allclose(widget.model.augmenter.kind.center, np.round(middle))
     assert "not updated" not in widget.w["status"].value
+
+
+def test_a_remembered_gaussian_centre_is_not_carried_to_another_image(make_napari_viewer, sample_pair, qtbot,
+                                                                      config_dir):
+    """The last settings come back, but a centre is a voxel of the last image: the next image gets
+    the middle of its driving labels instead."""
+    image, mask = sample_pair
+    config_dir.mkdir(parents=True, exist_ok=True)
+    record = GenerationSettings(kind="gaussian", center=(999, 999, 999), sigma_mm=4.0, frames=5).validate().to_record()
+    (config_dir / "augment.json").write_text(json.dumps({"options": record, "plane": "coronal"}))
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(image.data, name="t1", scale=image.spacing, translate=image.origin)
+    viewer.add_labels(mask.data, name="seg", scale=image.spacing, translate=image.origin)
+    widget = AugmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    qtbot.waitUntil(lambda: _ready(widget) and widget.model.augmenter.kind.name == "gaussian", timeout=30000)
+    s = widget.current_settings()
+    assert s.frames == 5 and s.sigma_mm == 4.0 and s.kind == "gaussian"
+    assert all(0 <= c < n for c, n in zip(s.center, image.file_shape))
+    assert widget.w["plane"].value == "coronal"
+    widget.wait_idle()

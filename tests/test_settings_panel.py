@@ -72,9 +72,24 @@ def test_errors_name_the_field_never_a_flag(qtbot):
     with pytest.raises(ValueError, match=r"^center: expected 3"):
         form.settings()
     form.fields["kind"].value = "uniform"
-    form.fields["slope_min"].value, form.fields["slope_max"].value = 0.5, 0.2
-    with pytest.raises(ValueError, match=r"^slope_range: "):
+    form.fields["trajectory"].value = "custom"
+    form.fields["values"].value = "0, 1, 2 mm"
+    with pytest.raises(ValueError, match=r"^values: ") as err:
         form.settings()
+    assert "--" not in str(err.value)
+
+
+def test_the_slope_range_is_a_range(qtbot):
+    """Dragging one end of the range past the other pushes the other along (never MIN > MAX)."""
+    form = SettingsForm(exclude=())
+    qtbot.addWidget(form.native)
+    lo, hi = form.fields["slope_min"], form.fields["slope_max"]
+    lo.value = 0.5
+    assert hi.value == 0.5 and form.settings().slope_range == (0.5, 0.5)
+    hi.value = 0.2
+    assert lo.value == 0.2 and form.settings().slope_range == (0.2, 0.2)
+    lo.value, hi.value = -0.3, 0.7
+    assert form.settings().slope_range == (-0.3, 0.7)
 
 
 def test_set_settings_round_trip_and_summary_shows_only_what_applies(qtbot):

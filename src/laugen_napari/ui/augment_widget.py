@@ -297,8 +297,13 @@ class AugmentWidget(QWidget):
         data = remembered("augment")
         if not data:
             return
+        options = dict(data.get("options") or {})
+        options.pop("center", None)  # a voxel index of the last image, not of the next one
         try:
-            self.form.set_settings(GenerationSettings.from_record(data.get("options", {})))
+            if options.get("kind") == "gaussian":
+                options["kind"] = "uniform"  # back to gaussian once a labels layer gives a centre
+                self._restore_kind = "gaussian"
+            self.form.set_settings(GenerationSettings.from_record(options))
         except (SettingsError, TypeError):
             return
         for key in ("plane", "convention"):
@@ -361,7 +366,7 @@ class AugmentWidget(QWidget):
 
     def _on_setting_changed(self, name: str) -> None:
         self._show_helpers()
-        if name == "kind":
+        if name in ("kind", "*"):
             self._suggest_kind_fields()
         if name != "*":
             self.remember_settings()
@@ -423,6 +428,8 @@ class AugmentWidget(QWidget):
                                     "differ in shape"))
             return
         self._refresh_label_values(labels)
+        if getattr(self, "_restore_kind", None) and self._label_values:
+            self.form.fields["kind"].value, self._restore_kind = self._restore_kind, None
         self._schedule_field()
 
     def _refresh_label_values(self, labels) -> None:

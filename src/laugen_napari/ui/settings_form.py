@@ -105,6 +105,17 @@ class SettingsForm(Container):
             w.margins = (0, 0, 0, 0)
             short = sf.name.replace("_range", "")
             self.fields[f"{short}_min"], self.fields[f"{short}_max"] = lo, hi
+            def keep_order(moved, other, below):
+                # a range widget: dragging one end past the other pushes the other along
+                if (moved.value > other.value) if below else (moved.value < other.value):
+                    self._quiet, quiet = True, self._quiet
+                    try:
+                        other.value = moved.value
+                    finally:
+                        self._quiet = quiet
+
+            lo.changed.connect(lambda *_: keep_order(lo, hi, True))
+            hi.changed.connect(lambda *_: keep_order(hi, lo, False))
             for part in (lo, hi):
                 part.changed.connect(lambda *_, n=sf.name: self._emit(n))
             return w
