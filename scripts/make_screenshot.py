@@ -31,6 +31,16 @@ def pump(app, seconds: float) -> None:
         time.sleep(0.02)
 
 
+def close_toasts(viewer) -> None:
+    """Close napari's notification pop-ups (e.g. a Qt-binding deprecation notice) before a shot."""
+    try:
+        from napari._qt.dialogs.qt_notification import NapariQtNotification
+    except ImportError:  # pragma: no cover
+        return
+    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+        toast.close()
+
+
 def main() -> None:
     # never read or overwrite the user's remembered panel settings
     os.environ.setdefault("LAUGEN_NAPARI_CONFIG_DIR", tempfile.mkdtemp(prefix="laugen-screenshot-"))
@@ -56,6 +66,8 @@ def main() -> None:
     widget.wait_idle()
     pump(app, 0.5)
     shots = ROOT / "docs"
+    close_toasts(viewer)
+    pump(app, 0.3)
     viewer.screenshot(str(shots / "workbench.png"), canvas_only=False, flash=False)
     print(f"wrote {shots / 'workbench.png'}")
     widget.w["show_difference"].value = True
