@@ -261,9 +261,9 @@ def test_paint_and_new_labels_reach_the_dock(dock, qtbot, sample_pair):
     qtbot.waitUntil(lambda: 5 in widget._label_values and widget.model.augmenter is not old, timeout=30000)
     assert 5 in widget.w["driving"].value
     assert 5 in widget.model.augmenter.label_values
-    # a brand-new empty labels layer: a hint, no error
+    # a brand-new empty labels layer on the image's grid: the dock takes it, with a hint, no error
     new = viewer.add_labels(np.zeros_like(data), name="drawn", scale=seg.scale, translate=seg.translate)
-    widget.w["labels"].value = new
+    assert widget.w["labels"].value is new
     assert "empty" in widget.w["hint"].value
     new.data[80:90, 100:110, 90:100] = 1
     new.events.paint()

@@ -397,8 +397,16 @@ class AugmentWidget(QWidget):
             self._labels_timer.start()
 
     def _on_layer_inserted(self, event) -> None:
-        self._watch(event.value)
+        layer = event.value
+        self._watch(layer)
         self._reset_choices()
+        image = self.w["image"].value
+        if (isinstance(layer, Labels) and layer.name not in OUTPUTS and image is not None
+                and tuple(layer.data.shape) == tuple(image.data.shape) and layer is not self.w["labels"].value):
+            # a labels layer made for this image (drawn, or filled by the segment dock): use it
+            self.w["labels"].value = layer
+            if self._label_values:
+                self._status(f"using the new labels layer '{layer.name}'")
 
     def _on_layer_removed(self, event) -> None:
         layer = event.value

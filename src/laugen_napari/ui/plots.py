@@ -67,6 +67,11 @@ def render_curves(curves: dict, width_px: int = 400, height_px: int = 320, dpi: 
     jac = curves.get("jacobian_min", [])
     bottom.plot(t[: len(jac)], jac, "o-", color="#60c0f0", ms=3)
     bottom.axhline(0.0, color="#f06060", lw=0.8, ls="--")
+    folding = [i for i, j in enumerate(jac) if j <= 0]
+    if folding:  # say it in the plot too, not only with the dashed line
+        bottom.axvline(folding[0], color="#f06060", lw=0.8)
+        bottom.text(folding[0], 0.0, f" folds from frame {folding[0]}", color="#f06060", fontsize=7,
+                    va="bottom", ha="left")
     bottom.set_ylabel("min Jacobian", fontsize=8)
     bottom.set_xlabel("frame t", fontsize=8)
     for ax in (top, twin, bottom):
