@@ -160,3 +160,33 @@ def test_cli_train_and_sample_ldm_volumes(tmp_path, pairs_dir):
                      "--ddim-steps", "3"]) == 0
     img = nib.load(out / "gen_0000.nii.gz")
     assert img.shape == (32, 32, 16)  # a whole volume, slice by slice
+
+
+def test_two_modalities_train_and_sample_as_4d_files(tmp_path):
+    """A 4D image file (T1 and its inverse as two channels) on the mask's grid: 2 image channels."""
+    img = nib.load(SAMPLE / "mni152_t1.nii.gz")
+    x = np.asarray(img.dataobj, np.float32)[60:140, 60:170, 50:110]
+    lab = np.asarray(nib.load(SAMPLE / "mni152_ventricles_seg.nii.gz").dataobj)[60:140, 60:170, 50:110]
+    data = tmp_path / "pairs"
+    data.mkdir()
+    nib.save(nib.Nifti1Image(np.stack([x, x.max() - x], -1), img.affine), data / "two.nii.gz")
+    nib.save(nib.Nifti1Image(lab, img.affine), data / "two_seg.nii.gz")
+    run = tmp_path / "run"
+    assert cli_main(["train", "stylegan2", "--pairs", str(data), "--size", "32", "--steps", "1", "--steps-per-epoch", "1",
+                     "--out", str(run), "--threads", "1", "-q"]) == 0
+    model = GENERATORS["stylegan2"].load(run / "last.pt")
+    assert model.cfg.image_channels == 2 and model.sample(2).shape == (2, 3, 32, 32)
+    out = tmp_path / "gen"
+    assert cli_main(["sample", "stylegan2", "--checkpoint", str(run / "last.pt"), "-n", "2", "-o", str(out),
+                     "--min-mask-voxels", "0"]) == 0
+    assert nib.load(out / "gen_0000.nii.gz").shape == (32, 32, 1, 2)  # x, y, z = 1, two modalities
+    assert nib.load(out / "gen_0000_seg.nii.gz").shape == (32, 32, 1)
+    s = slices_from_folder(data, 32)
+    assert s.images.shape[1] == 2 and s.image_channels == 2
+    one = tmp_path / "one"
+    one.mkdir()
+    nib.save(nib.Nifti1Image(x, img.affine), one / "t1.nii.gz")
+    nib.save(nib.Nifti1Image(lab, img.affine), one / "t1_seg.nii.gz")
+    single = slices_from_folder(one, 32)
+    np.testing.assert_allclose(s.images[:, 0], single.images, atol=1e-6)  # channel 0 is the T1, slice for slice
+    assert np.array_equal(s.masks, single.masks) and not np.allclose(s.images[:, 1], single.images)

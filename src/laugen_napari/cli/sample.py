@@ -77,9 +77,9 @@ def run(args: argparse.Namespace) -> int:
         vols = model.sample_volumes(args.n, generator=g, condition=cond, steps=args.ddim_steps)
         ci = model.cfg.image_channels
         arrays = []
-        for v in vols:  # (C, D, S, S) -> image (D, S, S) of channel 0 and the label map
+        for v in vols:  # (C, D, S, S) -> image (D, S, S) (or (C_img, D, S, S)) and the label map
             imgs, labs = split_pairs(v.permute(1, 0, 2, 3), ci)
-            arrays.append((imgs[:, 0], labs))
+            arrays.append((imgs[:, 0] if ci == 1 else imgs.transpose(1, 0, 2, 3), labs))
     else:
         sampler = None
         if cond is not None:
@@ -93,10 +93,11 @@ def run(args: argparse.Namespace) -> int:
         if len(images) == 0:
             raise ValueError(f"no sample had a mask of >= {args.min_mask_voxels} pixels in {args.max_tries} rounds; "
                              "lower --min-mask-voxels or train longer")
-        arrays = [(img[0][None], msk[None]) for img, msk in zip(images, masks)]
+        # one slice as a Z = 1 volume; several modalities as a 4D (C, 1, S, S) file
+        arrays = [(img[0][None] if len(img) == 1 else img[:, None], msk[None]) for img, msk in zip(images, masks)]
     with staged_directory(out) as tmp:
         for i, (img, msk) in enumerate(arrays):
-            vol = volume_from_array(img.astype(np.float32), spacing=spacing)
+            vol = volume_from_array(msk.astype(np.float32), spacing=spacing)
             save_volume(tmp / f"gen_{i:04d}.nii.gz", img.astype(np.float32), vol)
             save_volume(tmp / f"gen_{i:04d}_seg.nii.gz", msk.astype(np.uint8), vol)
             records.append({"image": f"gen_{i:04d}.nii.gz", "mask": f"gen_{i:04d}_seg.nii.gz",

@@ -190,22 +190,37 @@ def slices_from_files(
     min_voxels: int = 1,
     separate_labels: bool = False,
 ) -> SliceSet:
-    """Slices of several NIfTI pairs (read in closest-canonical (Z, Y, X) order)."""
+    """Slices of several NIfTI pairs (read in closest-canonical (Z, Y, X) order). A 4D image file
+    holds several modalities (channels) on the mask's grid; every pair needs the same number."""
     from ..io.nifti import load_volume
 
     sets = []
     for img_path, lab_path in pairs:
-        img, lab = load_volume(img_path, ndim=3), load_volume(lab_path, ndim=3)
-        if img.data.shape != lab.data.shape:
+        img, lab = load_image_channels(img_path), load_volume(lab_path, ndim=3)
+        if img.data.shape[-3:] != lab.data.shape:
             raise ValueError(f"{Path(img_path).name} and {Path(lab_path).name} differ in shape: "
                              f"{img.data.shape} vs {lab.data.shape}")
         sets.append(slices_from_arrays(img.data, lab.data, size, selected, min_voxels, name=Path(lab_path).name,
                                        separate_labels=separate_labels))
     if not sets:
         raise ValueError("no image/mask pairs given")
+    if len({x.image_channels for x in sets}) > 1:
+        raise ValueError("the images have different numbers of channels (modalities): "
+                         + ", ".join(f"{x.names[0]}: {x.image_channels}" for x in sets))
     if separate_labels and not selected and len({s.n_labels for s in sets}) > 1:
         raise ValueError("the pairs hold different label sets: give the labels to use (--labels)")
     return SliceSet.concat(sets)
+
+
+def load_image_channels(path: str | os.PathLike):
+    """A NIfTI image as a Volume whose data are (Z, Y, X), or (C, Z, Y, X) for a 4D file of C
+    modalities (NIfTI's 4th axis); more than 4 dimensions is an error naming the file."""
+    from ..io.nifti import load_volume
+
+    vol = load_volume(path)
+    if vol.data.ndim not in (3, 4):
+        raise ValueError(f"{Path(path).name}: expected a 3D image or a 4D stack of modalities, got {vol.data.ndim}D")
+    return vol
 
 
 def slices_from_folder(directory: str | os.PathLike, size: int = 64, selected: Sequence[int] | None = None,
