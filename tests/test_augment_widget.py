@@ -378,3 +378,39 @@ def test_a_remembered_gaussian_centre_is_not_carried_to_another_image(make_napar
     assert all(0 <= c < n for c, n in zip(s.center, image.file_shape))
     assert widget.w["plane"].value == "coronal"
     widget.wait_idle()
+
+
+def test_preview_model_reads_are_computed_once_and_never_the_input(sample_arrays):
+    """Qt-free: a full read of an uncached frame computes it (never the input); two threads asking
+    for the same frame compute it once."""
+    import threading
+
+    from laugen_napari.core import Augmenter
+    from laugen_napari.core.preview import PreviewModel, preview_arrays
+
+    image, labels, spacing = sample_arrays
+    crop = (slice(70, 110), slice(90, 150), slice(70, 130))
+    aug = Augmenter(image[crop], labels[crop], spacing, device="cpu")
+    model = PreviewModel(image[crop], labels[crop])
+    model.set_augmenter(aug)
+    model.set_trajectory([0.0, 1.5, 3.0])
+    calls = []
+    original = aug.warper.image_frame
+
+    def counted(z, *a, **k):
+        calls.append(z)
+        return original(z, *a, **k)
+
+    aug.warper.image_frame = counted
+    series, masks, _ = preview_arrays(model)
+    threads = [threading.Thread(target=lambda: np.asarray(series[2])) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert calls == [3.0]  # one computation for four readers
+    full = np.asarray(series)
+    assert calls == [3.0, 1.5]
+    np.testing.assert_array_equal(full[0], image[crop])
+    np.testing.assert_array_equal(full[2], original(3.0).numpy())
+    assert not np.array_equal(full[1], image[crop]) and not np.array_equal(np.asarray(masks[2]), labels[crop])

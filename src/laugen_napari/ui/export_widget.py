@@ -140,11 +140,17 @@ class ExportWidget(QWidget):
             self.form.reset_choices()
         except RuntimeError:  # the Qt side is gone (dock closed)
             return
+        panel = self._augment_panel()
+        preferred = {}
+        if panel is not None:  # the layers the augment dock works on come first
+            preferred = {id(self.image): panel.w["image"].value, id(self.labels): panel.w["labels"].value}
         for combo, choices in ((self.image, self._image_choices()), (self.labels, self._labels_choices()),
                                (self.movie_series, self._series_choices()),
                                (self.movie_labels, self._mask_series_choices())):
             if combo.value is None and choices:
-                combo.value = choices[0][1]
+                wanted = preferred.get(id(combo))
+                layers = [layer for _, layer in choices]
+                combo.value = wanted if any(wanted is layer for layer in layers) else choices[0][1]
 
     # -- settings -----------------------------------------------------------------------------
     @property
