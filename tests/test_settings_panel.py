@@ -103,3 +103,16 @@ def test_set_settings_round_trip_and_summary_shows_only_what_applies(qtbot):
     assert "direction: 0, 1, 0" in text and "midpoint (frames): 2.5" in text and "rate (1/frame): 2" in text
     assert "center" not in text and "spread" not in text and "values" not in text
     assert form.fields["center"].native.isHidden() and not form.fields["direction"].native.isHidden()
+
+
+def test_a_custom_trajectory_hides_what_it_ignores(qtbot):
+    form = SettingsForm(exclude=())
+    qtbot.addWidget(form.native)
+    form.fields["trajectory"].value = "custom"
+    form.fields["values"].value = "0, 0.5, 2"
+    assert form.fields["slope_range"].native.isHidden() and form.fields["seed"].native.isHidden()
+    assert not form.fields["frames"].enabled and form.fields["frames"].value == 3
+    s = form.settings()
+    assert s.frames == 3 and s.values == (0.0, 0.5, 2.0) and s.slope_range == GenerationSettings().slope_range
+    text = settings_summary(s)
+    assert "slope range" not in text and "seed" not in text and "values (mm): 0, 0.5, 2" in text

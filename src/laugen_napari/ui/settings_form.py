@@ -35,6 +35,18 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+UNUSED_BY_CUSTOM = ("slope_range", "seed")
+"""Fields a custom trajectory ignores (its z_t are given, nothing is drawn)."""
+
+
+def applies(settings: GenerationSettings, name: str) -> bool:
+    """Whether field ``name`` is used with these settings: :meth:`GenerationSettings.applies`, and
+    the slope range and seed are unused by a custom trajectory."""
+    if settings.trajectory == "custom" and name in UNUSED_BY_CUSTOM:
+        return False
+    return settings.applies(name)
+
+
 def field_label(sf: SettingField) -> str:
     """The widget label of a field: the model's label with its unit (``"sigma (mm)"``), without
     repeating a unit that is the name itself (``"frames"``, not ``"frames (frames)"``)."""
@@ -162,7 +174,7 @@ class SettingsForm(Container):
         try:
             for name, widget in self.fields.items():
                 if name in self.spec:
-                    widget.visible = draft.applies(name)
+                    widget.visible = applies(draft, name)
             for name, explicit in self._explicit.items():
                 if name in self.fields and not explicit:
                     default = _default_of(name, draft)
@@ -190,7 +202,7 @@ class SettingsForm(Container):
         draft = self._draft()
         values: dict[str, Any] = {}
         for name, sf in self.spec.items():
-            if not draft.applies(name):
+            if not applies(draft, name):
                 continue
             w = self.fields[name]
             if sf.param.length == 2:
@@ -238,7 +250,7 @@ def settings_summary(settings: GenerationSettings, skip: Iterable[str] = ()) -> 
     skip = set(skip)
     lines = []
     for sf in setting_fields():
-        if sf.name in skip or not settings.applies(sf.name):
+        if sf.name in skip or not applies(settings, sf.name):
             continue
         value = getattr(settings, sf.name)
         if sf.name == "rate" and value is None:
