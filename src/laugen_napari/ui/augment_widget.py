@@ -471,6 +471,8 @@ class AugmentWidget(QWidget):
         lo, hi = (float(v) for v in image_layer.contrast_limits)
         span = max(hi - lo, 1e-6)
         kwargs = series_layer_kwargs(image_layer)
+        if "axis_labels" in getattr(Image, "__init__").__code__.co_varnames:
+            kwargs["axis_labels"] = ("frame", "z", "y", "x")  # the time slider reads "frame"
         for name in OUTPUTS:
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
