@@ -2,7 +2,6 @@
 
 import json
 
-import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -11,7 +10,6 @@ from laugen_napari.cli import main as laugen
 from laugen_napari.io.nifti import load_volume
 from laugen_napari.settings import GenerationSettings, setting_fields
 from laugen_napari.ui.augment_widget import DIFF, MASKS, SERIES, AugmentWidget
-from laugen_napari.ui.settings_form import field_label
 
 from .conftest import SAMPLE_IMAGE, SAMPLE_MASK
 
@@ -73,7 +71,7 @@ def test_widgets_come_from_the_settings_model(dock):
         if sf.name in ("series", "labels"):
             continue
         w = form.fields[sf.name]
-        assert w.label == field_label(sf) and sf.param.help in (w.tooltip or "")
+        assert w.label == sf.label and sf.param.help in (w.tooltip or "")
     defaults = GenerationSettings()
     shown = widget.current_settings()
     for sf in setting_fields():

@@ -114,3 +114,14 @@ def test_parse_numbers(text, cast, expected):
 def test_parse_numbers_refuses_clearly(text, cast):
     with pytest.raises(SettingsError, match="^labels:"):
         parse_numbers(text, cast, name="labels")
+
+
+def test_applies_follows_kind_and_trajectory():
+    s = GenerationSettings()
+    assert not s.applies("direction") and not s.applies("center") and not s.applies("values")
+    assert s.replace(kind="gaussian").applies("spread_mm")
+    custom = s.replace(trajectory="custom")
+    assert custom.applies("values") and not custom.applies("slope_range") and not custom.applies("seed")
+    assert s.replace(trajectory="gompertz").applies("rate") and not s.applies("rate")
+    labels = {f.name: f.label for f in setting_fields()}
+    assert labels["frames"] == "frames" and labels["sigma_mm"] == "sigma (mm)"

@@ -1,13 +1,16 @@
 """One settings model: the augment panel, `laugen generate` and the API agree on every default,
 and the panel's widgets carry the model's labels, limits and choices."""
 
-import argparse
 
 import pytest
 
 from laugen_napari.cli import build_parser
-from laugen_napari.settings import GenerationSettings, setting_fields, settings_from_args
-from laugen_napari.ui.settings_form import SettingsForm, field_label, settings_summary
+from laugen_napari.settings import (
+    GenerationSettings,
+    setting_fields,
+    settings_from_args,
+)
+from laugen_napari.ui.settings_form import SettingsForm, settings_summary
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +39,7 @@ def test_widgets_carry_the_model_limits_choices_and_units(qtbot):
     for sf in setting_fields():
         p = sf.param
         w = form.fields[sf.name]
-        assert w.label == field_label(sf)
+        assert w.label == sf.label
         if p.choices is not None:
             assert tuple(w.choices) == tuple(p.choices)
         elif p.length == 2:

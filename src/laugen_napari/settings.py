@@ -91,7 +91,10 @@ class Param:
         minimum, maximum, step: widget limits (also checked where marked in ``validate``).
         metavar: CLI placeholder(s).
         scope: ``"series"`` (shapes the series), ``"run"`` (how many, seeds, where computed).
-        when: the setting applies only when this field has this value, e.g. ``("kind", "gaussian")``.
+        when: the setting applies only when this field has this value (or one of these values),
+            e.g. ``("kind", "gaussian")``.
+        unless: the setting does not apply when this field has this value, e.g.
+            ``("trajectory", "custom")`` for the slope range, which custom values replace.
     """
 
     help: str
@@ -104,6 +107,7 @@ class Param:
     metavar: str | tuple[str, ...] | None = None
     scope: str = "series"
     when: tuple[str, Any] | None = None
+    unless: tuple[str, Any] | None = None
 
 
 def _p(default: Any, **meta) -> Any:
@@ -132,7 +136,8 @@ class GenerationSettings:
                      maximum=100_000, step=1, metavar="T")
     slope_range: tuple[float, float] = _p(
         (0.1, 0.4), help="mean boundary displacement per frame, drawn uniformly per series; negative shrinks",
-        unit="mm/frame", length=2, minimum=-50.0, maximum=50.0, step=0.05, metavar=("MIN", "MAX"))
+        unit="mm/frame", length=2, minimum=-50.0, maximum=50.0, step=0.05, metavar=("MIN", "MAX"),
+        unless=("trajectory", "custom"))
     values: tuple[float, ...] | None = _p(
         None, help="custom trajectory: z_t for every frame, starting with 0", unit="mm", metavar="V,V,...",
         when=("trajectory", "custom"))
@@ -156,7 +161,7 @@ class GenerationSettings:
     label_interpolation: str = _p("linear", help="label maps: one-hot linear + argmax, or nearest neighbour",
                                   choices=LABEL_INTERPOLATIONS)
     seed: int = _p(0, help="random seed of the slope draw (same seed, same series)", scope="run", minimum=0,
-                   maximum=2**31 - 1, step=1)
+                   maximum=2**31 - 1, step=1, unless=("trajectory", "custom"))
     series: int = _p(1, help="number of independent series", scope="run", minimum=1, maximum=100_000, step=1,
                      metavar="K")
     device: str = _p("auto", help="torch device (auto: CUDA when present)", choices=DEVICES, scope="run")
@@ -267,12 +272,14 @@ class GenerationSettings:
 
     def applies(self, name: str) -> bool:
         """Whether field ``name`` is used with the current kind and trajectory."""
-        when = _param(name).when
-        if when is None:
-            return True
-        other, wanted = when
-        current = getattr(self, other)
-        return current in wanted if isinstance(wanted, tuple) else current == wanted
+        p = _param(name)
+
+        def holds(rule: tuple[str, Any]) -> bool:
+            other, wanted = rule
+            current = getattr(self, other)
+            return current in wanted if isinstance(wanted, tuple) else current == wanted
+
+        return (p.when is None or holds(p.when)) and (p.unless is None or not holds(p.unless))
 
 
 @dataclass(frozen=True)
@@ -291,9 +298,10 @@ class SettingField:
 
     @property
     def label(self) -> str:
-        """Short label for widgets, with the unit: ``"sigma (mm)"``."""
+        """Short label for widgets, with the unit: ``"sigma (mm)"``, ``"frames"`` (not ``"frames (frames)"``)."""
         text = self.name.replace("_mm", "").replace("_", " ")
-        return f"{text} ({self.param.unit})" if self.param.unit else text
+        unit = self.param.unit
+        return f"{text} ({unit})" if unit and unit != text else text
 
 
 def setting_fields(scope: str | None = None) -> list[SettingField]:

@@ -21,7 +21,13 @@ from typing import Any, Callable, Iterable
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, LineEdit, SpinBox
 
 from ..core.trajectory import DEFAULT_RATE
-from ..settings import GenerationSettings, SettingField, SettingsError, parse_numbers, setting_fields
+from ..settings import (
+    GenerationSettings,
+    SettingField,
+    SettingsError,
+    parse_numbers,
+    setting_fields,
+)
 
 CONFIG_ENV = "LAUGEN_NAPARI_CONFIG_DIR"
 """Environment variable naming the folder of the remembered panel settings (tests set it)."""
@@ -35,23 +41,7 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-UNUSED_BY_CUSTOM = ("slope_range", "seed")
 """Fields a custom trajectory ignores (its z_t are given, nothing is drawn)."""
-
-
-def applies(settings: GenerationSettings, name: str) -> bool:
-    """Whether field ``name`` is used with these settings: :meth:`GenerationSettings.applies`, and
-    the slope range and seed are unused by a custom trajectory."""
-    if settings.trajectory == "custom" and name in UNUSED_BY_CUSTOM:
-        return False
-    return settings.applies(name)
-
-
-def field_label(sf: SettingField) -> str:
-    """The widget label of a field: the model's label with its unit (``"sigma (mm)"``), without
-    repeating a unit that is the name itself (``"frames"``, not ``"frames (frames)"``)."""
-    text = sf.name.replace("_mm", "").replace("_", " ")
-    return sf.label if sf.param.unit and sf.param.unit != text else text
 
 
 def _default_of(name: str, current: GenerationSettings) -> float | None:
@@ -105,7 +95,7 @@ class SettingsForm(Container):
     def _make(self, sf: SettingField):
         p = sf.param
         tip = p.help + (f" [{p.unit}]" if p.unit else "")
-        opts = {"label": field_label(sf), "tooltip": tip, "name": sf.name}
+        opts = {"label": sf.label, "tooltip": tip, "name": sf.name}
         if p.choices is not None:
             w = ComboBox(choices=list(p.choices), value=sf.default, **opts)
         elif p.length == 2:  # a range: two spin boxes in a row
@@ -174,7 +164,7 @@ class SettingsForm(Container):
         try:
             for name, widget in self.fields.items():
                 if name in self.spec:
-                    widget.visible = applies(draft, name)
+                    widget.visible = draft.applies(name)
             for name, explicit in self._explicit.items():
                 if name in self.fields and not explicit:
                     default = _default_of(name, draft)
@@ -202,7 +192,7 @@ class SettingsForm(Container):
         draft = self._draft()
         values: dict[str, Any] = {}
         for name, sf in self.spec.items():
-            if not applies(draft, name):
+            if not draft.applies(name):
                 continue
             w = self.fields[name]
             if sf.param.length == 2:
@@ -250,7 +240,7 @@ def settings_summary(settings: GenerationSettings, skip: Iterable[str] = ()) -> 
     skip = set(skip)
     lines = []
     for sf in setting_fields():
-        if sf.name in skip or not applies(settings, sf.name):
+        if sf.name in skip or not settings.applies(sf.name):
             continue
         value = getattr(settings, sf.name)
         if sf.name == "rate" and value is None:
@@ -261,7 +251,7 @@ def settings_summary(settings: GenerationSettings, skip: Iterable[str] = ()) -> 
             text = "every non-zero label"
         else:
             text = _fmt(value)
-        lines.append(f"{field_label(sf)}: {text}")
+        lines.append(f"{sf.label}: {text}")
     return "\n".join(lines)
 
 
