@@ -29,3 +29,9 @@ def sample_pair():
 def sample_arrays(sample_pair):
     image, mask = sample_pair
     return image.data.astype(np.float32), mask.data, image.spacing
+
+
+@pytest.fixture(autouse=True)
+def _settings_in_tmp(tmp_path, monkeypatch):
+    """Docks remember settings in $LAUGEN_SETTINGS_DIR: a fresh folder per test, never the user's."""
+    monkeypatch.setenv("LAUGEN_SETTINGS_DIR", str(tmp_path / "laugen-settings"))

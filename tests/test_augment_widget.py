@@ -18,7 +18,7 @@ from .conftest import SAMPLE_IMAGE, SAMPLE_MASK
 def config_dir(tmp_path, monkeypatch):
     """Remembered panel settings go to a temporary folder."""
     folder = tmp_path / "config"
-    monkeypatch.setenv("LAUGEN_NAPARI_CONFIG_DIR", str(folder))
+    monkeypatch.setenv("LAUGEN_SETTINGS_DIR", str(folder))
     return folder
 
 

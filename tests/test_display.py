@@ -12,7 +12,7 @@ SHAPE = (40, 48, 44)  # Z (inferior -> superior), Y (posterior -> anterior), X (
 
 @pytest.fixture(autouse=True)
 def _config(tmp_path, monkeypatch):
-    monkeypatch.setenv("LAUGEN_NAPARI_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("LAUGEN_SETTINGS_DIR", str(tmp_path / "config"))
 
 
 def _phantom():

@@ -13,8 +13,8 @@ import pytest
 
 from laugen_napari.cli import main as laugen
 from laugen_napari.io.movie import count_frames, render_series_frames
-from laugen_napari.ui import io_hooks
 from laugen_napari.settings import GenerationSettings
+from laugen_napari.ui import io_hooks
 from laugen_napari.ui.augment_widget import AugmentWidget
 from laugen_napari.ui.export_widget import ExportWidget
 
@@ -54,7 +54,7 @@ def _wait(qtbot, widget, timeout=60_000):
 
 @pytest.fixture(autouse=True)
 def _config(tmp_path, monkeypatch):
-    monkeypatch.setenv("LAUGEN_NAPARI_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("LAUGEN_SETTINGS_DIR", str(tmp_path / "config"))
 
 
 @pytest.fixture

@@ -124,7 +124,7 @@ def test_series_layers_take_the_oblique_sheared_transform(make_napari_viewer, sa
     from laugen_napari.ui import io_hooks
     from laugen_napari.ui.augment_widget import DIFF, MASKS, SERIES, AugmentWidget
 
-    monkeypatch.setenv("LAUGEN_NAPARI_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("LAUGEN_SETTINGS_DIR", str(tmp_path / "config"))
     (image_path, mask_path), affine = _oblique_sample(tmp_path, sample_pair)
     viewer = make_napari_viewer(show=True)
     image, labels = [viewer.add_layer(Layer.create(*ld)) for ld in io_hooks.read_nifti([str(image_path), str(mask_path)])]

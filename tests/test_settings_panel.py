@@ -15,7 +15,7 @@ from laugen_napari.ui.settings_form import SettingsForm, settings_summary
 
 @pytest.fixture(autouse=True)
 def _config(tmp_path, monkeypatch):
-    monkeypatch.setenv("LAUGEN_NAPARI_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("LAUGEN_SETTINGS_DIR", str(tmp_path / "config"))
 
 
 def _cli_defaults() -> GenerationSettings:

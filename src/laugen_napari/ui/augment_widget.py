@@ -34,10 +34,10 @@ from ..core.field import label_values
 from ..core.preview import LazyDifference, PreviewModel, preview_arrays
 from ..pipeline import build_augmenter
 from ..settings import GenerationSettings, SettingsError
-from . import orientation
+from . import load_settings, orientation, save_settings
 from .layers import series_layer_kwargs, volume_from_layer
 from .plots import SeriesCurvesPlot, render_curves
-from .settings_form import SettingsForm, remember, remembered
+from .settings_form import SettingsForm
 from .workers import WorkerSet
 
 SERIES, MASKS, DIFF = "LAUGEN series", "LAUGEN mask series", "LAUGEN difference"
@@ -290,11 +290,11 @@ class AugmentWidget(QWidget):
             record = self.form.settings().to_record()
         except SettingsError:
             return
-        remember("augment", {"options": record, "plane": self.w["plane"].value,
+        save_settings("augment", {"options": record, "plane": self.w["plane"].value,
                              "convention": self.w["convention"].value})
 
     def _restore(self) -> None:
-        data = remembered("augment")
+        data = load_settings("augment") or None
         if not data:
             return
         options = dict(data.get("options") or {})

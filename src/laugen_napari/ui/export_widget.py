@@ -30,9 +30,9 @@ from ..io.movie import movie_format, series_movie, write_movie
 from ..io.nifti import check_same_grid
 from ..pipeline import generate_to_directory
 from ..settings import GenerationSettings, setting_fields
-from . import orientation
+from . import load_settings, orientation, save_settings
 from .layers import PlaneOnScreen, source_unchanged, volume_from_layer
-from .settings_form import SettingsForm, remember, remembered, settings_summary
+from .settings_form import SettingsForm, settings_summary
 from .workers import ThreadWorker
 
 OptionsProvider = Callable[[], GenerationSettings]
@@ -163,15 +163,15 @@ class ExportWidget(QWidget):
         self._options_provider = provider
         self.refresh_settings_view()
 
-    # -- remembered settings (the user's config folder; see settings_form.config_dir) -----------
+    # -- remembered settings (the user's config folder; see ui.settings_dir) -----------
     def remember_settings(self, *_: Any) -> None:
         """Store this dock's own choices: number of series, folders, movie options."""
-        remember("export", {"series": int(self.series.value), "outdir": str(self.outdir.value),
+        save_settings("export", {"series": int(self.series.value), "outdir": str(self.outdir.value),
                             "difference": self.difference.value, "fps": float(self.fps.value),
                             "movie_path": str(self.movie_path.value)})
 
     def _restore(self) -> None:
-        data = remembered("export") or {}
+        data = load_settings("export")
         try:
             if "series" in data:
                 self.series.value = int(data["series"])

@@ -13,9 +13,6 @@ store of the panels' last settings (:func:`remembered`, :func:`remember`).
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, LineEdit, SpinBox
@@ -29,7 +26,6 @@ from ..settings import (
     setting_fields,
 )
 
-CONFIG_ENV = "LAUGEN_NAPARI_CONFIG_DIR"
 """Environment variable naming the folder of the remembered panel settings (tests set it)."""
 
 
@@ -253,46 +249,3 @@ def settings_summary(settings: GenerationSettings, skip: Iterable[str] = ()) -> 
             text = _fmt(value)
         lines.append(f"{sf.label}: {text}")
     return "\n".join(lines)
-
-
-# -- remembered settings -----------------------------------------------------------------------------
-def config_dir() -> Path | None:
-    """Folder of the remembered panel settings: ``$LAUGEN_NAPARI_CONFIG_DIR``, else the user's
-    config folder; None under pytest without the variable (tests never touch the user's files)."""
-    env = os.environ.get(CONFIG_ENV)
-    if env:
-        return Path(env)
-    if "PYTEST_CURRENT_TEST" in os.environ:
-        return None
-    try:
-        import platformdirs
-
-        return Path(platformdirs.user_config_dir("laugen-napari"))
-    except ImportError:  # pragma: no cover
-        return Path.home() / ".config" / "laugen-napari"
-
-
-def remembered(panel: str) -> dict | None:
-    """The record last stored for ``panel`` (None if none or unreadable)."""
-    folder = config_dir()
-    if folder is None:
-        return None
-    try:
-        data = json.loads((folder / f"{panel}.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def remember(panel: str, record: dict) -> None:
-    """Store ``record`` (JSON-able) as the last settings of ``panel``; failures are ignored."""
-    folder = config_dir()
-    if folder is None:
-        return
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{panel}.json.tmp"
-        tmp.write_text(json.dumps(record, indent=1))
-        tmp.replace(folder / f"{panel}.json")
-    except OSError:
-        pass
