@@ -38,9 +38,13 @@ import platform
 import pstats
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
+
+# remembered dock settings of earlier runs must not change what is measured
+os.environ.setdefault("LAUGEN_SETTINGS_DIR", tempfile.mkdtemp(prefix="laugen-live-"))
 
 import numpy as np
 

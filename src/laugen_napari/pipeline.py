@@ -34,10 +34,6 @@ from .settings import GenerationSettings
 Progress = Callable[[int, int], None]
 
 
-# The generation settings have one form, :class:`~laugen_napari.settings.GenerationSettings`;
-# ``GenerateOptions`` is kept as its old name for scripts written against version 0.1.
-GenerateOptions = GenerationSettings
-
 SHEAR_TOLERANCE = 1e-4  # relative voxel-volume difference from a sheared affine worth a warning
 # working memory of a run beyond the loaded interpreter, measured with bench/memory.py and
 # independent of T: about 28 bytes per input voxel on the 1 mm MNI152 pair (input, field, warp
