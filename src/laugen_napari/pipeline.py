@@ -159,11 +159,6 @@ def build_augmenter(image: Volume, mask: Volume, options: GenerationSettings) ->
     )
 
 
-def _engine_info(aug: Augmenter) -> dict:
-    return {"kind": aug.kind.name, "kind_params": aug.kind.params(), "sigma_mm": aug.sigma_mm,
-            "labels": aug.selected, "device": str(aug.device)}
-
-
 def generate_to_directory(
     image: Volume,
     mask: Volume,
@@ -210,7 +205,7 @@ def generate_to_directory(
         "voxel_volume_mm3": voxel_volume_ml(image) * 1000.0,
         "laugen_napari_version": __version__,
     }
-    info = _engine_info(aug)
+    info = aug.info
     written = []
     try:
         with staged_directory(outdir, overwrite) as tmp:

@@ -145,6 +145,19 @@ class Augmenter:
         self._work_dtype = work.dtype
         self._label_counts = {v: counts.get(v, 0) for v in self.label_values}
 
+    @property
+    def info(self) -> dict:
+        """What this engine is, as recorded with every series: kind and its parameters, sigma in mm,
+        driving labels, device and the number of voxels the field moves."""
+        return {
+            "kind": self.kind.name,
+            "kind_params": self.kind.params(),
+            "sigma_mm": self.sigma_mm,
+            "labels": self.selected,
+            "device": str(self.device),
+            "moving_voxels": self.warper.n_moving,
+        }
+
     def series(
         self,
         trajectory: Trajectory | CustomTrajectory,
@@ -239,14 +252,7 @@ class Augmenter:
             volumes_ml=volumes,
             jacobian_min=jac_min,
             folded_fraction=folded,
-            info={
-                "kind": self.kind.name,
-                "kind_params": self.kind.params(),
-                "sigma_mm": self.sigma_mm,
-                "labels": self.selected,
-                "device": str(self.device),
-                "moving_voxels": self.warper.n_moving,
-            },
+            info=self.info,
         )
 
 
