@@ -60,18 +60,14 @@ def parse_numbers(text: str | Sequence[float] | None, cast: Callable[[str], Any]
     values = []
     for item in items:
         try:
-            if cast is int:
-                f = float(item)
-                if not math.isfinite(f) or f != int(f):
-                    raise ValueError
-                v = int(f)
-            else:
-                v = cast(item)
-                if not math.isfinite(float(v)):
-                    raise ValueError
+            f = float(item)
         except (TypeError, ValueError, OverflowError):
             raise SettingsError(f"{name}: expected finite {kind} separated by commas, got {text!r}") from None
-        values.append(v)
+        if not math.isfinite(f):
+            raise SettingsError(f"{name}: non-finite number {item!r} (inf or nan) in {text!r}")
+        if cast is int and f != int(f):
+            raise SettingsError(f"{name}: expected {kind} separated by commas, got {text!r}")
+        values.append(int(f) if cast is int else cast(item))
     if not values and not allow_empty:
         raise SettingsError(f"{name}: expected at least one number, got {text!r}")
     if count is not None and len(values) != count:

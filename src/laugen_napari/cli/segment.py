@@ -18,24 +18,17 @@ AXIS_NAMES = {"i": 0, "j": 1, "k": 2, "0": 0, "1": 1, "2": 2}
 
 
 def _parse_groups(text: str | None, option: str, names: str) -> list[tuple[float, ...]]:
-    """Split ``"a,b,c;a,b,c"`` into tuples of as many numbers as ``names`` (e.g. "I,J,K") has."""
+    """Split ``"a,b,c;a,b,c"`` into tuples of as many numbers as ``names`` (e.g. "I,J,K") has; each
+    group is read by the project's one number parser (:func:`laugen_napari.settings.parse_numbers`)."""
+    from ..settings import parse_numbers
+
     if text is None or not text.strip():
         return []
     n = len(names.split(","))
-    words = {3: "three", 6: "six"}.get(n, str(n))
     out = []
-    for part in text.replace(" ", "").split(";"):
-        if not part:
-            continue
-        try:
-            values = tuple(float(b) for b in part.split(","))
-        except ValueError:
-            raise ValueError(f"--{option}: {part!r} is not {words} numbers {names}") from None
-        if len(values) != n:
-            raise ValueError(f"--{option}: {part!r} has {len(values)} numbers, expected {words} ({names})")
-        if not all(np.isfinite(values)):
-            raise ValueError(f"--{option}: {part!r} holds a non-finite number (inf or nan); give voxel indices")
-        out.append(values)
+    for part in text.split(";"):
+        if part.strip():
+            out.append(tuple(parse_numbers(part, name=f"--{option}", count=n)))
     return out
 
 
@@ -51,13 +44,12 @@ def parse_boxes(text: str | None) -> list[tuple[tuple[float, ...], tuple[float, 
 
 def parse_window(text: str | None) -> tuple[float, float] | None:
     """Parse ``"LOW,HIGH"`` (image units) or None."""
+    from ..settings import parse_numbers
+
     if text is None:
         return None
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise ValueError(f"--window: {text!r} is not two numbers LOW,HIGH") from None
-    if not (np.isfinite(lo) and np.isfinite(hi)) or hi <= lo:
+    lo, hi = parse_numbers(text, name="--window", count=2)
+    if hi <= lo:
         raise ValueError(f"--window: {text!r} must be two finite numbers with LOW < HIGH")
     return lo, hi
 
