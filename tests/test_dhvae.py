@@ -280,3 +280,20 @@ def test_paper_preset_has_the_papers_size():
     n = count_parameters(m) - count_parameters(m.discriminator)
     assert 21e6 < n < 25e6 and m.cfg.leapfrog_steps == 3 and m.cfg.latent_dim == 3 * 16 * 16
     assert build_model("hvae", "cpu").cfg.leapfrog_steps == 1 and DHVAEConfig().leapfrog_steps == 3
+
+
+def test_discriminator_fakes_are_prior_samples_or_reconstructions(slices32):
+    calls = {}
+    for mode in ("prior", "recon"):
+        torch.manual_seed(0)
+        model = build_model("dhvae", leapfrog_steps=1, disc_warmup=0, disc_fakes=mode, **TINY)
+        task = DHVAETask(model, slices32, slices32, batch_size=4, steps_per_epoch=1)
+        n = [0]
+        decode = model.decode
+        model.decode = lambda z, n=n, decode=decode: (n.__setitem__(0, n[0] + 1), decode(z))[1]
+        v = task.train_step(next(iter(task.batches(0))))
+        calls[mode] = n[0]
+        assert v["disc"] > 0 and v["gen"] > 0
+    assert calls["prior"] == calls["recon"] + 1  # only prior fakes decode fresh latents
+    with pytest.raises(ValueError, match="disc_fakes"):
+        DHVAEConfig(disc_fakes="both")

@@ -341,8 +341,10 @@ class DHVAETask:
             perc = self._perceptual(recon, x) if rec_on else torch.zeros(())
             gen = torch.zeros(())
             if disc_on:
-                z = torch.randn(x.shape[0], cfg.latent_dim)
-                fake = torch.sigmoid(m.decode(z))
+                if cfg.disc_fakes == "recon":  # reconstructions (the authors' code): tied to real inputs
+                    fake = torch.sigmoid(out["logits"])
+                else:  # pairs decoded from the prior (the paper's eq. 11)
+                    fake = torch.sigmoid(m.decode(torch.randn(x.shape[0], cfg.latent_dim)))
                 for p in m.discriminator.parameters():
                     p.requires_grad_(False)
                 gen = _bce_logits(m.discriminator(fake), 1.0)

@@ -295,6 +295,8 @@ _DHVAE_OPTIONS = (
     Option("clip_grad", float, 1.0, "gradient norm clip, 0 = off"),
     Option("kl_warmup", int, 200, "steps over which the KL-like part of the ELBO is annealed in, against "
            "posterior collapse on small data (0 = off, the paper)"),
+    Option("disc_fakes", str, "prior", "discriminator fakes: prior samples (the paper) or reconstructions "
+           "(the authors' code)", ("prior", "recon")),
     Option("latent_sampling", str, "prior", "prior: z ~ N(0, I) (the paper); fitted: a Gaussian fitted to the "
            "encoded training slices", ("prior", "fitted")),
     Option("batch_size", int, 8, "batch size"),
