@@ -144,7 +144,7 @@ def diversity_report(args: argparse.Namespace) -> None:
             d = diversity(split_pairs(s, 1)[0][:, :1], lpips=lp, reference=ref)
             print(f"   sampling {mode:6s}: pairwise MS-SSIM {d['msssim_pairwise']:.3f} (real {d['msssim_pairwise_real']:.3f}), "
                   f"ST-LPIPS {d['lpips_pairwise']:.4f} (real {d['lpips_pairwise_real']:.4f}), near-duplicates "
-                  f"{d['near_duplicates']:.2f}", flush=True)
+                  f"{d['near_duplicates']:.2f}, spread vs real {d['spread_vs_real']:.2f}", flush=True)
 
 
 def _fid_helper_file() -> str | None:

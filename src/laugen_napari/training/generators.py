@@ -218,7 +218,10 @@ def diversity(images: torch.Tensor | np.ndarray, lpips=None, reference: torch.Te
     fraction of images whose nearest other image is more alike (higher MS-SSIM) than the two most
     alike images of ``reference`` (real slices, e.g. neighbours 1 slice apart), or, without a
     reference, than MS-SSIM 0.98. With a reference, ``msssim_pairwise_real`` (and
-    ``lpips_pairwise_real``) give the same measure on it for comparison.
+    ``lpips_pairwise_real``) give the same measure on it for comparison, and ``spread_vs_real`` =
+    (1 - msssim_pairwise) / (1 - msssim_pairwise_real): 1 = samples as spread as the real slices,
+    0 = all identical. On a 1 mm stack adjacent real slices are more alike than most duplicates,
+    so ``near_duplicates`` rarely fires there: read ``spread_vs_real``.
     """
     x = torch.as_tensor(np.asarray(images), dtype=torch.float32)[:max_images]
     if len(x) < 2:
@@ -233,6 +236,7 @@ def diversity(images: torch.Tensor | np.ndarray, lpips=None, reference: torch.Te
             r = r[np.unique(np.linspace(0, len(r) - 1, min(max_images, len(r))).round().astype(int))]
             rms = _pairwise(r, ms_ssim)
             out["msssim_pairwise_real"] = float(np.nanmean(rms))
+            out["spread_vs_real"] = (1.0 - out["msssim_pairwise"]) / max(1e-6, 1.0 - out["msssim_pairwise_real"])
             threshold = float(np.nanmax(rms))
             if lpips is not None:
                 out["lpips_pairwise_real"] = float(np.nanmean(_pairwise(r, lpips)))
