@@ -299,10 +299,12 @@ _DHVAE_OPTIONS = (
     Option("clip_grad", float, 1.0, "gradient norm clip, 0 = off"),
     Option("kl_warmup", int, 200, "steps over which the KL-like part of the ELBO is annealed in, against "
            "posterior collapse on small data (0 = off, the paper)"),
-    Option("disc_fakes", str, "prior", "discriminator fakes: prior samples (the paper) or reconstructions "
-           "(the authors' code)", ("prior", "recon")),
-    Option("latent_sampling", str, "prior", "prior: z ~ N(0, I) (the paper); fitted: a Gaussian fitted to the "
-           "encoded training slices", ("prior", "fitted")),
+    # defaults of the CLI / train dock = the fix of the "samples alike" problem (bench/results/dhvae_diversity.txt);
+    # the model classes keep the paper's choices (prior fakes, N(0, I) sampling)
+    Option("disc_fakes", str, "recon", "discriminator fakes: recon (reconstructions, the authors' code; default, "
+           "prior fakes collapsed the samples) or prior (samples, the paper)", ("prior", "recon")),
+    Option("latent_sampling", str, "fitted", "fitted (default): z from a Gaussian fitted to the encoded training "
+           "slices; prior: z ~ N(0, I) (the paper)", ("prior", "fitted")),
     Option("batch_size", int, 8, "batch size"),
     Option("steps_per_epoch", int, 50, "steps between validations and checkpoints"),
     Option("vgg", str, None, "torchvision vgg16 state dict for the perceptual term"),
