@@ -67,10 +67,10 @@ class DHVAEConfig:
         disc_warmup: steps before the discriminator term is switched on.
         kl_warmup: steps over which the weight of the KL-like part of the ELBO (everything but
             log p(x | z_K)) rises linearly from 0 to 1 (0: off, the paper's plain ELBO). Not in the
-            paper: without it the posterior collapsed on the shipped sample's ~25 slices (after 163
-            steps no latent unit carried > 0.1 nats; prior samples were nearly identical, the "13
-            of 16 alike" grid); with 150 warm-up steps 5 units stayed informative and sample
-            diversity reached the real slices' (bench/results/dhvae_diversity.txt).
+            paper: without it the posterior collapsed on the shipped sample's ~25 slices at 32x32 (after
+            163 steps no latent unit carried > 0.1 nats and prior samples were nearly identical);
+            with 150 warm-up steps 5 units stayed informative (bench/results/dhvae_diversity.txt).
+            The later "13 of 16 alike" of 64x64 runs has another cause, see ``disc_fakes``.
         disc_fakes: what the discriminator sees as fakes: ``"prior"`` (pairs decoded from N(0, I),
             the paper's eq. 11) or ``"recon"`` (reconstructions, as the authors' code). With prior
             fakes the adversarial term alone shapes the decoder away from the posteriors and can
