@@ -371,26 +371,22 @@ def test_end_text_names_only_the_checkpoints_there(tmp_path):
     assert "best.pt and last.pt" in describe_end(False, 9, tmp_path)
 
 
-def test_model_list_follows_the_generator_registry(monkeypatch):
-    from laugen_napari.training import plan
+def test_model_list_follows_the_generator_registry():
+    from laugen_napari.training import generators, plan
 
-    generators = pytest.importorskip("laugen_napari.training.generators")
     choices = plan.model_choices()
     keys = [c.key for c in choices.values() if c.kind == "generator"]
     assert keys == list(generators.GENERATORS)
     assert [c.label for c in choices.values() if c.kind == "simvp"] == ["SimVP (gSTA)", "SimVP (IncepU)"]
     sg2 = next(c for c in choices.values() if c.key == "stylegan2")
     assert not sg2.has("disc_warmup") and not sg2.has("vgg") and sg2.has("lr")
-    # before the registry existed (or if it fails to import): today's three
-    monkeypatch.setattr(plan, "_registry", lambda: None)
-    fallback = plan.model_choices()
-    assert [c.label for c in fallback.values() if c.kind == "generator"] == ["dHVAE", "HVAE", "VAE"]
 
 
 def test_generator_plan_passes_only_the_options_the_generator_takes(tmp_path):
     from laugen_napari.training.plan import make_plan, model_choices, prepare
 
-    generators = pytest.importorskip("laugen_napari.training.generators")
+    from laugen_napari.training import generators
+
     yy, xx = np.mgrid[:32, :32]
     labels = np.stack([((yy - 16) ** 2 + (xx - 14 - z) ** 2 < 40).astype(np.uint8) for z in range(6)])
     image = labels * 80.0 + 10.0
@@ -415,7 +411,6 @@ def test_beside_puts_the_grid_right_of_the_scan():
 def test_volume_generator_gets_whole_volumes_from_layers(tmp_path):
     from laugen_napari.training.plan import make_plan, model_choices, prepare
 
-    pytest.importorskip("laugen_napari.training.ldm")
     yy, xx = np.mgrid[:32, :32]
     labels = np.stack([((yy - 16) ** 2 + (xx - 14 - z) ** 2 < 40).astype(np.uint8) for z in range(6)])
     label = next(k for k, c in model_choices().items() if c.key == "ldm")

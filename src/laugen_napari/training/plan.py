@@ -21,8 +21,6 @@ import numpy as np
 
 #: SimVP variants: dock name -> translator
 SIMVP_MODELS = {"SimVP (gSTA)": "gsta", "SimVP (IncepU)": "incepu"}
-#: generators when the registry is not available: dock name -> ``dhvae.make_training(model=...)``
-FALLBACK_GENERATORS = {"dHVAE": "dhvae", "HVAE": "hvae", "VAE": "vae"}
 #: how registry names are shown (others are shown as registered)
 PRETTY = {"dhvae": "dHVAE", "hvae": "HVAE", "vae": "VAE", "hvae-disc": "HVAE + discriminator",
           "hvae-perc": "HVAE + perceptual", "stylegan2": "StyleGAN2", "ldm": "slice LDM"}
@@ -40,13 +38,13 @@ class ModelChoice:
     """One entry of the dock's model list.
 
     ``kind`` is ``"simvp"`` or ``"generator"``; ``key`` the SimVP translator or the generator's
-    registry name; ``options`` the generator's option names (None: the fallback's fixed set)."""
+    registry name; ``options`` the generator's option names."""
 
     label: str
     kind: str
     key: str
     description: str = ""
-    options: tuple[str, ...] | None = None
+    options: tuple[str, ...] = ()
     defaults: tuple[tuple[str, Any], ...] = ()
 
     def default(self, name: str, fallback: Any = None) -> Any:
@@ -54,41 +52,18 @@ class ModelChoice:
 
     def has(self, option: str) -> bool:
         """Whether this model takes the registry option ``option``."""
-        if self.kind != "generator":
-            return False
-        if self.options is None:  # the fallback dHVAE family
-            return option in GENERATOR_FIELDS.values()
-        return option in self.options
-
-
-def _registry() -> dict | None:
-    """The generator registry, or None when it cannot be imported (the dock then lists today's three)."""
-    try:
-        from .generators import GENERATORS
-    except ImportError:
-        return None
-    except Exception as exc:  # noqa: BLE001 - a broken registry must not take the train dock down with it
-        import warnings
-
-        warnings.warn(f"the generator registry failed to load ({type(exc).__name__}: {exc}); "
-                      "the train dock lists dHVAE, HVAE and VAE only", stacklevel=2)
-        return None
-    return GENERATORS
+        return self.kind == "generator" and option in self.options
 
 
 def model_choices() -> dict[str, ModelChoice]:
     """The dock's models, label -> :class:`ModelChoice`: the SimVP variants, then every generator of
-    :data:`laugen_napari.training.generators.GENERATORS` (or dHVAE / HVAE / VAE without it)."""
+    :data:`laugen_napari.training.generators.GENERATORS`."""
+    from .generators import GENERATORS
+
     out = {label: ModelChoice(label, "simvp", key, f"SimVP next-frame prediction ({key} translator)",
                               defaults=(("lr", 1e-3),))
            for label, key in SIMVP_MODELS.items()}
-    registry = _registry()
-    if registry is None:
-        for label, key in FALLBACK_GENERATORS.items():
-            out[label] = ModelChoice(label, "generator", key, f"{label} image+mask generator", None,
-                                     (("lr", 5e-5), ("disc_warmup", 500)))
-        return out
-    for name, spec in registry.items():
+    for name, spec in GENERATORS.items():
         label = PRETTY.get(name, name)
         opts = tuple(o.name for o in getattr(spec, "options", ()))
         try:
@@ -250,22 +225,16 @@ def prepare(plan: dict) -> tuple:
         return simvp_factory, kwargs, run
     values = {"lr": plan["lr"], "batch": plan["batch"], "epoch_steps": plan["epoch_steps"], "warmup": plan["warmup"],
               "vgg": plan["vgg"], "inception": plan["inception"]}
-    options = plan.get("options")
+    options = plan["options"]
     kwargs: dict[str, Any] = dict(size=plan["size"], steps=plan["steps"], out=plan["run_dir"], resume=plan["resume"],
                                   seed=plan["seed"])
-    if options is None:  # today's dHVAE family without the registry
-        from .dhvae import make_training
+    from .generators import GENERATORS
 
-        factory = make_training
-        kwargs["model"] = plan["key"]
-        kwargs.update({GENERATOR_FIELDS[k]: v for k, v in values.items()})
-    else:
-        registry = _registry()
-        if registry is None or plan["key"] not in registry:
-            raise ValueError(f"the generator {plan['key']!r} is not available")
-        factory = registry[plan["key"]].make_training
-        kwargs.update({GENERATOR_FIELDS[k]: v for k, v in values.items()
-                       if GENERATOR_FIELDS[k] in options and not (v is None and k in ("vgg", "inception"))})
+    if plan["key"] not in GENERATORS:
+        raise ValueError(f"the generator {plan['key']!r} is not available")
+    factory = GENERATORS[plan["key"]].make_training
+    kwargs.update({GENERATOR_FIELDS[k]: v for k, v in values.items()
+                   if GENERATOR_FIELDS[k] in options and not (v is None and k in ("vgg", "inception"))})
     if plan["image"] is not None:
         data, _, name = plan["image"]
         image, labels = np.asarray(data, np.float32), np.asarray(plan["labels"])
