@@ -193,11 +193,16 @@ def test_ctrl_c_during_start_up_imports(tmp_path):
     # a real SIGINT to the console script a moment after start, wherever it lands
     script = Path(sys.executable).with_name("laugen")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "laugen_napari"]
-    proc = subprocess.Popen([*command, "generate", str(img), str(seg), "-o", str(tmp_path / "out2"), "--frames", "400"],
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)
+    # enough frames that the run is still going when the signal comes, on a fast machine too
+    proc = subprocess.Popen([*command, "generate", str(img), str(seg), "-o", str(tmp_path / "out2"), "--frames",
+                             "30000"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    deadline = time.monotonic() + 60
+    while "laugen generate:" not in seen and proc.poll() is None and time.monotonic() < deadline:
+        seen += proc.stderr.read(1)  # the progress bar appears once the run has started
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
+    err = seen + err
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and "laugen generate:" not in line]
     assert proc.returncode == 130 and lines == ["laugen: interrupted"], err
     assert not (tmp_path / "out2").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out2")]

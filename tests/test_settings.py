@@ -55,7 +55,7 @@ def test_transform_defaults_equal_the_model_defaults():
 
 
 @pytest.mark.parametrize("changes, field", [
-    ({"frames": 1}, "frames"), ({"frames": 2.5}, "frames"), ({"sigma_mm": 0}, "sigma_mm"),
+    ({"frames": 1}, "frames"), ({"frames": 2.5}, "frames"), ({"frames": 100_000}, "frames"), ({"sigma_mm": 0}, "sigma_mm"),
     ({"sigma_mm": float("nan")}, "sigma_mm"), ({"slope_range": (0.5, 0.1)}, "slope_range"),
     ({"slope_range": (0.1, float("inf"))}, "slope_range"), ({"kind": "spiral"}, "kind"),
     ({"kind": "directional"}, "direction"), ({"kind": "directional", "direction": (0, 0, 0)}, "direction"),

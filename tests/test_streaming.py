@@ -144,8 +144,8 @@ def test_frames_beyond_the_free_disk_are_refused_up_front(capsys, tmp_path, monk
     monkeypatch.setattr(pipeline, "free_disk", lambda path: 100 * 1024 ** 3)  # 100 GB free
     called = []
     monkeypatch.setattr(pipeline, "build_augmenter", lambda *a: called.append(1))
-    err = _refused_cli(capsys, tmp_path, SAMPLE_IMAGE, SAMPLE_MASK, "--frames", 100000,
-                       match=["frames: 100000 frames", str(tmp_path), "100.0 GB free"])
+    err = _refused_cli(capsys, tmp_path, SAMPLE_IMAGE, SAMPLE_MASK, "--frames", 30000,
+                       match=["frames: 30000 frames", str(tmp_path), "100.0 GB free"])
     assert "need about" in err and not called  # estimated before any work
 
 

@@ -129,7 +129,7 @@ class GenerationSettings:
     trajectory: str = _p("linear", help="latent trajectory z_t: the paper's linear, or a growth shape",
                          choices=TRAJECTORIES)
     frames: int = _p(8, help="frames per series, the input (frame 0) included", unit="frames", minimum=2,
-                     maximum=100_000, step=1, metavar="T")
+                     maximum=32_767, step=1, metavar="T")
     slope_range: tuple[float, float] = _p(
         (0.1, 0.4), help="mean boundary displacement per frame, drawn uniformly per series; negative shrinks",
         unit="mm/frame", length=2, minimum=-50.0, maximum=50.0, step=0.05, metavar=("MIN", "MAX"),
@@ -184,7 +184,8 @@ class GenerationSettings:
                 raise SettingsError(f"{name}: must be an integer >= {int(p.minimum)}, got {v!r}")
             setattr(self, name, int(v))
         if self.frames > _param("frames").maximum:
-            raise SettingsError(f"frames: at most {int(_param('frames').maximum)}, got {self.frames}")
+            raise SettingsError(f"frames: at most {int(_param('frames').maximum)} (the longest time axis a NIfTI-1 "
+                                f"file holds), got {self.frames}")
         for name in ("sigma_mm", "spread_mm", "rate", "midpoint"):
             v = getattr(self, name)
             if v is None:
