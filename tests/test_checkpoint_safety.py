@@ -115,3 +115,29 @@ def test_no_weights_only_false_in_the_sources():
     src = Path(__file__).resolve().parents[1] / "src"
     offenders = [str(p) for p in src.rglob("*.py") if "weights_only=False" in p.read_text()]
     assert offenders == []
+
+
+@pytest.mark.parametrize("gen", ["dhvae", "stylegan2", "ldm"])
+def test_generator_checkpoints_that_do_not_fit_are_one_line_errors(tmp_path, gen, capsys):
+    """A well-formed checkpoint of the right task whose model config or weights do not fit (edited,
+    or from another version) is refused in one line by every generator's loader."""
+    from laugen_napari.training.generators import GENERATORS
+
+    cases = {
+        "no-config": {"model": {}},
+        "bad-config": {"model": {}, "model_config": {"no_such_field": 1}},
+        "wrong-weights": {"model": {"x": torch.zeros(1)}, "model_config": {}},
+    }
+    for name, task_state in cases.items():
+        path = tmp_path / f"{name}.pt"
+        torch.save({"format": "laugen-train/1", "config": {"task": gen}, "task": task_state, "step": 1, "epoch": 1},
+                   path)
+        with pytest.raises(CheckpointError, match=name):
+            GENERATORS[gen].load(path)
+        assert main(["sample", gen, "--checkpoint", str(path), "-n", "1", "-o", str(tmp_path / f"o-{name}")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("laugen sample: error:") and "\n" not in err, err
+    other = tmp_path / "other.pt"
+    torch.save({"format": "laugen-train/1", "config": {"task": "simvp"}, "task": {}, "step": 1, "epoch": 1}, other)
+    with pytest.raises(CheckpointError, match="is not a"):
+        GENERATORS[gen].load(other)

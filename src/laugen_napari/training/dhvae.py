@@ -428,21 +428,16 @@ class DHVAETask:
 def load_generator(path: str | os.PathLike):
     """The :class:`~laugen_napari.models.dhvae.DHVAE` of a training checkpoint (last.pt / best.pt), in eval mode."""
     from ..models.dhvae import DHVAE, DHVAEConfig
-    from .loop import load_checkpoint
+    from .loop import load_model
 
-    ckpt = load_checkpoint(path)
-    cfg = ckpt.get("task", {}).get("model_config") if isinstance(ckpt.get("task"), dict) else None
-    if cfg is None or ckpt.get("config", {}).get("task") != "dhvae":
-        raise ValueError(f"{path} is not a dHVAE/HVAE/VAE checkpoint")
-    model = DHVAE(DHVAEConfig(**cfg))
-    state = dict(ckpt["task"]["model"])
-    for key in ("latent_mean", "latent_chol"):  # absent in older checkpoints; sized by the fit
-        if key in state:
-            setattr(model, key, torch.zeros_like(state[key]))
-        else:
-            state[key] = getattr(model, key)
-    model.load_state_dict(state)
-    return model.eval()
+    def build(cfg: dict, state: dict):
+        model = DHVAE(DHVAEConfig(**cfg))
+        for key in ("latent_mean", "latent_chol"):  # absent in older checkpoints; sized by the fit
+            if key in state:
+                setattr(model, key, torch.zeros_like(state[key]))
+        return model
+
+    return load_model(path, "dhvae", "dHVAE/HVAE/VAE", build)
 
 
 def make_training(pairs: str | os.PathLike | None = None, *, slices: SliceSet | None = None, size: int = 64,

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .generators import ms_ssim, sample_metrics, save_latest_samples
 
@@ -270,16 +269,15 @@ class LDMTask:
 def load_generator(path: str | os.PathLike):
     """The :class:`~laugen_napari.models.ldm.SliceLDM` of a checkpoint, in eval mode."""
     from ..models.ldm import LDMConfig, SliceLDM
-    from .loop import load_checkpoint
+    from .loop import load_model
 
-    ckpt = load_checkpoint(path)
-    if ckpt["config"].get("task") != "ldm":
-        raise ValueError(f"{path} is not a slice-LDM checkpoint")
-    state = ckpt["task"]["model"]
-    model = SliceLDM(LDMConfig(**ckpt["task"]["model_config"]))
-    model.condition_bank = torch.zeros_like(state["condition_bank"])
-    model.load_state_dict(state)
-    return model.eval()
+    def build(cfg: dict, state: dict):
+        model = SliceLDM(LDMConfig(**cfg))
+        if "condition_bank" in state:  # sized by the training data
+            model.condition_bank = torch.zeros_like(state["condition_bank"])
+        return model
+
+    return load_model(path, "ldm", "slice-LDM", build)
 
 
 def make_training(pairs=None, *, slices=None, volumes: VolumeSet | None = None, size: int = 64, steps: int = 1000,

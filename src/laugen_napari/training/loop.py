@@ -163,6 +163,29 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
+def load_model(path: str | os.PathLike, task: str, what: str, build: Callable[[dict, dict], torch.nn.Module]
+               ) -> torch.nn.Module:
+    """The network of a generator checkpoint written by :func:`run_training`, in eval mode.
+
+    The checkpoint's ``config["task"]`` must be ``task``; ``build(model_config, state)`` makes the
+    module (and may size buffers from ``state``), then the weights are loaded. Anything that does
+    not fit (another task, no weights, a config or weights of another version) is one
+    :class:`CheckpointError` naming ``path``; ``what`` names the model for the message."""
+    ckpt = load_checkpoint(path)
+    if ckpt["config"].get("task") != task:
+        raise CheckpointError(f"{path} is not a {what} checkpoint")
+    cfg, state = ckpt["task"].get("model_config"), ckpt["task"].get("model")
+    if not isinstance(cfg, dict) or not isinstance(state, dict):
+        raise CheckpointError(f"{path}: the {what} checkpoint holds no model configuration or weights")
+    try:
+        model = build(cfg, dict(state))
+        model.load_state_dict(state)
+    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"{path}: the {what} checkpoint does not fit this version's model ({first})") from None
+    return model.eval()
+
+
 def load_resumable(out: str | os.PathLike, warn: Callable[[str], None] | None = None) -> tuple[dict, Path]:
     """The checkpoint to resume a run in folder ``out`` from: ``last.pt``, or, when that is broken,
     the previous intact one (``last.pt.prev``), announced through ``warn`` (default: ``warnings.warn``).

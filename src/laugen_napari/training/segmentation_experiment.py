@@ -154,7 +154,7 @@ def run_segmentation_experiment(
 ) -> list[dict]:
     """Run the experiment; writes OUT/segmentation_folds.csv, segmentation_summary.csv and
     segmentation_dice.png and returns the summary rows (condition, label, dice_mean, dice_sd, ...)."""
-    from .dhvae import SliceSet, find_pairs, slices_from_files
+    from .dhvae import find_pairs, slices_from_files
     from .generators import GENERATORS, load_any, sample_nonempty
 
     say = progress or (lambda m: None)

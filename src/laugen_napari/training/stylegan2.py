@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -168,18 +167,16 @@ class StyleGAN2Task:
 
 def load_generator(path: str | os.PathLike):
     """The :class:`~laugen_napari.models.stylegan2.StyleGAN2` of a checkpoint, in eval mode."""
-    from ..models.stylegan2 import StyleGAN2, StyleGAN2Config
-    from .loop import load_checkpoint
+    from ..models.stylegan2 import StyleGAN2Config, StyleGAN2
+    from .loop import load_model
 
-    ckpt = load_checkpoint(path)
-    if ckpt["config"].get("task") != "stylegan2":
-        raise ValueError(f"{path} is not a StyleGAN2 checkpoint")
-    state = ckpt["task"]["model"]
-    model = StyleGAN2(StyleGAN2Config(**ckpt["task"]["model_config"]))
-    if "condition_bank" in state:
-        model.condition_bank = torch.zeros_like(state["condition_bank"])
-    model.load_state_dict(state)
-    return model.eval()
+    def build(cfg: dict, state: dict):
+        model = StyleGAN2(StyleGAN2Config(**cfg))
+        if "condition_bank" in state:  # sized by the training data
+            model.condition_bank = torch.zeros_like(state["condition_bank"])
+        return model
+
+    return load_model(path, "stylegan2", "StyleGAN2", build)
 
 
 def make_training(pairs=None, *, slices=None, size: int = 64, steps: int = 1000, out=None, resume: bool = False,
