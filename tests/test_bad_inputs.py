@@ -169,6 +169,27 @@ def test_huge_header_is_one_clear_line(tmp_path, capsys, suffix, monkeypatch):
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.parametrize("kind", ["rgb", "complex"])
+def test_colour_or_complex_voxels_are_one_clear_line(tmp_path, capsys, kind):
+    """An RGB or complex NIfTI is refused by name before any work, for the image and for the mask."""
+    img, seg, image, labels = _disc_pair(tmp_path, np.diag([0.9, 0.9, 3.0, 1.0]))
+    if kind == "rgb":
+        data = np.zeros(image.shape, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+        data["G"] = image.astype(np.uint8)
+        expected = "colour (RGB) voxels"
+    else:
+        data = image.astype(np.complex64)
+        expected = "complex64 voxels"
+    odd = tmp_path / f"{kind}.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.diag([0.9, 0.9, 3.0, 1.0])), str(odd))
+    for pair in ([str(odd), str(seg)], [str(img), str(odd)]):
+        out = tmp_path / "out"
+        assert main(["generate", *pair, "-o", str(out), "-q"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"{kind}.nii.gz" in err and expected in err, err
+        assert not out.exists()
+
+
 INTERRUPT_AT_IMPORT = """
 import sys
 class Interrupt:

@@ -188,6 +188,12 @@ def load_volume(path: str | os.PathLike, ndim: int | None = None) -> Volume:
                          "extract one volume first (e.g. the first time point)")
     if len(shape) > 4:
         raise ValueError(f"{p}: {len(shape)}D images are not supported (3D or 4D only)")
+    stored = np.dtype(img.get_data_dtype())
+    if stored.fields is not None or stored.kind not in "biuf":
+        colour = stored.fields is not None
+        raise ValueError(f"{p}: holds {'colour (RGB)' if colour else stored} voxels; a scan or label map of real "
+                         f"numbers is expected ({'convert it to one grey-level channel' if colour else 'take its magnitude'}"
+                         " first)")
     _check_declared_size(p, img)
     try:
         data = np.asarray(img.dataobj).reshape(shape)
