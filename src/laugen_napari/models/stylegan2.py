@@ -20,12 +20,20 @@ constant, modulated/demodulated 3x3 convolutions run as one grouped convolution 
 per-layer noise inputs with learned strength, skip-architecture toRGB outputs (here "to pair"),
 a residual discriminator with minibatch standard deviation. Loss: non-saturating logistic, lazy R1
 on real samples every ``r1_every`` steps (gamma ``r1_gamma``). Adam lr 2.5e-3, betas (0, 0.99).
-Omitted (a docstring line, not silence): path-length regularisation, style mixing, EMA of G, and
-FIR (blur) resampling — nearest/bilinear resampling is used instead.
+Lazy path-length regularisation of the generator(s) every ``pl_every`` steps (weight ``pl_weight``,
+StyleGAN2's 2 and 4, batch halved, running mean decay 0.01); here one w feeds every layer, so the
+Jacobian norm is taken w.r.t. that single w (StyleGAN2 averages over its per-layer copies of w; the
+penalty is relative to its running mean, so only its scale differs). An exponential moving average
+of the generator weights (``generator_ema``; half-life ``ema_kimg`` thousand images, ramped up as
+``min(ema_kimg * 1000, images seen * ema_rampup)`` as in StyleGAN2-ADA) is what :meth:`StyleGAN2.sample`
+uses; ``ema_kimg = 0`` keeps no average (sampling then uses the trained weights).
+Omitted (a docstring line, not silence): style mixing and FIR (blur) resampling — nearest/bilinear
+resampling is used instead.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 
@@ -55,6 +63,9 @@ class StyleGAN2Config:
         channel_base, max_channels: channels at resolution r are min(max_channels, channel_base // r).
         r1_gamma, r1_every: lazy R1 regularisation weight and interval (steps).
         lr, betas: Adam settings (seed 003 / StyleGAN2).
+        pl_weight, pl_every: lazy path-length regularisation weight and interval (steps); 0 = off.
+        ema_kimg: half-life of the generator weights' moving average in thousands of images (0 = no
+            average); ema_rampup: the half-life is at most ``images seen * ema_rampup`` (0 = no ramp-up).
     """
 
     size: int = 64
@@ -71,6 +82,10 @@ class StyleGAN2Config:
     r1_every: int = 16
     lr: float = 2.5e-3
     betas: tuple[float, float] = (0.0, 0.99)
+    pl_weight: float = 2.0
+    pl_every: int = 4
+    ema_kimg: float = 10.0
+    ema_rampup: float = 0.05
 
     def __post_init__(self) -> None:
         self.betas = (float(self.betas[0]), float(self.betas[1]))
@@ -82,8 +97,20 @@ class StyleGAN2Config:
             raise ValueError("StyleGAN2 needs at least one image and one mask channel")
         if self.variant == "conditional" and self.cond_dim < 1:
             raise ValueError("the conditional variant needs cond_dim >= 1")
-        if self.r1_every < 1:
-            raise ValueError("r1_every must be at least 1")
+        if self.r1_every < 1 or self.pl_every < 1:
+            raise ValueError("r1_every and pl_every must be at least 1")
+        if self.pl_weight < 0 or self.ema_kimg < 0 or self.ema_rampup < 0:
+            raise ValueError("pl_weight, ema_kimg and ema_rampup must be >= 0")
+
+    def ema_beta(self, images_seen: int, batch: int) -> float:
+        """Decay of the moving average for one step of ``batch`` images after ``images_seen``
+        images: ``0.5 ** (batch / half-life)`` with the half-life ramped up (see the attributes)."""
+        if self.ema_kimg <= 0:
+            return 0.0
+        half = self.ema_kimg * 1000.0
+        if self.ema_rampup > 0:
+            half = min(half, images_seen * self.ema_rampup)
+        return 0.5 ** (batch / max(half, 1e-8))
 
     def channels(self, res: int) -> int:
         return max(1, min(self.max_channels, self.channel_base // res))
@@ -315,6 +342,11 @@ class StyleGAN2(nn.Module):
         else:
             self.generator = StyleGenerator(cfg, ci + cm, cond_dim=cond)
         self.discriminator = Discriminator(cfg, ci + cm, cond_dim=cond)
+        self.generator_ema = self.mask_generator_ema = None
+        if cfg.ema_kimg > 0:
+            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
+            if self.mask_generator is not None:
+                self.mask_generator_ema = copy.deepcopy(self.mask_generator).requires_grad_(False)
         # conditions of the training slices, drawn from when sampling without a condition
         self.register_buffer("condition_bank", torch.zeros(0, cond))
 
@@ -326,25 +358,69 @@ class StyleGAN2(nn.Module):
         ps = list(self.discriminator.parameters())
         return ps + (list(self.mask_discriminator.parameters()) if self.mask_discriminator is not None else [])
 
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(trained generator, its moving average) for every generator that has one."""
+        pairs = [(self.generator, self.generator_ema), (self.mask_generator, self.mask_generator_ema)]
+        return [(g, e) for g, e in pairs if g is not None and e is not None]
+
+    @torch.no_grad()
+    def update_ema(self, beta: float) -> None:
+        """ema <- beta * ema + (1 - beta) * weights for every generator (buffers copied)."""
+        for gen, ema in self.ema_pairs():
+            for p_ema, p in zip(ema.parameters(), gen.parameters()):
+                p_ema.copy_(p.detach().lerp(p_ema, beta))
+            for b_ema, b in zip(ema.buffers(), gen.buffers()):
+                b_ema.copy_(b)
+
+    @torch.no_grad()
+    def reset_ema(self) -> None:
+        """Set the moving averages to the current weights (a checkpoint saved without them)."""
+        self.update_ema(0.0)
+
     def set_condition_bank(self, conditions: torch.Tensor) -> None:
         """Keep the training conditions (N, cond_dim) for unconditioned sampling."""
         self.condition_bank = conditions.detach().float().reshape(-1, self.cond).clone()
 
     def generate(self, z: torch.Tensor, c: torch.Tensor | None = None, real_mask: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, ema: bool = False) -> torch.Tensor:
         """Pairs in the GAN's [-1, 1] space, (B, C_img + C_mask, S, S), differentiable.
 
-        ``real_mask`` ([-1, 1], mask-only variant) skips the mask generator (mask -> image training)."""
+        ``real_mask`` ([-1, 1], mask-only variant) skips the mask generator (mask -> image training).
+        ``ema``: use the moving averages of the weights (where the model keeps them)."""
         ci = self.cfg.image_channels
+        gen = self.generator_ema if (ema and self.generator_ema is not None) else self.generator
         if self.cfg.variant == "mask-only":
             if real_mask is None:
-                mask = mask_probabilities(self.mask_generator(z, generator=generator)) * 2.0 - 1.0
+                mgen = self.mask_generator_ema if (ema and self.mask_generator_ema is not None) else self.mask_generator
+                mask = mask_probabilities(mgen(z, generator=generator)) * 2.0 - 1.0
             else:
                 mask = real_mask
-            image = self.generator(z, mask=mask, generator=generator)
+            image = gen(z, mask=mask, generator=generator)
             return torch.cat([image, mask], 1)
-        out = self.generator(z, c, generator=generator)
+        out = gen(z, c, generator=generator)
         return torch.cat([out[:, :ci], mask_probabilities(out[:, ci:]) * 2.0 - 1.0], 1)
+
+    def path_lengths(self, z: torch.Tensor, c: torch.Tensor | None = None, real_mask: torch.Tensor | None = None,
+                     which: str = "generator") -> torch.Tensor:
+        """(B,) lengths |J_w^T y| of the path-length regulariser (StyleGAN2): y ~ N(0, I) / sqrt(S*S)
+        over the output the discriminator sees (image + mask probabilities in [-1, 1]; for the
+        mask-only variant the image given ``real_mask``, or with ``which="mask_generator"`` the
+        mask), J the Jacobian w.r.t. w. Built with ``create_graph`` so it can be minimised."""
+        ci = self.cfg.image_channels
+        gen = self.mask_generator if which == "mask_generator" else self.generator
+        if gen is None:
+            raise ValueError(f"this StyleGAN2 variant has no {which}")
+        w = gen.mapping(z, c if gen is self.generator and self.cond else None)
+        if self.cfg.variant == "mask-only":
+            out = gen.synthesis(w, None if which == "mask_generator" else real_mask)
+            if which == "mask_generator":
+                out = mask_probabilities(out) * 2.0 - 1.0
+        else:
+            out = gen.synthesis(w)
+            out = torch.cat([out[:, :ci], mask_probabilities(out[:, ci:]) * 2.0 - 1.0], 1)
+        noise = torch.randn_like(out) / math.sqrt(out.shape[2] * out.shape[3])
+        (grad,) = torch.autograd.grad((out * noise).sum(), w, create_graph=True)
+        return grad.pow(2).sum(1).add(1e-12).sqrt()
 
     def draw_conditions(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
         if not self.cond:
@@ -358,7 +434,7 @@ class StyleGAN2(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None, condition: torch.Tensor | None = None,
                batch: int = 64) -> torch.Tensor:
         """n new pairs (n, C_img + C_mask, S, S): images in [0, 1], mask channels foreground
-        probabilities. ``condition`` (n, cond_dim) or (cond_dim,) for the conditional variant,
+        probabilities, from the moving-average generator where there is one. ``condition`` (n, cond_dim) or (cond_dim,) for the conditional variant,
         default: drawn from the training conditions."""
         device = next(self.parameters()).device
         cfg = self.cfg
@@ -373,7 +449,7 @@ class StyleGAN2(nn.Module):
             m = min(batch, n - start)
             z = torch.randn((m, cfg.z_dim), generator=generator)
             c = condition[start:start + m] if (condition is not None and self.cond) else self.draw_conditions(m, generator)
-            x = self.generate(z.to(device), None if c is None else c.to(device), generator=generator)
+            x = self.generate(z.to(device), None if c is None else c.to(device), generator=generator, ema=True)
             outs.append(((x + 1.0) * 0.5).clamp(0.0, 1.0).cpu())
         if not outs:
             return torch.empty(0, cfg.image_channels + cfg.mask_channels, cfg.size, cfg.size)

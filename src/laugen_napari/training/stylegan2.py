@@ -1,7 +1,10 @@
 """Training the conditional StyleGAN2 (seed 003) on image+mask slices with the shared loop.
 
 One step = one discriminator update (non-saturating logistic loss, lazy R1 on reals every
-``r1_every`` steps, scaled by the interval as in StyleGAN2) then one generator update. For the
+``r1_every`` steps, scaled by the interval as in StyleGAN2) then one generator update, every
+``pl_every`` steps followed by a path-length update on half a batch (scaled by the interval), then
+the moving average of the generator weights (what sampling uses). Both lazy terms correct their
+optimiser's lr and betas for the interval, as StyleGAN2 does. For the
 ``mask-only`` variant the mask generator and its discriminator train on masks alone and the
 mask -> image generator on (real mask -> image) against the pair discriminator, so the two stages
 train side by side. A GAN has no validation likelihood: ``validate`` reports the sample measures of
@@ -18,12 +21,19 @@ import torch.nn.functional as F
 
 from .generators import sample_metrics, save_latest_samples, slice_conditions
 
+# settings added after the first checkpoints were written: recorded in the run's config only when
+# they differ from their defaults, so runs from before they existed still resume
+_LATER_SETTINGS = {"pl_weight": 2.0, "pl_every": 4, "ema_kimg": 10.0, "ema_rampup": 0.05}
+PL_DECAY = 0.01  # running-mean decay of the path lengths (StyleGAN2)
+PL_BATCH_SHRINK = 2  # the path-length batch is this many times smaller (StyleGAN2)
+
 
 class StyleGAN2Task:
     """Trains a :class:`~laugen_napari.models.stylegan2.StyleGAN2` on a SliceSet (see module docstring).
 
     Train values: ``d_loss``, ``g_loss``, ``r1`` (last lazy R1 penalty), ``d_real`` / ``d_fake``
-    (mean logits); for mask-only also ``dm_loss`` / ``gm_loss`` of the mask GAN.
+    (mean logits), ``pl`` (last path-length penalty, unweighted) and ``pl_mean``; for mask-only
+    also ``dm_loss`` / ``gm_loss`` of the mask GAN.
     """
 
     monitor = "loss"
@@ -49,13 +59,17 @@ class StyleGAN2Task:
         self.n_samples, self.inception = int(n_samples), inception
         self.sample_dir = sample_dir
         self.step = 0
-        kw = dict(lr=cfg.lr, betas=cfg.betas)
-        self.opt_g = torch.optim.Adam(model.generator_parameters(), **kw)
-        # lazy regularisation: the D optimiser's momentum is corrected for the R1 interval (StyleGAN2)
+        # lazy regularisation: each optimiser's lr and momentum are corrected for its interval (StyleGAN2)
+        g_ratio = cfg.pl_every / (cfg.pl_every + 1) if cfg.pl_weight > 0 else 1.0
+        self.opt_g = torch.optim.Adam(model.generator_parameters(), lr=cfg.lr * g_ratio,
+                                      betas=(cfg.betas[0] ** g_ratio, cfg.betas[1] ** g_ratio))
         ratio = cfg.r1_every / (cfg.r1_every + 1)
         self.opt_d = torch.optim.Adam(model.discriminator_parameters(), lr=cfg.lr * ratio,
                                       betas=(cfg.betas[0] ** ratio, cfg.betas[1] ** ratio))
-        self.last_r1 = 0.0
+        self.last_r1 = self.last_pl = 0.0
+        self.images_seen = 0
+        # running mean of the path lengths of each generator
+        self.pl_mean = {"generator": 0.0, "mask_generator": 0.0}
         self.notices: list[str] = []
 
     def batches(self, epoch: int):
@@ -129,10 +143,38 @@ class StyleGAN2Task:
         self.opt_g.step()
         for p in m.discriminator_parameters():
             p.requires_grad_(True)
+        # ---- lazy path-length regularisation of the generator(s)
+        if cfg.pl_weight > 0 and self.step % cfg.pl_every == 0:
+            self.last_pl = self._path_length_step(x, c)
+        values.update(pl=self.last_pl, pl_mean=self.pl_mean["generator"])
+        # ---- moving average of the generator weights
+        beta = cfg.ema_beta(self.images_seen, b)
+        m.update_ema(beta)
+        self.images_seen += b
         values["g_loss"] = g_loss.item()
         values["loss"] = d_loss.item() + g_total.item()
         self.step += 1
         return values
+
+    def _path_length_step(self, x: torch.Tensor, c: torch.Tensor | None) -> float:
+        """One optimiser step on the path-length penalty (weight x interval); returns the penalty."""
+        m, cfg = self.model, self.cfg
+        ci = cfg.image_channels
+        bs = max(1, x.shape[0] // PL_BATCH_SHRINK)
+        parts = ["generator"] + (["mask_generator"] if cfg.variant == "mask-only" else [])
+        total, penalties = 0.0, []
+        for which in parts:
+            real_mask = x[:bs, ci:] if (cfg.variant == "mask-only" and which == "generator") else None
+            lengths = m.path_lengths(self._z(bs), None if c is None else c[:bs], real_mask=real_mask, which=which)
+            mean = self.pl_mean[which] + PL_DECAY * (float(lengths.detach().mean()) - self.pl_mean[which])
+            self.pl_mean[which] = mean
+            penalty = (lengths - mean).pow(2).mean()
+            penalties.append(penalty.item())
+            total = total + penalty
+        self.opt_g.zero_grad(set_to_none=True)
+        (total * cfg.pl_weight * cfg.pl_every).backward()
+        self.opt_g.step()
+        return float(sum(penalties))
 
     def _samples(self) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed + 1)
@@ -153,24 +195,53 @@ class StyleGAN2Task:
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                "step": self.step, "model_config": self.cfg.to_dict()}
+                "step": self.step, "model_config": self.cfg.to_dict(), "images_seen": self.images_seen,
+                "pl_mean": dict(self.pl_mean), "last_r1": self.last_r1, "last_pl": self.last_pl}
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        """Restore a :meth:`state_dict`; one written before the moving average existed gets it set
+        to the checkpoint's generator weights."""
+        missing = load_weights(self.model, state["model"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.step = int(state["step"])
+        self.images_seen = int(state.get("images_seen", self.step * self.batch_size))
+        self.pl_mean.update({k: float(v) for k, v in dict(state.get("pl_mean", {})).items()})
+        self.last_r1, self.last_pl = float(state.get("last_r1", 0.0)), float(state.get("last_pl", 0.0))
+        if missing:
+            self.model.reset_ema()
 
     def config(self) -> dict:
-        return {"task": "stylegan2", **self.cfg.to_dict()}
+        cfg = self.cfg.to_dict()
+        for key, default in _LATER_SETTINGS.items():
+            if cfg.get(key) == default:
+                del cfg[key]
+        return {"task": "stylegan2", **cfg}
+
+
+def load_weights(model, state: dict) -> bool:
+    """Load a StyleGAN2 state dict; one without moving-average weights (written before they
+    existed) loads too. Returns True when the moving averages were missing (left as they are)."""
+    ema_keys = {k for k in model.state_dict() if k.split(".")[0] in ("generator_ema", "mask_generator_ema")}
+    if ema_keys and not any(k in state for k in ema_keys):
+        result = model.load_state_dict(state, strict=False)
+        if result.unexpected_keys or set(result.missing_keys) - ema_keys:
+            model.load_state_dict(state)  # raises naming the real mismatch
+        return True
+    model.load_state_dict(state)
+    return False
 
 
 def load_generator(path: str | os.PathLike):
-    """The :class:`~laugen_napari.models.stylegan2.StyleGAN2` of a checkpoint, in eval mode."""
+    """The :class:`~laugen_napari.models.stylegan2.StyleGAN2` of a checkpoint, in eval mode; it
+    samples with the moving-average generator when the checkpoint has one (checkpoints written
+    before it existed load with ``ema_kimg = 0`` and sample with the trained weights)."""
     from ..models.stylegan2 import StyleGAN2Config, StyleGAN2
     from .loop import load_model
 
     def build(cfg: dict, state: dict):
+        if not any(k.startswith("generator_ema.") for k in state):  # written before the moving average existed
+            cfg = {**cfg, "ema_kimg": 0.0}
         model = StyleGAN2(StyleGAN2Config(**cfg))
         if "condition_bank" in state:  # sized by the training data
             model.condition_bank = torch.zeros_like(state["condition_bank"])
