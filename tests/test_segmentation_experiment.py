@@ -24,6 +24,11 @@ SAMPLE = ROOT / "sample_data"
 torch.set_num_threads(1)
 
 
+def _read_csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 def _fake(sources, zs):
     n = len(sources)
     z = np.zeros(n)
@@ -70,14 +75,81 @@ def test_experiment_runs_every_condition_and_writes_csv_and_plot(tmp_path):
                               "--min-mask-voxels", "0", "--laugen-frames", "2", "--slope-range", "1", "1",
                               "--unet-steps", "2", "--out", str(tmp_path / "exp"), "-q"])
     assert args.func(args) == 0
-    rows = list(csv.DictReader(open(tmp_path / "exp" / "segmentation_folds.csv")))
+    rows = _read_csv(tmp_path / "exp" / "segmentation_folds.csv")
     conds = list(dict.fromkeys(r["condition"] for r in rows))
     assert conds == ["real", "real + 4 vae", "real + LAUGEN (1 frames/subject)"]
     assert len(rows) == 3 * 2 * 2  # conditions x folds x labels
     assert all(0 <= float(r["dice"]) <= 1 for r in rows)
     laugen = [r for r in rows if r["kind"] == "laugen"]
     assert all(int(r["n_synthetic"]) > 0 for r in laugen) and rows[0]["folds_rule"].startswith("contiguous")
-    summary = list(csv.DictReader(open(tmp_path / "exp" / "segmentation_summary.csv")))
+    summary = _read_csv(tmp_path / "exp" / "segmentation_summary.csv")
     assert len(summary) == 3 * 2 and (tmp_path / "exp" / "segmentation_dice.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="need a generator"):
         run_segmentation_experiment([data], tmp_path / "bad", size=32, synthetic=(0, 8), folds=2, unet_steps=1)
+
+
+def _pairs_dir(tmp_path):
+    data = tmp_path / "pairs"
+    data.mkdir()
+    os.symlink(SAMPLE / "mni152_t1.nii.gz", data / "mni.nii.gz")
+    os.symlink(SAMPLE / "mni152_ventricles_seg.nii.gz", data / "mni_seg.nii.gz")
+    return data
+
+
+def test_fold_volumes_for_the_ldm_never_hold_a_test_slice(tmp_path):
+    from laugen_napari.training.dhvae import find_pairs, slices_from_files
+    from laugen_napari.training.segmentation_experiment import fold_volumes
+
+    pairs = [tuple(map(str, p)) for p in find_pairs(_pairs_dir(tmp_path))]
+    s = slices_from_files(pairs, 32)
+    folds, _ = make_folds(s, 3)
+    for k, test in enumerate(folds):
+        vs = fold_volumes(pairs, s, test, 32)
+        lo_t, hi_t = s.slice_index[test].min(), s.slice_index[test].max()
+        ranges = [tuple(int(v) for v in n.split("[z")[1].rstrip("]").split(":")) for n in vs.names]
+        assert len(ranges) == (2 if k == 1 else 1)  # the middle block leaves a run below and one above
+        for (lo, hi), msk in zip(ranges, vs.masks):
+            assert hi <= lo_t or lo > hi_t  # no test slice inside a training volume
+            assert msk.shape[0] <= hi - lo and msk.any()
+        # the training structure slices are all covered: structure slices of the runs = the fold's training slices
+        n_struct = sum(int(m.reshape(len(m), -1).any(1).sum()) for m in vs.masks)
+        assert n_struct >= len(s) - len(test) - 2  # (resizing can drop a structure pixel at a run's edge)
+
+
+def test_per_fold_generators_never_see_test_slices_and_empty_generators_keep_their_rows(tmp_path):
+    data = _pairs_dir(tmp_path)
+    opts = {"vae": {"widths": (8, 16, 16), "latent_channels": 2, "groups": 4},
+            "ldm": {"ae_widths": (8, 16, 16, 16), "agg_widths": (8, 16), "unet_widths": (16, 32), "stage_steps": (1, 1),
+                    "batch_size": 2}}
+    out = tmp_path / "exp"
+    summary = run_segmentation_experiment([data], out, size=32, folds=2, synthetic=(0, 3), generator=["vae", "ldm"],
+                                          generator_steps=[2, 3], generator_options=opts, unet_steps=2,
+                                          min_mask_pixels=0)
+    assert [r["condition"] for r in summary] == ["real", "real + 3 vae", "real + 3 ldm"]
+    sampling = _read_csv(out / "segmentation_sampling.csv")
+    assert [(r["fold"], r["generator"]) for r in sampling] == [("0", "vae"), ("0", "ldm"), ("1", "vae"), ("1", "ldm")]
+    assert all(int(r["n_usable"]) == 3 for r in sampling) and (out / "segmentation_samples.png").stat().st_size > 1000
+    # a mask threshold no generated pair can meet: the rows stay, with Dice NaN and 0 folds in the summary
+    summary = run_segmentation_experiment([data], tmp_path / "none", size=32, folds=2, synthetic=(0, 3), generator="vae",
+                                          generator_steps=1, generator_options={"vae": opts["vae"]}, unet_steps=1,
+                                          min_mask_pixels=32 * 32 + 1)
+    row = next(r for r in summary if r["kind"] == "generator")
+    assert row["folds"] == 0 and row["folds_without_pairs"] == 2 and np.isnan(row["dice_mean"])
+    assert next(r for r in summary if r["kind"] == "real")["folds"] == 2
+    with pytest.raises(ValueError, match="one per generator"):
+        run_segmentation_experiment([data], tmp_path / "bad", size=32, synthetic=(0, 3), generator=["vae", "ldm"],
+                                    generator_steps=[1, 2, 3])
+    with pytest.raises(ValueError, match="not among the generators"):
+        run_segmentation_experiment([data], tmp_path / "bad", size=32, synthetic=(0, 3), generator=["vae"],
+                                    generator_steps=1, generator_options={"ldm": {}})
+
+
+def test_generator_options_are_typed_by_the_registry():
+    from laugen_napari.cli.experiment_segmentation import parse_generator_options
+
+    got = parse_generator_options(["dhvae:lr=1e-3", "dhvae:widths=8,16,16", "stylegan2:r1-gamma=0.5"], ["dhvae", "stylegan2"])
+    assert got == {"dhvae": {"lr": 1e-3, "widths": [8, 16, 16]}, "stylegan2": {"r1_gamma": 0.5}}
+    for bad, msg in [("dhvae:lr", "GEN:NAME=VALUE"), ("ldm:lr=1", "not among"), ("dhvae:nope=1", "no option"),
+                     ("dhvae:lr=fast", "not a float"), ("stylegan2:variant=big", "choose one of")]:
+        with pytest.raises(ValueError, match=msg):
+            parse_generator_options([bad], ["dhvae", "stylegan2"])

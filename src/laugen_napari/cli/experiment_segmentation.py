@@ -4,9 +4,11 @@
         --generator-checkpoint RUN/best.pt --laugen-frames 4 --unet-steps 300 --out EXP_DIR
 
 Real slices vs real + N generated pairs (any generator of the family; or ``--generator NAME
---generator-steps S`` to train one per fold on that fold's training slices) vs real + LAUGEN
-series frames, k-fold by subject; writes EXP_DIR/segmentation_folds.csv, segmentation_summary.csv
-(Dice mean ± sd per label) and segmentation_dice.png. See
+[NAME ...] --generator-steps S [S ...]`` to train each one per fold on that fold's training data
+only, so no generator sees a test slice) vs real + LAUGEN series frames, k-fold by subject;
+writes EXP_DIR/segmentation_folds.csv, segmentation_summary.csv (Dice mean ± sd per label),
+segmentation_sampling.csv (usable generated masks per fold), segmentation_dice.png and
+segmentation_samples.png. See
 :mod:`laugen_napari.training.segmentation_experiment` for the protocol.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def add_parser(experiment_subparsers) -> argparse.ArgumentParser:
@@ -34,8 +37,13 @@ def add_parser(experiment_subparsers) -> argparse.ArgumentParser:
     s.add_argument("--synthetic", type=int, nargs="+", default=[0], metavar="N",
                    help="numbers of generated pairs added to the real slices (default: 0 only)")
     s.add_argument("--generator-checkpoint", metavar="C", help="checkpoint of any `laugen train GEN` run")
-    s.add_argument("--generator", choices=list(GENERATORS), help="train this generator per fold instead (with --generator-steps)")
-    s.add_argument("--generator-steps", type=int, default=0, help="steps of the per-fold generator training")
+    s.add_argument("--generator", nargs="+", choices=list(GENERATORS), metavar="GEN",
+                   help="train these generators per fold on the fold's training data instead (with --generator-steps); "
+                        f"one of {', '.join(GENERATORS)}")
+    s.add_argument("--generator-steps", type=int, nargs="+", default=[0], metavar="S",
+                   help="steps of the per-fold generator training (one number, or one per --generator)")
+    s.add_argument("--generator-option", action="append", default=[], metavar="GEN:NAME=VALUE",
+                   help="an option of `laugen train GEN` for the per-fold runs, e.g. dhvae:lr=1e-3 (repeatable)")
     s.add_argument("--min-mask-voxels", type=int, default=10, help="drop generated pairs with smaller masks (default: %(default)s)")
     s.add_argument("--laugen-frames", type=int, default=0, metavar="T",
                    help="add one LAUGEN series of T frames per training subject (frames 1..T-1); 0 = off")
@@ -70,14 +78,57 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--laugen-frames must be 0 (off) or at least 2")
         settings = settings_from_args(args, seed=args.seed, frames=args.laugen_frames,
                                       labels=tuple(args.labels) if args.labels else None)
+    gen_options = parse_generator_options(args.generator_option, args.generator or [])
     say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     summary = run_segmentation_experiment(
         args.pairs, args.out, size=args.size, labels=args.labels, separate_labels=args.separate_labels, folds=args.folds,
         synthetic=args.synthetic, generator_checkpoint=args.generator_checkpoint, generator=args.generator,
-        generator_steps=args.generator_steps, laugen_settings=settings, unet_steps=args.unet_steps,
+        generator_steps=args.generator_steps, generator_options=gen_options, laugen_settings=settings, unet_steps=args.unet_steps,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, min_mask_pixels=args.min_mask_voxels, progress=say)
     print(f"{'condition':40s} {'label':>5s} {'Dice mean ± sd':>16s} folds")
     for r in summary:
-        print(f"{r['condition']:40s} {r['label']:5d} {r['dice_mean']:8.3f} ± {r['dice_sd']:.3f} {r['folds']:5d}")
+        if r["folds"] == 0:
+            print(f"{r['condition']:40s} {r['label']:5d} {'no usable pairs':>16s} {r['folds']:5d}")
+            continue
+        note = f"  ({r['folds_without_pairs']} fold(s) without usable pairs)" if r.get("folds_without_pairs") else ""
+        print(f"{r['condition']:40s} {r['label']:5d} {r['dice_mean']:8.3f} ± {r['dice_sd']:.3f} {r['folds']:5d}{note}")
+    sampling = Path(args.out) / "segmentation_sampling.csv"
+    if sampling.exists():
+        import csv
+
+        with open(sampling, newline="") as fh:
+            sampled = list(csv.DictReader(fh))
+        for r in sampled:
+            print(f"# fold {int(r['fold']) + 1} {r['generator']}: {r['n_usable']} of {r['n_drawn']} drawn pairs with a mask "
+                  f">= {r['min_mask_pixels']} px (wanted {r['n_wanted']}); trained {r['train_s']} s, sampled {r['sample_s']} s")
     print(f"folds: {summary[0]['folds_rule'] if summary else '-'}; CSV and plot in {args.out}")
     return 0
+
+
+def parse_generator_options(items: list[str], generators: list[str]) -> dict[str, dict]:
+    """``GEN:NAME=VALUE`` strings -> {GEN: {NAME: value}}, values typed by the registry's option
+    (``NAME`` with dashes or underscores; several values of an nargs option comma-separated)."""
+    from ..training.generators import get_generator
+
+    out: dict[str, dict] = {}
+    for item in items:
+        gen, sep, rest = item.partition(":")
+        name, eq, value = rest.partition("=")
+        if not sep or not eq or not name:
+            raise ValueError(f"--generator-option {item!r}: write GEN:NAME=VALUE, e.g. dhvae:lr=1e-3")
+        if gen not in generators:
+            raise ValueError(f"--generator-option {item!r}: {gen!r} is not among --generator {' '.join(generators)}")
+        spec = get_generator(gen)
+        key = name.replace("-", "_")
+        opt = next((o for o in spec.options if o.name == key), None)
+        if opt is None:
+            raise ValueError(f"--generator-option {item!r}: {gen} has no option {name!r} "
+                             f"(one of {', '.join(o.name for o in spec.options)})")
+        try:
+            typed = [opt.type(v) for v in value.split(",")] if opt.nargs else opt.type(value)
+        except ValueError:
+            raise ValueError(f"--generator-option {item!r}: {value!r} is not a {opt.type.__name__}") from None
+        if opt.choices and typed not in opt.choices:
+            raise ValueError(f"--generator-option {item!r}: choose one of {', '.join(map(str, opt.choices))}")
+        out.setdefault(gen, {})[key] = typed
+    return out
