@@ -78,6 +78,31 @@ def test_broken_checkpoints_are_one_line_errors(tmp_path, content, capsys):
     assert main(["sample", "dhvae", "--checkpoint", str(bad), "-n", "1", "-o", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("laugen sample: error:") and "\n" not in err
+    # torch's own message for an unreadable file advises weights_only=False: never passed on
+    assert "weights_only" not in err and "refused" not in err
+
+
+def test_sam_checkpoints_go_through_the_safe_reader(tmp_path, capsys):
+    """`laugen segment --checkpoint` reads the user's file like every other checkpoint: a payload
+    never runs, and random bytes are one line that does not advise weights_only=False."""
+    from laugen_napari.segment.sam import read_checkpoint
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "sam_evil.pth"
+    torch.save({"image_encoder.patch_embed.proj.weight": torch.zeros(1), "evil": _Payload(marker)}, evil)
+    with pytest.raises(CheckpointError, match="refused"):
+        read_checkpoint(evil, "vit_b")
+    noise = tmp_path / "sam_noise.pth"
+    noise.write_bytes(os.urandom(4096))
+    with pytest.raises(CheckpointError, match="sam_noise.pth: not a readable SAM checkpoint") as info:
+        read_checkpoint(noise, "vit_b")
+    assert "weights_only" not in str(info.value)
+    img = Path(__file__).resolve().parents[1] / "sample_data" / "mni152_t1.nii.gz"
+    assert main(["segment", str(img), "--points", "98,120,90", "--checkpoint", str(evil),
+                 "-o", str(tmp_path / "m.nii.gz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("laugen segment: error:") and "refused" in err and "\n" not in err, err
+    assert not marker.exists() and not (tmp_path / "m.nii.gz").exists()
 
 
 def test_truncated_real_checkpoint_is_refused(tmp_path):

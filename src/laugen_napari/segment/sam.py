@@ -95,12 +95,9 @@ def read_checkpoint(path: str | os.PathLike, model_type: str) -> dict:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"SAM checkpoint not found: {path} (expected a {arch} checkpoint file)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"SAM checkpoint {path} is not a readable PyTorch checkpoint "
-                         f"(expected a {arch} state dict): {first}") from None
+    from ..io.torch_files import read_torch_file
+
+    state = read_torch_file(path, what=f"SAM checkpoint (a {arch} state dict)")
     if isinstance(state, dict):
         for wrapper in ("model", "state_dict"):
             if isinstance(state.get(wrapper), dict) and "image_encoder.patch_embed.proj.weight" not in state:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import pickle
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -39,6 +38,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import torch
+
+from ..io.torch_files import CheckpointError, read_torch_file
 
 PHASES = ("train", "val", "sample")
 CHECKPOINT_FORMAT = "laugen-train/1"
@@ -122,34 +123,6 @@ def previous_checkpoint(path: str | os.PathLike) -> Path:
     """Where :func:`save_atomic` keeps the checkpoint that ``path`` replaced."""
     path = Path(path)
     return path.with_name(path.name + ".prev")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used: empty, truncated, not a torch file, or holding
-    anything beyond tensors and plain Python values (code, custom classes)."""
-
-
-def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
-    """``torch.load`` with ``weights_only=True``: tensors, numbers, strings, lists and dicts only,
-    so a file can never run code. Every failure is one :class:`CheckpointError` line naming ``path``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no {what} at {path}")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: the {what} file is empty")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "global" in str(exc).lower():
-            raise CheckpointError(f"{path}: refused, the {what} holds Python objects other than tensors and plain "
-                                  "values (it could run code); only files written by laugen-napari are loaded") from None
-        raise CheckpointError(f"{path}: not a readable {what} ({first})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError,
-            MemoryError, OverflowError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable {what}, truncated or corrupt ({first[:200]})") from None
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
