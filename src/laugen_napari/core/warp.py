@@ -98,9 +98,13 @@ class Warper:
         self._max_cell = (shape - 2).clamp_min(0).to(torch.float32).view(3, 1)
         self._strides_rows = strides.view(3, 1)
         step = [int(st) if n > 1 else 0 for st, n in zip(strides.tolist(), field.shape)]
-        self._corner_offsets = torch.tensor(
-            [((k >> 2) & 1) * step[0] + ((k >> 1) & 1) * step[1] + (k & 1) * step[2] for k in range(8)], device=dev
-        ).view(8, 1)
+        offsets = [((k >> 2) & 1) * step[0] + ((k >> 1) & 1) * step[1] + (k & 1) * step[2] for k in range(8)]
+        self._corner_offsets = torch.tensor(offsets, device=dev).view(8, 1)
+        # corner k of the cell with lower corner b is element b of the flat volume shifted by its
+        # offset: 8 index_select calls on these views gather the corners without an (8, n) index
+        self._image_corners = [[ch[o:] for o in offsets] for ch in self._flat_image]
+        self._label_corners = [self._flat_labels[o:] for o in offsets] if self.labels is not None else None
+        self._stride_list = [int(st) for st in strides.tolist()]
         # moving voxels, in raster order (cache-friendly gathers and scatters): integer positions
         # (P, 3) and displacement in voxels (P, 3)
         # (the sampling works on (3, n) and (8, n) arrays: every row contiguous, so vectorised)
@@ -142,8 +146,10 @@ class Warper:
         positions ``coords`` (3, n); positions outside the volume take the nearest edge (clamped)."""
         c = torch.minimum(coords.clamp_min(0.0), self._max_coord)
         lo = torch.minimum(c.floor(), self._max_cell)
-        frac = c - lo
-        return (lo.to(torch.int64) * self._strides_rows).sum(0), frac
+        frac = c.sub_(lo)
+        cell = lo.to(torch.int64)
+        sz, sy, _ = self._stride_list
+        return torch.add(cell[2], cell[0], alpha=sz).add_(cell[1], alpha=sy), frac
 
     @staticmethod
     def _interpolate(corners: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
@@ -156,8 +162,18 @@ class Warper:
 
     def _image_at(self, base: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
         """Trilinear samples (C, n) of the image at cells ``base`` (n,) with fractions (3, n)."""
-        idx = self._corner_offsets + base
-        return torch.stack([self._interpolate(ch.take(idx).to(torch.float32), frac) for ch in self._flat_image])
+        out = torch.empty((len(self._image_corners), base.shape[0]), dtype=torch.float32, device=base.device)
+        for c, views in enumerate(self._image_corners):
+            out[c] = self._interpolate(self._gather(views, base).to(torch.float32), frac)
+        return out
+
+    @staticmethod
+    def _gather(views: list[torch.Tensor], base: torch.Tensor) -> torch.Tensor:
+        """Values (8, n) of the 8 corners of the cells ``base`` (n,) from the shifted flat views."""
+        out = torch.empty((8, base.shape[0]), dtype=views[0].dtype, device=base.device)
+        for k, v in enumerate(views):
+            torch.index_select(v, 0, base, out=out[k])
+        return out
 
     def _labels_at(self, base: torch.Tensor, frac: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """Label samples (n,) at cells ``base`` (n,): nearest, or one-hot linear + argmax."""
@@ -180,11 +196,11 @@ class Warper:
         # indicator is the summed trilinear weight of the corners that carry it, so the winner is
         # the corner label with the largest such sum. Cells whose 8 corners agree need no vote.
         if codes:  # one byte per cell: its label, or MIXED
-            out = self._codes.take(base)
+            out = self._codes.index_select(0, base)
             rows = torch.nonzero(out == MIXED).squeeze(1)
-            corners = flat.take(self._corner_offsets + base[rows])
+            corners = self._gather(self._label_corners, base[rows])
             return out, (rows, corners.T, frac[:, rows].T)
-        corners = flat.take(self._corner_offsets + base)  # (8, n)
+        corners = self._gather(self._label_corners, base)  # (8, n)
         out = corners[0].clone()
         rows = torch.nonzero((corners[1:] != corners[:1]).any(0)).squeeze(1)
         return out, (rows, corners[:, rows].T, frac[:, rows].T)
@@ -239,9 +255,20 @@ class Warper:
         lo, hi = 1 - frac, frac
         wz, wy, wx = (torch.stack([lo[:, a], hi[:, a]], 1) for a in range(3))
         weights = (wz.view(n, 2, 1, 1) * wy.view(n, 1, 2, 1) * wx.view(n, 1, 1, 2)).reshape(n, 8)
-        same = labels.unsqueeze(2) == labels.unsqueeze(1)  # (n, k, j): corner j carries corner k's label
-        score = (same * weights.unsqueeze(1)).sum(2)
-        return labels.gather(1, score.argmax(1, keepdim=True)).squeeze(1)
+        # nearly every mixed cell holds two labels: that of corner 0 and that of the first corner
+        # that differs from it; the one with the larger summed weight wins, corner 0's on a tie
+        first = labels[:, :1]
+        is_first = labels == first
+        other = labels.gather(1, (~is_first).to(torch.uint8).argmax(1, keepdim=True))
+        is_other = labels == other
+        out = torch.where((weights * is_other).sum(1) > (weights * is_first).sum(1), other[:, 0], first[:, 0])
+        many = torch.nonzero(~(is_first | is_other).all(1)).squeeze(1)
+        if many.numel():  # three or more labels: every corner's label scored
+            lab, w = labels[many], weights[many]
+            same = lab.unsqueeze(2) == lab.unsqueeze(1)  # (m, k, j): corner j carries corner k's label
+            score = (same * w.unsqueeze(1)).sum(2)
+            out[many] = lab.gather(1, score.argmax(1, keepdim=True)).squeeze(1)
+        return out
 
     def _sample_image(self, coords: torch.Tensor) -> torch.Tensor:
         """Trilinear samples (C, n) of the image at voxel coordinates (n, 3) (z, y, x)."""
