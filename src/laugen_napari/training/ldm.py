@@ -8,6 +8,10 @@ flip; its condition is :func:`~laugen_napari.models.ldm.structure_descriptors` o
 
 Steps ``1 .. s1`` train the slice autoencoder, ``s1 .. s1 + s2`` the aggregation autoencoder (slice
 AE frozen), the rest the diffusion UNet (both autoencoders frozen); ``stage_steps = (s1, s2)``.
+With a refiner (``refine_steps`` > 0, ``stage_steps = (s1, s2, s3)``) the diffusion UNet trains for
+``s3`` steps and the steps after it train the refining module (stage 4, everything else frozen) on
+real volumes and their reconstructions through both autoencoders, as seed 004 trains it after the
+other parts.
 ``validate`` reports each part's held-out error and ``loss`` = their sum, so ``best.pt`` follows the
 whole pipeline; the sample measures of the generated slices come with it.
 """
@@ -21,6 +25,10 @@ import numpy as np
 import torch
 
 from .generators import ms_ssim, sample_metrics, save_latest_samples
+
+# model settings added after the first checkpoints were written: recorded in the run's config only
+# when they differ from their defaults, so runs from before they existed still resume
+_LATER_SETTINGS = {"refiner": "none", "refiner_widths": [32, 64], "refine_context": 1}
 
 
 @dataclass
@@ -116,9 +124,11 @@ def draw_volume(vs: VolumeSet, i: int, depth: int, rng: np.random.Generator | No
 class LDMTask:
     """Trains a :class:`~laugen_napari.models.ldm.SliceLDM` (see the module docstring).
 
-    Train values: ``stage`` (1, 2, 3), and ``ae_l1`` / ``ae_ssim`` / ``ae_dice`` (soft Dice loss of
+    Train values: ``stage`` (1, 2, 3, 4), and ``ae_l1`` / ``ae_ssim`` / ``ae_dice`` (soft Dice loss of
     the mask channels) / ``kl`` (stage 1), ``agg_l1``
-    (stage 2), ``diff_l1`` (stage 3); ``loss`` the optimised value."""
+    (stage 2), ``diff_l1`` (stage 3), ``refine_l1`` (stage 4: L1 of the refined image, or of the
+    predicted noise for a diffusion refiner) with ``refine_ssim`` (residual refiner); ``loss`` the
+    optimised value."""
 
     monitor = "loss"
     monitor_mode = "min"
@@ -130,7 +140,11 @@ class LDMTask:
         if volumes.size != cfg.size or volumes.image_channels != cfg.image_channels or volumes.n_labels != cfg.mask_channels:
             raise ValueError("the volumes' size/channels differ from the model's")
         self.model, self.cfg, self.volumes = model, cfg, volumes
-        self.stage_steps = (int(stage_steps[0]), int(stage_steps[1]))
+        self.stage_steps = tuple(int(v) for v in stage_steps)
+        if len(self.stage_steps) not in (2, 3):
+            raise ValueError("stage_steps: give (slice AE, aggregation) or (slice AE, aggregation, diffusion) steps")
+        if (len(self.stage_steps) == 3) != (model.refiner is not None):
+            raise ValueError("a refiner needs three stage lengths (slice AE, aggregation, diffusion); without one give two")
         self.batch_size, self.steps_per_epoch, self.seed = int(batch_size), int(steps_per_epoch), int(seed)
         self.slices_per_step, self.inception, self.sample_dir = int(slices_per_step), inception, sample_dir
         self.n_sample_volumes = int(n_sample_volumes)
@@ -143,12 +157,25 @@ class LDMTask:
         kw = dict(lr=cfg.lr)
         self.opts = [torch.optim.Adam(model.ae.parameters(), **kw), torch.optim.Adam(model.agg.parameters(), **kw),
                      torch.optim.Adam(model.unet.parameters(), lr=cfg.lr * 0.5)]
+        if model.refiner is not None:
+            self.opts.append(torch.optim.Adam(model.refiner.parameters(), lr=cfg.lr))
         self.notices: list[str] = []
 
     @property
+    def diffusion_start(self) -> int:
+        """Step at which the diffusion UNet starts training."""
+        return self.stage_steps[0] + self.stage_steps[1]
+
+    @property
     def stage(self) -> int:
-        s1, s2 = self.stage_steps
-        return 1 if self.step < s1 else 2 if self.step < s1 + s2 else 3
+        s1, s2 = self.stage_steps[:2]
+        if self.step < s1:
+            return 1
+        if self.step < s1 + s2:
+            return 2
+        if len(self.stage_steps) == 3 and self.step >= sum(self.stage_steps):
+            return 4
+        return 3
 
     def batches(self, epoch: int):
         rng = np.random.default_rng(self.seed * 100_003 + epoch)
@@ -198,10 +225,31 @@ class LDMTask:
         l1 = (m.unet(m.q_sample(lat, t, noise), t, cond) - noise).abs().mean()
         return {"diff_l1": l1, "loss": l1}
 
+    def _refine_loss(self, vol: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Stage 4: the refiner on ``slices_per_step`` slices of the batch's reconstructions."""
+        m, ci = self.model, self.cfg.image_channels
+        with torch.no_grad():
+            decoded = m.decode_latents(m.encode_volumes(vol))
+        b, c, d, s, _ = vol.shape
+        cond = m.refiner.condition(decoded)
+        target = vol[:, :ci].permute(0, 2, 1, 3, 4).reshape(b * d, ci, s, s)
+        centre = decoded[:, :ci].permute(0, 2, 1, 3, 4).reshape(b * d, ci, s, s)
+        pick = torch.randperm(b * d)[: self.slices_per_step]
+        cond, target, centre = cond[pick], target[pick], centre[pick]
+        if m.refiner.diffusion:
+            t = torch.randint(0, self.cfg.timesteps, (len(target),))
+            noise = torch.randn_like(target)
+            l1 = (m.refiner(cond, m.q_sample(target, t, noise), t) - noise).abs().mean()
+            return {"refine_l1": l1, "loss": l1}
+        pred = centre + m.refiner(cond)
+        l1 = (pred - target).abs().mean()
+        ss = ms_ssim(((pred + 1) / 2).clamp(0, 1), (target + 1) / 2).mean()
+        return {"refine_l1": l1, "refine_ssim": ss, "loss": l1 + (1 - ss)}
+
     def train_step(self, batch) -> dict[str, float]:
         vol, cond = batch
         stage = self.stage
-        if stage == 3 and self.step == sum(self.stage_steps):  # scale latents to unit std once
+        if stage == 3 and self.step == self.diffusion_start:  # scale latents to unit std once
             with torch.no_grad():
                 lat = self.model.agg.encoder(self._canvas(vol))[0]
                 self.model.latent_scale.fill_(1.0 / max(float(lat.std()), 1e-6))
@@ -213,12 +261,16 @@ class LDMTask:
             losses = self._ae_loss(flat[pick], idx[pick])
         elif stage == 2:
             losses = self._agg_loss(vol)
-        else:
+        elif stage == 3:
             losses = self._diff_loss(vol, cond)
+        else:
+            losses = self._refine_loss(vol)
         opt = self.opts[stage - 1]
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         opt.step()
+        if stage == 4:
+            self.model.refiner.trained_steps += 1
         self.step += 1
         return {"stage": float(stage), **{k: float(v.detach()) for k, v in losses.items()}}
 
@@ -243,13 +295,38 @@ class LDMTask:
             diffs.append(float((m.unet(m.q_sample(lat, tt, noise), tt, cond) - noise).abs().mean()))
         out = {"ae_l1": ae_l1, "agg_l1": agg_l1, "diff_l1": float(np.mean(diffs))}
         out["loss"] = ae_l1 + agg_l1 + out["diff_l1"]
-        if self.stage == 3 and self.step > sum(self.stage_steps):
+        if m.refiner is not None:
+            out.update(self._refine_validation(vol, g))
+            out["loss"] += out["refine_l1"]
+        if self.stage >= 3 and self.step > self.diffusion_start:
             fake = m.sample(self.n_sample_volumes * self.cfg.depth, generator=torch.Generator().manual_seed(self.seed + 1))
             real = (flat + 1) / 2
             out.update(sample_metrics(real, fake, self.cfg.image_channels, self.cfg.mask_channels,
                                       inception=self.inception, seed=self.seed))
             save_latest_samples(self.sample_dir, fake, self.cfg.image_channels, self.step)
         return out
+
+    @torch.no_grad()
+    def _refine_validation(self, vol: torch.Tensor, g: torch.Generator) -> dict[str, float]:
+        """``refine_l1`` on the held-out volumes' reconstructions (residual: L1 of the refined image
+        against the real one, next to ``decoded_l1`` of the unrefined; diffusion: noise-prediction
+        L1 at four timesteps)."""
+        m, ci = self.model, self.cfg.image_channels
+        decoded = m.decode_latents(m.encode_volumes(vol))
+        real = vol[:, :ci]
+        if not m.refiner.diffusion:
+            refined = m.refine_volumes(decoded)
+            return {"refine_l1": float((refined[:, :ci] - real).abs().mean()),
+                    "decoded_l1": float((decoded[:, :ci] - real).abs().mean())}
+        b, c, d, s, _ = vol.shape
+        cond = m.refiner.condition(decoded)
+        target = real.permute(0, 2, 1, 3, 4).reshape(b * d, ci, s, s)
+        errs = []
+        for t in (50, 250, 500, 750):
+            noise = torch.randn(target.shape, generator=g)
+            tt = torch.full((len(target),), t, dtype=torch.long)
+            errs.append(float((m.refiner(cond, m.q_sample(target, tt, noise), tt) - noise).abs().mean()))
+        return {"refine_l1": float(np.mean(errs))}
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "opts": [o.state_dict() for o in self.opts], "step": self.step,
@@ -263,7 +340,11 @@ class LDMTask:
         self.step = int(state["step"])
 
     def config(self) -> dict:
-        return {"task": "ldm", **self.cfg.to_dict(), "stage_steps": list(self.stage_steps)}
+        cfg = self.cfg.to_dict()
+        for key, default in _LATER_SETTINGS.items():
+            if cfg.get(key) == default:
+                del cfg[key]
+        return {"task": "ldm", **cfg, "stage_steps": list(self.stage_steps)}
 
 
 def load_generator(path: str | os.PathLike):
@@ -283,10 +364,14 @@ def load_generator(path: str | os.PathLike):
 def make_training(pairs=None, *, slices=None, volumes: VolumeSet | None = None, size: int = 64, steps: int = 1000,
                   out=None, resume: bool = False, seed: int = 0, labels=None, separate_labels: bool = False,
                   preset: str = "cpu", depth: int | None = None, stage_steps=None, lr: float = 1e-3,
-                  batch_size: int = 4, steps_per_epoch: int = 50, inception=None, **model_options):
+                  batch_size: int = 4, steps_per_epoch: int = 50, inception=None, refine_steps: int = 0,
+                  refiner: str = "residual", **model_options):
     """``(task, batches, run_training kwargs)`` for a slice-LDM run (module-level, picklable).
 
-    Data: a folder of pairs or a :class:`VolumeSet` (``slices`` is not enough: the LDM needs whole volumes)."""
+    Data: a folder of pairs or a :class:`VolumeSet` (``slices`` is not enough: the LDM needs whole volumes).
+    ``refine_steps`` > 0 adds the refining module (``refiner``: residual or diffusion), trained in
+    the last ``refine_steps`` of ``steps``; ``stage_steps`` then still gives the two autoencoders'
+    steps and the diffusion UNet gets what is left."""
     from ..models.ldm import PRESETS, LDMConfig, SliceLDM
     from ..models.perceptual import load_inception
 
@@ -298,8 +383,19 @@ def make_training(pairs=None, *, slices=None, volumes: VolumeSet | None = None, 
     if preset not in PRESETS:
         raise ValueError(f"LDM preset must be one of {tuple(PRESETS)}, got {preset!r}")
     steps = int(steps)
+    refine_steps = int(refine_steps or 0)
+    if refine_steps < 0:
+        raise ValueError("refine_steps must be >= 0")
     if stage_steps is None:
         stage_steps = (max(1, int(0.3 * steps)), max(1, int(0.15 * steps)))
+    stage_steps = tuple(int(v) for v in stage_steps)[:2]
+    if refine_steps:
+        diffusion_steps = steps - sum(stage_steps) - refine_steps
+        if diffusion_steps < 1:
+            raise ValueError(f"--steps {steps} leaves no diffusion steps after the autoencoders' {list(stage_steps)} "
+                             f"and {refine_steps} refine steps")
+        stage_steps = (*stage_steps, diffusion_steps)
+        model_options = {**model_options, "refiner": refiner}
     torch.manual_seed(seed)
     opts = {**PRESETS[preset], **{k: v for k, v in model_options.items() if v is not None}}
     if depth is not None:
