@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
@@ -66,8 +67,9 @@ class Frame:
     Attributes:
         t: frame index (0 is the input).
         z_mm: boundary displacement of this frame in mm.
-        image: (Z, Y, X) or (C, Z, Y, X) float32, a fresh array owned by the caller.
-        labels: (Z, Y, X) label map in the input's dtype, a fresh array owned by the caller.
+        image: (Z, Y, X) or (C, Z, Y, X) float32, owned by the caller: the engine writes into its
+            memory again only after the caller has dropped it and every view of it.
+        labels: (Z, Y, X) label map in the input's dtype, owned by the caller (as ``image``).
         volumes_ml: label value -> volume in mL in this frame.
         jacobian_min: lowest Jacobian determinant of this frame's warp.
         folded_fraction: fraction of voxels with determinant <= 0.
@@ -197,7 +199,7 @@ class Augmenter:
         for t, zt in enumerate(z):
             img_np, lab_np = buffers(t)
             if on_cpu:
-                _, _, moving = self.warper.warp(float(zt), torch.from_numpy(img_np), torch.from_numpy(lab_np))
+                moving = self.warper.warp(float(zt), torch.from_numpy(img_np), torch.from_numpy(lab_np))[2]
             else:  # one device buffer per series, copied to the host arrays
                 if dev_img is None:
                     dev_img = torch.empty(self.warper.image.shape, dtype=torch.float32, device=self.device)
@@ -207,27 +209,29 @@ class Augmenter:
                 torch.from_numpy(lab_np).copy_(lab)
             volumes = counter.volumes_ml(moving)
             low, fold = self.jacobian.summary(zt)
+            del moving
             yield Frame(t, float(zt), img_np, lab_np, volumes, low, fold)
+            del img_np, lab_np  # so that buffers(t + 1) may find them free
             if progress is not None:
                 progress(t + 1, frames)
 
     def iter_frames(self, draw: TrajectoryDraw, progress: Callable[[int, int], None] | None = None) -> Iterator[Frame]:
         """Stream the frames of an already drawn trajectory, one :class:`Frame` at a time.
 
-        Every frame's arrays are fresh (never reused by the engine), so a consumer that writes a
-        frame and drops it keeps its memory flat in the number of frames. ``progress(done,
+        A frame's arrays belong to the consumer for as long as it holds them (or any view of
+        them): a consumer may keep every frame. The memory of a frame the consumer has dropped is
+        reused for a later frame (no fresh memory to fault in per frame), so a consumer that
+        writes a frame and drops it keeps memory flat in the number of frames. ``progress(done,
         total)`` is called after the consumer has taken each frame.
         """
         image_shape, label_shape = self._frame_shapes()
         cast = np.dtype(self._work_dtype) != np.dtype(self.labels_dtype)
-
-        def fresh(t: int) -> tuple[np.ndarray, np.ndarray]:
-            return np.empty(image_shape, np.float32), np.empty(label_shape, self._work_dtype)
-
-        for frame in self._frames(draw, fresh, progress):
+        pool = _FramePool(image_shape, label_shape, self._work_dtype)
+        for frame in self._frames(draw, pool.take, progress):
             if cast:
                 frame.labels = frame.labels.astype(self.labels_dtype)
             yield frame
+            del frame  # dropped by the consumer too, its arrays can be reused
 
     def series_from_values(self, draw: TrajectoryDraw, progress: Callable[[int, int], None] | None = None) -> Series:
         """Generate the frames for an already drawn trajectory, all held in memory."""
@@ -254,6 +258,44 @@ class Augmenter:
             folded_fraction=folded,
             info=self.info,
         )
+
+
+def _idle_refcount() -> int:
+    """The reference count that :meth:`_FramePool.take` sees on an array nobody else holds (the
+    same construct: a pair in a list, unpacked by a for loop)."""
+    owned = [(np.empty(1), np.empty(1))]
+    for a, _ in owned:
+        return sys.getrefcount(a)
+    raise AssertionError
+
+
+class _FramePool:
+    """Host arrays for streamed frames, handed out as views.
+
+    Every view (and every view of a view) holds a reference to the array it was cut from, so an
+    array whose reference count is back to :func:`_idle_refcount` is held by nobody but the pool:
+    its memory can take the next frame. Reusing warm memory saves the first touch of two fresh
+    volumes per frame (page faults, zeroing), the largest cost after the copy itself. At most
+    ``keep`` pairs are kept; when all are held a new pair is made and the oldest left to its holder.
+    """
+
+    IDLE = _idle_refcount()
+
+    def __init__(self, image_shape: tuple[int, ...], label_shape: tuple[int, ...], label_dtype, keep: int = 2):
+        self.image_shape, self.label_shape, self.label_dtype = image_shape, label_shape, np.dtype(label_dtype)
+        self.keep = keep
+        self._owned: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def take(self, t: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(image float32, labels) arrays for the next frame, as new views nobody else holds."""
+        for img, lab in self._owned:
+            if sys.getrefcount(img) == self.IDLE and sys.getrefcount(lab) == self.IDLE:
+                return img[...], lab[...]
+        pair = (np.empty(self.image_shape, np.float32), np.empty(self.label_shape, self.label_dtype))
+        self._owned.append(pair)
+        if len(self._owned) > self.keep:
+            del self._owned[0]
+        return pair[0][...], pair[1][...]
 
 
 # unsigned types torch cannot scatter into, computed in a wider signed type and cast back
