@@ -190,6 +190,34 @@ def test_colour_or_complex_voxels_are_one_clear_line(tmp_path, capsys, kind):
         assert not out.exists()
 
 
+def test_every_command_reads_a_pair_with_the_same_checks(tmp_path, capsys):
+    """generate, train simvp --synthetic and train dhvae --pairs read pairs through io.pairs.read_pair:
+    a mask on another grid or with fractional labels is the same one-line error everywhere."""
+    affine = np.diag([0.9, 0.9, 3.0, 1.0])
+    img, seg, image, labels = _disc_pair(tmp_path, affine)
+    shifted = affine.copy()
+    shifted[:3, 3] += 4.0
+    bad = {"shifted": (nib.Nifti1Image(labels, shifted), "differ in affine"),
+           "fractional": (nib.Nifti1Image(labels * np.float32(0.5), affine), "must hold integer values")}
+    for name, (mask_img, expected) in bad.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        nib.save(nib.Nifti1Image(image, affine), str(folder / "case.nii.gz"))
+        nib.save(mask_img, str(folder / "case_seg.nii.gz"))
+        pair = [str(folder / "case.nii.gz"), str(folder / "case_seg.nii.gz")]
+        commands = {
+            "generate": ["generate", *pair, "-o", str(tmp_path / f"g-{name}"), "-q"],
+            "train": ["train", "simvp", "--synthetic", *pair, "--steps", "1", "--out", str(tmp_path / f"s-{name}")],
+            "train ": ["train", "dhvae", "--pairs", str(folder), "--size", "32", "--steps", "1",
+                       "--out", str(tmp_path / f"d-{name}")],
+        }
+        for cmd, argv in commands.items():
+            assert main(argv) == 2, (name, cmd)
+            err = capsys.readouterr().err.strip()
+            assert err.startswith(f"laugen {cmd.strip()}: error:") and expected in err and "\n" not in err, err
+        assert not [p for p in tmp_path.iterdir() if p.name[:2] in ("g-", "s-", "d-")]
+
+
 INTERRUPT_AT_IMPORT = """
 import sys
 class Interrupt:

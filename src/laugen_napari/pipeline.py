@@ -27,7 +27,8 @@ from .io.export import (
     staged_directory,
     stream_series,
 )
-from .io.nifti import Volume, check_same_grid, load_volume
+from .io.nifti import Volume
+from .io.pairs import read_pair
 from .io.resources import available_memory, existing_ancestor, free_disk, human_bytes
 from .settings import GenerationSettings
 
@@ -45,16 +46,8 @@ class LaugenWarning(UserWarning):
 
 
 def load_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike) -> tuple[Volume, Volume]:
-    """Read an image and its label map, checking they are 3D (a 2D file is one slice) and share
-    shape and affine."""
-    image = load_volume(image_path, ndim=3)
-    mask = load_volume(mask_path, ndim=3)
-    check_same_grid(image, mask)
-    if not np.issubdtype(mask.data.dtype, np.integer):
-        if not np.all(np.isfinite(mask.data)) or not np.all(np.mod(mask.data, 1) == 0):
-            raise ValueError(f"{mask.path}: a label map must hold integer values")
-        mask.data = mask.data.astype(np.int32)
-    return image, mask
+    """Read a 3D image and its label map (see :func:`laugen_napari.io.pairs.read_pair`)."""
+    return read_pair(image_path, mask_path)
 
 
 # -- geometry ------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ A *manifest* is either
   * exactly two NIfTI files, one of whose names contains seg, mask or label.
 
 Each pair has an ``id`` (the image name without its suffix, or the CSV's id column) that names its
-output folder. Files are not opened here.
+output folder. :func:`read_pair` is the one way a pair's files are read (for ``laugen generate``,
+the datasets of ``laugen train`` and the experiments): the same checks everywhere.
 """
 
 from __future__ import annotations
@@ -150,3 +151,28 @@ def read_manifest(path: str | os.PathLike) -> list[Pair]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such manifest file or folder")
     return find_pairs(path) if path.is_dir() else read_csv_manifest(path)
+
+
+def read_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike, channels: bool = False):
+    """Read a scan and its label map as two :class:`~laugen_napari.io.nifti.Volume` objects.
+
+    Checks: the mask is 3D (a 2D file is one slice) with integer values (float files holding whole
+    numbers are converted to int32); the image is 3D, or with ``channels`` also a 4D stack of
+    modalities (NIfTI's 4th axis, returned as (C, Z, Y, X)); both share the spatial shape and the
+    voxel-to-world affine. Every failure is one ``ValueError`` naming the file(s).
+    """
+    import numpy as np
+
+    from .nifti import check_same_grid, load_volume
+
+    image = load_volume(image_path, ndim=None if channels else 3)
+    if image.data.ndim not in (3, 4):
+        raise ValueError(f"{Path(image_path).name}: expected a 3D image or a 4D stack of modalities, "
+                         f"got {image.data.ndim}D")
+    mask = load_volume(mask_path, ndim=3)
+    check_same_grid(image, mask)
+    if not np.issubdtype(mask.data.dtype, np.integer):
+        if not np.all(np.isfinite(mask.data)) or not np.all(np.mod(mask.data, 1) == 0):
+            raise ValueError(f"{mask.path}: a label map must hold integer values")
+        mask.data = mask.data.astype(np.int32)
+    return image, mask

@@ -239,11 +239,13 @@ class SyntheticSource:
 
     @classmethod
     def from_files(cls, image: str | Path, mask: str | Path) -> "SyntheticSource":
-        img, spacing = read_volume(image, ndim=3)
-        lab, _ = read_volume(mask, ndim=3)
-        if img.shape != lab.shape:
-            raise ValueError(f"{image} {img.shape} and {mask} {lab.shape} differ in shape")
-        return cls(img, np.rint(lab).astype(np.int32), spacing, name=str(image))
+        from ..io.pairs import read_pair
+
+        img, lab = read_pair(image, mask)
+        if not np.any(lab.data):
+            raise ValueError(f"{mask}: the mask is empty (no non-zero voxel to deform)")
+        return cls(check_finite(np.asarray(img.data, np.float32), str(image)), np.asarray(lab.data, np.int32),
+                   img.spacing, name=str(image))
 
     def selection(self, labels: Sequence[int] | None) -> np.ndarray:
         """Boolean mask of the labels that drive the series (all non-zero labels if None)."""

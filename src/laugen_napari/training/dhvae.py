@@ -192,14 +192,11 @@ def slices_from_files(
 ) -> SliceSet:
     """Slices of several NIfTI pairs (read in closest-canonical (Z, Y, X) order). A 4D image file
     holds several modalities (channels) on the mask's grid; every pair needs the same number."""
-    from ..io.nifti import load_volume
+    from ..io.pairs import read_pair
 
     sets = []
     for img_path, lab_path in pairs:
-        img, lab = load_image_channels(img_path), load_volume(lab_path, ndim=3)
-        if img.data.shape[-3:] != lab.data.shape:
-            raise ValueError(f"{Path(img_path).name} and {Path(lab_path).name} differ in shape: "
-                             f"{img.data.shape} vs {lab.data.shape}")
+        img, lab = read_pair(img_path, lab_path, channels=True)
         sets.append(slices_from_arrays(img.data, lab.data, size, selected, min_voxels, name=Path(lab_path).name,
                                        separate_labels=separate_labels))
     if not sets:
@@ -214,7 +211,8 @@ def slices_from_files(
 
 def load_image_channels(path: str | os.PathLike):
     """A NIfTI image as a Volume whose data are (Z, Y, X), or (C, Z, Y, X) for a 4D file of C
-    modalities (NIfTI's 4th axis); more than 4 dimensions is an error naming the file."""
+    modalities (NIfTI's 4th axis); more than 4 dimensions is an error naming the file. (Prefer
+    :func:`laugen_napari.io.pairs.read_pair` with ``channels=True``, which also checks the mask.)"""
     from ..io.nifti import load_volume
 
     vol = load_volume(path)
