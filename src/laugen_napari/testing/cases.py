@@ -51,14 +51,12 @@ def sample_source(margin: int = 12) -> Source:
 def pair_sources(folder: str | Path, margin: int = 12) -> list[Source]:
     """The image/mask pairs of ``folder`` (or a CSV manifest) as sources, each cropped to its
     structure plus ``margin`` voxels."""
-    from ..io.nifti import check_same_grid, load_volume
-    from ..io.pairs import find_pairs
+    from ..io.pairs import find_pairs, read_pair
 
     out = []
     for pair in find_pairs(folder):
-        img, lab = load_volume(pair.image, ndim=3), load_volume(pair.mask, ndim=3)
-        check_same_grid(img, lab)
-        labels = np.rint(np.asarray(lab.data)).astype(np.int32)
+        img, lab = read_pair(pair.image, pair.mask)
+        labels = np.asarray(lab.data, np.int32)
         if not labels.any():
             raise ValueError(f"{pair.mask}: the mask is empty")
         image, labels = _crop_to_structure(np.asarray(img.data, np.float32), labels, margin)

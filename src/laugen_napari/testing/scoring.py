@@ -148,14 +148,13 @@ def _kind_draw(source, labels, seed: int, k: int):
 def _sources_from(pairs):
     if isinstance(pairs, (str, os.PathLike)):
         return pair_sources(pairs)
-    from ..io.nifti import check_same_grid, load_volume
+    from ..io.pairs import read_pair
     from .cases import Source, _crop_to_structure
 
     out = []
     for image, mask in pairs:
-        img, lab = load_volume(image, ndim=3), load_volume(mask, ndim=3)
-        check_same_grid(img, lab)
-        im, lb = _crop_to_structure(np.asarray(img.data, np.float32), np.rint(np.asarray(lab.data)).astype(np.int32), 12)
+        img, lab = read_pair(image, mask)
+        im, lb = _crop_to_structure(np.asarray(img.data, np.float32), np.asarray(lab.data, np.int32), 12)
         out.append(Source(np.ascontiguousarray(im), np.ascontiguousarray(lb), img.spacing, Path(image).name))
     return out
 
