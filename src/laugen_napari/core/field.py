@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -36,7 +36,7 @@ NEGLIGIBLE = 1e-3  # displacements below this fraction of the largest one (1 um 
 
 def _length(vectors: torch.Tensor) -> torch.Tensor:
     """Euclidean length over the first axis of a (3, ...) tensor (faster than ``norm(dim=0)``)."""
-    return (vectors[0] ** 2 + vectors[1] ** 2 + vectors[2] ** 2).sqrt()
+    return (vectors[0] * vectors[0]).addcmul_(vectors[1], vectors[1]).addcmul_(vectors[2], vectors[2]).sqrt_()
 
 
 @dataclass(frozen=True)
@@ -48,12 +48,22 @@ class UnitField:
         spacing: voxel size (z, y, x) in mm.
         roi: the box (three slices) of the volume outside which the field is zero.
         mm: tensor (3, d, h, w): the displacement (z, y, x components, mm) inside ``roi``.
+        support: optional bool tensor (d, h, w), True where ``mm`` is non-zero, when already known
+            (set by :meth:`normalised`; it saves a pass over the field).
     """
 
     shape: tuple[int, int, int]
     spacing: Spacing
     roi: tuple[slice, slice, slice]
     mm: torch.Tensor
+    support: torch.Tensor | None = field(default=None, compare=False, repr=False)
+
+    def moving(self) -> torch.Tensor:
+        """Bool tensor (d, h, w): True where the displacement is non-zero (inside ``roi``)."""
+        if self.support is not None:
+            return self.support
+        mm = self.mm
+        return (mm[0] != 0) | (mm[1] != 0) | (mm[2] != 0)
 
     @property
     def device(self) -> torch.device:
@@ -93,8 +103,10 @@ class UnitField:
         hi = [min(n, b + 1) for n, b in zip(norm.shape, hi)]
         inner = tuple(slice(a, b) for a, b in zip(lo, hi))
         roi = tuple(slice(r.start + s.start, r.start + s.stop) for r, s in zip(self.roi, inner))
-        mm = self.mm[(slice(None),) + inner] * (keep[inner] / peak).unsqueeze(0)
-        return UnitField(self.shape, self.spacing, roi, mm)
+        keep = keep[inner]
+        mm = self.mm[(slice(None),) + inner] * (keep / peak).unsqueeze(0)
+        # a kept voxel's length is >= NEGLIGIBLE: no component of it underflows to all zeros
+        return UnitField(self.shape, self.spacing, roi, mm, support=keep.contiguous())
 
 
 def gaussian_kernel(sigma_vox: float, truncate: float = TRUNCATE) -> np.ndarray:
@@ -162,19 +174,37 @@ def gaussian_blur(volume: torch.Tensor, sigma_vox: Sequence[float], truncate: fl
     return out.contiguous()
 
 
-def spatial_gradient(volume: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
-    """Gradient of a (Z, Y, X) tensor in units per mm, shape (3, Z, Y, X).
+def derivative(volume: torch.Tensor, axis: int, h: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Derivative of a (Z, Y, X) tensor along ``axis`` with voxel size ``h`` mm, in units per mm.
+
+    Central differences inside, one-sided at the edges, the same numbers as
+    ``torch.gradient(volume, spacing=h, dim=axis, edge_order=1)`` (``(f[i+1] - f[i-1]) / h / 2``)
+    written straight into ``out`` (a tensor of ``volume``'s shape, made if None) in three slices:
+    several times faster than ``torch.gradient``. An axis of one voxel has zero derivative.
+    """
+    out = torch.empty_like(volume) if out is None else out
+    n = volume.shape[axis]
+    if n < 2:
+        return out.zero_()
+    h = float(h)
+    if n > 2:
+        torch.sub(volume.narrow(axis, 2, n - 2), volume.narrow(axis, 0, n - 2), out=out.narrow(axis, 1, n - 2))
+        out.narrow(axis, 1, n - 2).div_(2.0 * h)  # (x / h) / 2 == x / (2 h) exactly: a power-of-two scaling
+    for at, a, b in ((0, 1, 0), (n - 1, n - 1, n - 2)):
+        torch.sub(volume.narrow(axis, a, 1), volume.narrow(axis, b, 1), out=out.narrow(axis, at, 1)).div_(h)
+    return out
+
+
+def spatial_gradient(volume: torch.Tensor, spacing: Sequence[float], out: torch.Tensor | None = None) -> torch.Tensor:
+    """Gradient of a (Z, Y, X) tensor in units per mm, shape (3, Z, Y, X) (``out`` if given).
 
     Central differences inside, one-sided at the edges (as ``numpy.gradient``); an axis with a
-    single voxel (a 2D image as Z = 1) has zero derivative.
+    single voxel (a 2D image as Z = 1) has zero derivative. See :func:`derivative`.
     """
-    comps = []
+    out = volume.new_empty((3,) + tuple(volume.shape)) if out is None else out
     for axis, h in enumerate(spacing):
-        if volume.shape[axis] < 2:
-            comps.append(torch.zeros_like(volume))
-        else:
-            comps.append(torch.gradient(volume, spacing=float(h), dim=axis, edge_order=1)[0])
-    return torch.stack(comps)
+        derivative(volume, axis, h, out[axis])
+    return out
 
 
 def _support_roi(mask: np.ndarray, pad: Sequence[int]) -> tuple[slice, slice, slice]:

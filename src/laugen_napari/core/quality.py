@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .field import UnitField, spatial_gradient
+from .field import UnitField, derivative
 
 
 def label_volumes_ml(labels: np.ndarray | torch.Tensor, spacing: Sequence[float], values: Sequence[int]) -> dict[int, float]:
@@ -15,6 +15,23 @@ def label_volumes_ml(labels: np.ndarray | torch.Tensor, spacing: Sequence[float]
     lab = torch.as_tensor(labels)
     voxel_ml = float(np.prod(spacing)) / 1000.0
     return {int(v): float((lab == int(v)).sum()) * voxel_ml for v in values}
+
+
+def _z_derivative(volume: torch.Tensor, z0: int, z1: int, h: float) -> torch.Tensor:
+    """Planes ``z0:z1`` of :func:`~laugen_napari.core.field.derivative` of ``volume`` (D, H, W) along Z,
+    reading the planes next to the slab from ``volume`` (central inside, one-sided at the ends)."""
+    depth = volume.shape[0]
+    out = volume.new_empty((z1 - z0,) + tuple(volume.shape[1:]))
+    if depth < 2:
+        return out.zero_()
+    a, b = max(z0, 1), min(z1, depth - 1)  # planes with a neighbour on both sides
+    if b > a:
+        torch.sub(volume[a + 1 : b + 1], volume[a - 1 : b - 1], out=out[a - z0 : b - z0]).div_(2.0 * h)
+    if z0 == 0:
+        torch.sub(volume[1], volume[0], out=out[0]).div_(h)
+    if z1 == depth:
+        torch.sub(volume[depth - 1], volume[depth - 2], out=out[depth - 1 - z0]).div_(h)
+    return out
 
 
 class JacobianStats:
@@ -25,29 +42,32 @@ class JacobianStats:
     costs one polynomial evaluation. Outside the field's ROI the determinant is 1.
     """
 
-    def __init__(self, field: UnitField, slab: int = 4):
-        # computed in slabs of ``slab`` planes along Z (plus one plane of halo on each side for the
-        # derivatives), so that the nine derivative arrays and the products stay in cache
+    def __init__(self, field: UnitField, slab: int | None = None):
+        # computed in slabs of ``slab`` planes along Z (default: about 2^18 voxels), so that the
+        # nine derivative arrays and the products stay in cache; the Z derivative of a slab reads
+        # the planes next to it straight from the field (no halo copies)
         mm = field.mm
-        depth = mm.shape[1]
+        depth, plane = mm.shape[1], int(mm[0, 0].numel())
+        if slab is None:
+            slab = max(1, (1 << 18) // max(1, plane))
+        hz = float(field.spacing[0])
         parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for z0 in range(0, depth, slab):
             z1 = min(depth, z0 + slab)
-            a, b = max(0, z0 - 1), min(depth, z1 + 1)
-            inner = slice(z0 - a, z1 - a)
-            g = [spatial_gradient(mm[i, a:b], field.spacing)[:, inner] for i in range(3)]  # g[comp][axis]
+            g = [[_z_derivative(mm[i], z0, z1, hz)] + [derivative(mm[i, z0:z1], axis, field.spacing[axis])
+                                                      for axis in (1, 2)] for i in range(3)]  # g[comp][axis]
             c1 = g[0][0] + g[1][1] + g[2][2]
-            c2 = (g[0][0] * g[1][1] - g[0][1] * g[1][0]) + (g[0][0] * g[2][2] - g[0][2] * g[2][0]) + (
-                g[1][1] * g[2][2] - g[1][2] * g[2][1]
-            )
-            c3 = (
-                g[0][0] * (g[1][1] * g[2][2] - g[1][2] * g[2][1])
-                - g[0][1] * (g[1][0] * g[2][2] - g[1][2] * g[2][0])
-                + g[0][2] * (g[1][0] * g[2][1] - g[1][1] * g[2][0])
-            )
+            m0 = (g[1][1] * g[2][2]).sub_(g[1][2] * g[2][1])
+            m1 = (g[0][0] * g[2][2]).sub_(g[0][2] * g[2][0])
+            c2 = (g[0][0] * g[1][1]).sub_(g[0][1] * g[1][0]).add_(m1).add_(m0)
+            c3 = (g[0][0] * m0).sub_(g[0][1] * (g[1][0] * g[2][2]).sub_(g[1][2] * g[2][0])).add_(
+                g[0][2] * (g[1][0] * g[2][1]).sub_(g[1][1] * g[2][0]))
             # where dF/dx = 0 the determinant is 1 for every z: keep only the other voxels
-            keep = (c1 != 0) | (c2 != 0) | (c3 != 0)
-            parts.append((c1[keep], c2[keep], c3[keep]))
+            keep = c1 != 0
+            keep |= c2 != 0
+            keep |= c3 != 0
+            idx = torch.nonzero(keep.view(-1)).squeeze(1)
+            parts.append(tuple(c.view(-1).index_select(0, idx) for c in (c1, c2, c3)))
         self.n_total = int(np.prod(field.shape))
         self.n_roi = int(mm[0].numel())
         empty = mm.new_zeros(0)
