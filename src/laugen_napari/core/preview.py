@@ -54,18 +54,29 @@ class PreviewModel:
         """Use a new engine (after the field was recomputed), with new inputs if given (frame 0:
         the labels as they were when the engine was built); clears the frame cache."""
         with self._lock:
+            dropped = [self._cache, self.augmenter]
             if image is not None:  # no float32 copy here: this runs on the viewer's thread
                 self.image = np.asarray(image)
+                dropped.append(self._image_f32)
                 self._image_f32 = None
             if labels is not None:
                 self.labels = np.asarray(labels)
             self.augmenter = augmenter
-            self._cache.clear()
+            self._cache = {}
             self._full_counts_for = None
+        release(dropped)
         if augmenter is not None:
             # planes along Y and X cost only their own moving voxels once these are sorted: done
             # off the caller's (GUI) thread; until then a plane costs one pass over the moving voxels
             threading.Thread(target=augmenter.warper.index_planes, name="laugen-plane-index", daemon=True).start()
+
+    def release(self) -> None:
+        """Drop the engine and the cached frames (their memory is returned on a thread)."""
+        with self._lock:
+            dropped = [self._cache, self.augmenter, self._image_f32]
+            self._cache, self.augmenter, self._image_f32 = {}, None, None
+            self._full_counts_for = None
+        release(dropped)
 
     def set_trajectory(self, z_mm: Sequence[float]) -> None:
         """New values z_t (mm); the frame count may change."""
@@ -126,10 +137,11 @@ class PreviewModel:
         return self._cache.get((what, z, id(self.augmenter)))
 
     def is_cached(self, t: int) -> bool:
-        """Whether the full image and label frames ``t`` are ready (frame 0 always is)."""
+        """Whether the full image and label frames ``t`` are ready (frame 0: once the input is in
+        float32, which is immediate for a float32 input)."""
         z = self.magnitude(t)
         if z == 0.0:
-            return True
+            return self._image_f32 is not None or self.image.dtype == np.float32
         key = id(self.augmenter)
         with self._lock:
             return ("image", z, key) in self._cache and ("labels", z, key) in self._cache
@@ -170,6 +182,8 @@ class PreviewModel:
         if z != 0.0:
             self._frame("image", z)
             self._frame("labels", z)
+        else:
+            self.input_image()
 
     # -- summaries for plots ------------------------------------------------------------------
     def curves(self) -> dict:
@@ -194,6 +208,15 @@ class PreviewModel:
                 out["volumes_ml"][v].append(n * voxel_ml)
             out["jacobian_min"].append(aug.jacobian.minimum(float(z)))
         return out
+
+
+def release(objects: list) -> None:
+    """Drop the references in ``objects`` (a list nobody else holds) on a short-lived thread.
+
+    Returning the memory of a CT-sized frame or engine (hundreds of MB of torch storage) takes
+    tens of milliseconds; torch frees without the GIL, so on a thread the viewer does not wait."""
+    if any(o is not None and (not isinstance(o, dict) or o) for o in objects):
+        threading.Thread(target=objects.clear, name="laugen-release", daemon=True).start()
 
 
 def _normalise_key(key, ndim: int) -> tuple:

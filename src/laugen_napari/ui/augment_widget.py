@@ -35,7 +35,7 @@ from ..core.preview import LazyDifference, PreviewModel, preview_arrays
 from ..pipeline import build_augmenter
 from ..settings import GenerationSettings, SettingsError
 from . import load_settings, orientation, save_settings
-from .layers import series_layer_kwargs, volume_from_layer
+from .layers import series_layer_kwargs, volume_from_layer, volume_reader
 from .plots import SeriesCurvesPlot, render_curves
 from .settings_form import SettingsForm
 from .workers import WorkerSet
@@ -72,12 +72,44 @@ def _viewer_id(viewer) -> int:
     return id(getattr(viewer, "__wrapped__", viewer))
 
 
-def _build_engine(image, mask, settings):
-    """The engine, built as ``laugen generate`` builds it (run on a worker thread), and the image
-    in float32 that it and the preview's frame 0 share (converted here, off the GUI thread)."""
-    image32 = image.like(np.asarray(image.data, dtype=np.float32))
-    image32.path = image.path
-    return build_augmenter(image32, mask, settings), image32.data
+def _build_engine(read_image, read_mask, settings):
+    """The input volumes and the engine built from them as ``laugen generate`` builds it; run on a
+    worker thread (reading a layer's data may copy it; the field takes seconds on a CT volume).
+
+    The image stays in its own dtype: the engine gathers the corners of each moving voxel's cell in
+    that dtype and interpolates in float32, as ``laugen generate`` does with the file's data, so a
+    float32 copy of the whole input (400 MB for a CT volume) would change nothing but the memory.
+    The labels are copied: the user may paint on the layer meanwhile (a stroke during the copy is
+    followed by another field computation, from the labels-edited timer)."""
+    image, mask = read_image(), read_mask()
+    mask.data = np.array(mask.data)
+    return build_augmenter(image, mask, settings), image, mask
+
+
+class _SeriesImage(Image):
+    """An Image layer whose thumbnail in 3D display reads a sample of the frame.
+
+    napari draws a 3D layer's thumbnail from the maximum over the first displayed axis of the whole
+    frame: for a CT-sized frame 420 MB read on the viewer's thread for a 32x32 icon. Here the
+    maximum runs over every plane but only on a grid of rows and columns as fine as the icon."""
+
+    @property
+    def _type_string(self) -> str:  # napari's writers, menus and layer copies know it as an image
+        return "image"
+
+    def _update_thumbnail(self) -> None:
+        sl = self._slice
+        raw = sl.thumbnail.raw
+        if self._slice_input.ndisplay != 3 or sl.empty or self.rgb or getattr(raw, "ndim", 0) != 3:
+            super()._update_thumbnail()
+            return
+        step = max(1, -(-max(raw.shape[1:]) // max(self._thumbnail_shape[:2])))  # one step: keeps the aspect
+        image = np.max(np.asarray(raw[:, ::step, ::step], dtype=np.float32), axis=0)
+        lo, hi = (float(v) for v in self.contrast_limits)
+        scaled = np.clip((image - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0) ** self.gamma
+        rgba = self.colormap.map(scaled.ravel()).reshape(scaled.shape + (4,))
+        rgba[..., 3] *= self.opacity
+        self.thumbnail = rgba
 
 
 class AugmentWidget(QWidget):
@@ -418,6 +450,8 @@ class AugmentWidget(QWidget):
 
     def _drop_outputs(self, why: str) -> None:
         self._source = self._volumes = self._field_key = None
+        if self.model is not None:
+            self.model.release()
         self.model = None
         self._arrays = None
         for name in OUTPUTS:
@@ -476,9 +510,11 @@ class AugmentWidget(QWidget):
         for name in OUTPUTS:
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
-        self.viewer.add_image(series, name=SERIES, contrast_limits=(lo, hi), colormap="gray", **kwargs)
-        self.viewer.add_image(diff, name=DIFF, colormap=DIFFERENCE_COLORMAP, contrast_limits=(-0.25 * span, 0.25 * span),
-                              blending="translucent", opacity=0.9, visible=False, **kwargs)
+        # contrast limits given: napari would otherwise read every frame to find the data range
+        self.viewer.add_layer(_SeriesImage(series, name=SERIES, contrast_limits=(lo, hi), colormap="gray", **kwargs))
+        self.viewer.add_layer(_SeriesImage(diff, name=DIFF, colormap=DIFFERENCE_COLORMAP,
+                                           contrast_limits=(-0.25 * span, 0.25 * span), blending="translucent",
+                                           opacity=0.9, visible=False, **kwargs))
         layer = self.viewer.add_labels(masks, name=MASKS, opacity=0.35, **kwargs)
         layer.editable = False
         self._on_difference_changed()
@@ -580,34 +616,34 @@ class AugmentWidget(QWidget):
         key = (id(image), id(labels), self._labels_version) + tuple(getattr(settings, n) for n in FIELD_SETTINGS)
         if key == self._field_key and self.model is not None:
             return
-        try:
-            image_vol = volume_from_layer(image, viewer=self.viewer)
-            mask_vol = volume_from_layer(labels, reference=image, viewer=self.viewer)
-            mask_vol.data = np.array(mask_vol.data)  # a snapshot: painting goes on meanwhile
+        try:  # the layers' state and geometry here; their data are read on the worker
+            read_image = volume_reader(image, viewer=self.viewer)
+            read_mask = volume_reader(labels, reference=image, viewer=self.viewer)
         except ValueError as exc:
             self._report(exc)
             return
         self.progress.setRange(0, 0)  # busy
         self._status("computing the displacement field…")
-        job = (image, labels, image_vol, mask_vol, key)
-        self._worker = self._run(_build_engine, image_vol, mask_vol, settings,
+        job = (image, labels, key)
+        self._worker = self._run(_build_engine, read_image, read_mask, settings,
                                  returned=lambda result, job=job: self._field_ready(job, *result),
                                  errored=self._field_failed, finished=self._worker_finished)
 
-    def _field_ready(self, job, aug, image32=None) -> None:
-        image, labels, image_vol, mask_vol, key = job
+    def _field_ready(self, job, aug, image_vol, mask_vol) -> None:
+        image, labels, key = job
         if image not in self.viewer.layers or labels not in self.viewer.layers:
             return
         self._field_key = key
-        image32 = image_vol.data if image32 is None else image32
         same_pair = (self.model is not None and self._source is not None and self._source[0] is image
                      and self._source[1] is labels and self.model.spatial_shape == mask_vol.spatial_shape
                      and SERIES in self.viewer.layers)
         frames_before = self.model.frames if same_pair else None
         if same_pair:
-            self.model.set_augmenter(aug, image=image32, labels=mask_vol.data)
+            self.model.set_augmenter(aug, image=image_vol.data, labels=mask_vol.data)
         else:
-            self.model = PreviewModel(image32, mask_vol.data)
+            if self.model is not None:
+                self.model.release()
+            self.model = PreviewModel(image_vol.data, mask_vol.data)
             self.model.set_augmenter(aug)
         self._source, self._volumes = (image, labels), (image_vol, mask_vol)
         try:

@@ -24,7 +24,7 @@ Rules:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -210,7 +210,7 @@ def find_reference_layer(shape: Sequence[int], scale: Sequence[float], translate
     spatial ``shape``, ``scale`` and ``translate`` (the last three axes) — the image a layer drawn
     from scratch was drawn on."""
     candidates = [lay for lay in layers if lay is not exclude]
-    candidates.sort(key=lambda lay: type(lay).__name__ != "Image")  # stable: Image layers first
+    candidates.sort(key=lambda lay: "Image" not in {c.__name__ for c in type(lay).__mro__})  # stable: images first
     target = _spatial_shape(shape)
     sc = _spatial(scale, len(shape), 1.0)
     tr = _spatial(translate, len(shape), 0.0)
@@ -242,13 +242,23 @@ def volume_from_layer_data(
     The data are computed (``np.asarray``) and keep their dtype; 2D data become (1, Y, X).
     """
     arr = np.asarray(_layer_array(data))
+    return _volume_from(arr, meta, _geometry_candidates(_image_shape(arr.shape, meta), meta, reference, layers))
+
+
+def _image_shape(shape: Sequence[int], meta: dict[str, Any]) -> tuple[int, ...]:
     if meta.get("rgb"):
         raise ValueError("RGB layers cannot be written as a volume; convert the layer to grey values first")
-    if arr.ndim < 2:
-        raise ValueError(f"layer data of shape {arr.shape} are not an image (at least 2 axes expected)")
-    if arr.ndim == 2:
-        arr = arr[None]
-    ndim = arr.ndim
+    shape = tuple(int(n) for n in shape)
+    if len(shape) < 2:
+        raise ValueError(f"layer data of shape {shape} are not an image (at least 2 axes expected)")
+    return (1,) + shape if len(shape) == 2 else shape
+
+
+def _geometry_candidates(shape: Sequence[int], meta: dict[str, Any], reference: Any,
+                         layers: Iterable[Any] | None) -> list[Volume]:
+    """The geometries to try, in order, for data of ``shape`` (see :func:`volume_from_layer_data`);
+    reads layer state only, never layer data."""
+    ndim = len(shape)
     scale = _spatial(meta.get("scale"), ndim, 1.0)
     translate = _spatial(meta.get("translate"), ndim, 0.0)
     candidates: list[Volume] = []
@@ -260,9 +270,17 @@ def volume_from_layer_data(
     elif reference is not None:
         candidates.append(layer_geometry(reference))
     if layers is not None:
-        found = find_reference_layer(arr.shape, scale, translate, layers)
+        found = find_reference_layer(shape, scale, translate, layers)
         if found is not None:
             candidates.append(_meta_geometry(found.metadata))
+    return candidates
+
+
+def _volume_from(arr: np.ndarray, meta: dict[str, Any], candidates: list[Volume]) -> Volume:
+    arr = arr[None] if arr.ndim == 2 else arr
+    ndim = arr.ndim
+    scale = _spatial(meta.get("scale"), ndim, 1.0)
+    translate = _spatial(meta.get("translate"), ndim, 0.0)
     for geometry in candidates:
         if _geometry_fits(geometry, arr.shape, scale, translate):
             out = geometry.like(arr)
@@ -281,6 +299,18 @@ def volume_from_layer(layer: Any, reference: Any = None, viewer: Any = None) -> 
     if layers is not None:
         layers = [lay for lay in layers if lay is not layer]
     return volume_from_layer_data(layer.data, meta, reference=reference, layers=layers)
+
+
+def volume_reader(layer: Any, reference: Any = None, viewer: Any = None) -> Callable[[], Volume]:
+    """:func:`volume_from_layer` in two steps, for a worker thread: the layer state and the
+    geometry (cheap, reads no data) now, on the caller's thread; the data when the returned function
+    is called (the layer's array, computed with ``np.asarray``; copies, if any, happen there)."""
+    meta = {"scale": tuple(layer.scale), "translate": tuple(layer.translate), "metadata": dict(layer.metadata or {}),
+            "rgb": bool(getattr(layer, "rgb", False))}
+    data = _layer_array(layer.data)
+    layers = [lay for lay in viewer.layers if lay is not layer] if viewer is not None else None
+    candidates = _geometry_candidates(_image_shape(data.shape, meta), meta, reference, layers)
+    return lambda: _volume_from(np.asarray(data), meta, candidates)
 
 
 def source_unchanged(volume: Volume) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable
 
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, LineEdit, SpinBox
+from qtpy.QtCore import QEvent, QObject
 
 from ..core.trajectory import DEFAULT_RATE
 from ..settings import (
@@ -63,6 +64,23 @@ def _show_decimals(widget, *values) -> None:
         widget.min = values[0]
 
 
+class _LabelFitter(QObject):
+    """Refits a form's label column (:meth:`SettingsForm.fit_labels`) when the form is shown or its
+    style or font changes."""
+
+    _EVENTS = (QEvent.Type.Show, QEvent.Type.StyleChange, QEvent.Type.FontChange)
+
+    def __init__(self, form: "SettingsForm"):
+        super().__init__(form.native)
+        self._form = form
+        form.native.installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt name)
+        if event.type() in self._EVENTS:
+            self._form.fit_labels()
+        return False
+
+
 class SettingsForm(Container):
     """A form of :class:`GenerationSettings` fields (all but ``exclude``).
 
@@ -86,6 +104,48 @@ class SettingsForm(Container):
             self.fields[sf.name] = widget
             self.append(widget)
         self._refresh_dependent()
+        self._label_fitter = _LabelFitter(self)
+
+    def fit_labels(self) -> int:
+        """Size the label column to the labels in the font they are drawn with; returns its width
+        (pixels).
+
+        magicgui measures the labels in the application's default font when the form is built;
+        napari's style sheet draws them larger, so the longest label ("slope range (mm/frame)") was
+        cut at the dock's default width. Here the column is as wide as the widest label *name*
+        or *unit*: a label wider than that ("slope range (mm/frame)") breaks before its unit onto a
+        second line, so no label is cut and the row of two spin boxes still fits the dock. Called
+        again when the form is shown or its style or font changes."""
+        labels = []
+        for widget in self:
+            labeled = widget._labeled_widget() if hasattr(widget, "_labeled_widget") else None
+            if labeled is not None:
+                labels.append(labeled._label_widget.native)
+        if not labels:
+            return 0
+        column, texts = 0, []
+        for label in labels:
+            label.ensurePolished()
+            text = label.text().replace("\n", " ")
+            label.setText(text)
+            label.setMinimumWidth(0)  # a QLabel's size hint grows with its minimum width
+            label.setMaximumWidth(16777215)
+            metrics = label.fontMetrics()
+            pad = label.sizeHint().width() - metrics.horizontalAdvance(text)
+            name, _, unit = text.partition(" (")
+            pieces = [name, "(" + unit] if unit else [text]
+            column = max(column, pad + max(metrics.horizontalAdvance(p) for p in pieces))
+            texts.append((label, text, name, unit))
+        for label, text, name, unit in texts:
+            if unit and label.sizeHint().width() > column:
+                label.setText(f"{name}\n({unit}")
+            label.setFixedWidth(column)
+        return column
+
+    def _unify_label_widths(self) -> None:
+        super()._unify_label_widths()
+        if getattr(self, "_label_fitter", None) is not None:
+            self.fit_labels()
 
     # -- construction ---------------------------------------------------------------------------
     def _make(self, sf: SettingField):
