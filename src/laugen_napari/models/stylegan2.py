@@ -66,6 +66,8 @@ class StyleGAN2Config:
         pl_weight, pl_every: lazy path-length regularisation weight and interval (steps); 0 = off.
         ema_kimg: half-life of the generator weights' moving average in thousands of images (0 = no
             average); ema_rampup: the half-life is at most ``images seen * ema_rampup`` (0 = no ramp-up).
+        mask_area_weight: weight of the generator's mask-area term (not in seed 003, see
+            :func:`laugen_napari.training.stylegan2.mask_area_loss`); 0 = off.
     """
 
     size: int = 64
@@ -86,6 +88,7 @@ class StyleGAN2Config:
     pl_every: int = 4
     ema_kimg: float = 10.0
     ema_rampup: float = 0.05
+    mask_area_weight: float = 0.0
 
     def __post_init__(self) -> None:
         self.betas = (float(self.betas[0]), float(self.betas[1]))
@@ -99,8 +102,8 @@ class StyleGAN2Config:
             raise ValueError("the conditional variant needs cond_dim >= 1")
         if self.r1_every < 1 or self.pl_every < 1:
             raise ValueError("r1_every and pl_every must be at least 1")
-        if self.pl_weight < 0 or self.ema_kimg < 0 or self.ema_rampup < 0:
-            raise ValueError("pl_weight, ema_kimg and ema_rampup must be >= 0")
+        if min(self.pl_weight, self.ema_kimg, self.ema_rampup, self.mask_area_weight) < 0:
+            raise ValueError("pl_weight, ema_kimg, ema_rampup and mask_area_weight must be >= 0")
 
     def ema_beta(self, images_seen: int, batch: int) -> float:
         """Decay of the moving average for one step of ``batch`` images after ``images_seen``

@@ -23,7 +23,7 @@ from .generators import sample_metrics, save_latest_samples, slice_conditions
 
 # settings added after the first checkpoints were written: recorded in the run's config only when
 # they differ from their defaults, so runs from before they existed still resume
-_LATER_SETTINGS = {"pl_weight": 2.0, "pl_every": 4, "ema_kimg": 10.0, "ema_rampup": 0.05}
+_LATER_SETTINGS = {"pl_weight": 2.0, "pl_every": 4, "ema_kimg": 10.0, "ema_rampup": 0.05, "mask_area_weight": 0.0}
 PL_DECAY = 0.01  # running-mean decay of the path lengths (StyleGAN2)
 PL_BATCH_SHRINK = 2  # the path-length batch is this many times smaller (StyleGAN2)
 
@@ -32,7 +32,8 @@ class StyleGAN2Task:
     """Trains a :class:`~laugen_napari.models.stylegan2.StyleGAN2` on a SliceSet (see module docstring).
 
     Train values: ``d_loss``, ``g_loss``, ``r1`` (last lazy R1 penalty), ``d_real`` / ``d_fake``
-    (mean logits), ``pl`` (last path-length penalty, unweighted) and ``pl_mean``; for mask-only
+    (mean logits), ``pl`` (last path-length penalty, unweighted) and ``pl_mean``, ``mask_area``
+    (:func:`mask_area_loss`, when weighted); for mask-only
     also ``dm_loss`` / ``gm_loss`` of the mask GAN.
     """
 
@@ -131,13 +132,19 @@ class StyleGAN2Task:
         if cfg.variant == "mask-only":
             fake = m.generate(self._z(b), real_mask=x[:, ci:])
             g_loss = F.softplus(-d(fake)).mean()
-            gm_loss = F.softplus(-m.mask_discriminator(m.generate(self._z(b))[:, ci:])).mean()
+            fake_mask = m.generate(self._z(b))[:, ci:]
+            gm_loss = F.softplus(-m.mask_discriminator(fake_mask)).mean()
             values["gm_loss"] = gm_loss.item()
             g_total = g_loss + gm_loss
         else:
             fake = m.generate(self._z(b), c)
             g_loss = F.softplus(-d(fake, c)).mean()
             g_total = g_loss
+            fake_mask = fake[:, ci:]
+        if cfg.mask_area_weight > 0:
+            area = mask_area_loss(fake_mask, x[:, ci:], c if m.cond == 1 + cfg.mask_channels else None)
+            values["mask_area"] = area.item()
+            g_total = g_total + cfg.mask_area_weight * area
         self.opt_g.zero_grad(set_to_none=True)
         g_total.backward()
         self.opt_g.step()
@@ -217,6 +224,21 @@ class StyleGAN2Task:
             if cfg.get(key) == default:
                 del cfg[key]
         return {"task": "stylegan2", **cfg}
+
+
+def mask_area_loss(fake_mask: torch.Tensor, real_mask: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    """Mask-area term of the generator (not in seed 003): |sqrt(generated area fraction) - target|
+    per label, the target being the condition's sqrt area fraction of each sample (``cond`` laid out
+    as :func:`~laugen_napari.training.generators.slice_conditions`: position, then one value per
+    label) or, without a condition, the batch means of generated and real sqrt areas are compared.
+    Masks in [-1, 1] (B, L, S, S). Against the collapse to empty masks of a small structure: on the
+    shipped sample's ventricles (~1 % of the pixels) the share of non-empty masks fell from 55 % to
+    2 % within 150 steps without it."""
+    fake_area = ((fake_mask + 1) * 0.5).mean(dim=(2, 3)).add(1e-4).sqrt()  # (B, L)
+    if cond is not None:
+        return (fake_area - cond[:, 1:]).abs().mean()
+    real_area = ((real_mask + 1) * 0.5).mean(dim=(2, 3)).sqrt()
+    return (fake_area.mean(0) - real_area.mean(0)).abs().mean()
 
 
 def load_weights(model, state: dict) -> bool:
