@@ -1,0 +1,98 @@
+"""The engine's faster set-up and per-frame summaries (issue 13) give the numbers of the plain ways.
+
+- derivatives by slice differences equal ``torch.gradient`` bit for bit (edges, short axes, views);
+- the Jacobian coefficients computed in slabs equal those of the whole-ROI gradients;
+- the moving voxels found by row counts equal ``torch.nonzero`` of the field, in raster order;
+- the one-buffer Jacobian summary equals the minimum and fold count of ``determinant()``.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from laugen_napari.core import Augmenter, JacobianStats
+from laugen_napari.core.field import derivative, spatial_gradient
+from laugen_napari.core.warp import _moving_voxels
+
+
+@pytest.fixture(scope="module")
+def engine(sample_arrays):
+    image, labels, spacing = sample_arrays
+    box = (slice(60, 130), slice(70, 180), slice(50, 150))
+    return Augmenter(image[box], labels[box].copy(), (1.0, 0.8, 1.3), sigma_mm=4.0, device="cpu")
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 9), (2, 3, 1), (1, 4, 6), (3, 2, 2), (40, 33, 17)])
+def test_derivative_is_torch_gradient_bit_for_bit(shape):
+    g = torch.Generator().manual_seed(0)
+    vol = torch.randn(shape, generator=g) * 100
+    spacing = (0.7, 1.3, 0.33)
+    ours = spatial_gradient(vol, spacing)
+    for axis, h in enumerate(spacing):
+        ref = torch.gradient(vol, spacing=h, dim=axis)[0] if shape[axis] > 1 else torch.zeros_like(vol)
+        assert torch.equal(ours[axis], ref)
+    # a non-contiguous input and a given output buffer
+    view = vol.transpose(0, 2)
+    out = torch.full((3,) + tuple(view.shape), float("nan"))
+    spatial_gradient(view, spacing, out=out)
+    for axis, h in enumerate(spacing):
+        if view.shape[axis] > 1:
+            assert torch.equal(out[axis], torch.gradient(view, spacing=h, dim=axis)[0])
+    if shape[1] > 1:
+        assert torch.equal(derivative(vol, 1, 2.0), torch.gradient(vol, spacing=2.0, dim=1)[0])
+
+
+def _plain_coefficients(mm: torch.Tensor, spacing):
+    """c1, c2, c3 of det(I + z G) from the gradients of the whole ROI (torch.gradient), flattened
+    over the voxels where one of them is non-zero."""
+    g = [[torch.gradient(mm[i], spacing=h, dim=a)[0] for a, h in enumerate(spacing)] for i in range(3)]
+    c1 = g[0][0] + g[1][1] + g[2][2]
+    c2 = (g[0][0] * g[1][1] - g[0][1] * g[1][0]) + (g[0][0] * g[2][2] - g[0][2] * g[2][0]) + (
+        g[1][1] * g[2][2] - g[1][2] * g[2][1])
+    c3 = (g[0][0] * (g[1][1] * g[2][2] - g[1][2] * g[2][1]) - g[0][1] * (g[1][0] * g[2][2] - g[1][2] * g[2][0])
+          + g[0][2] * (g[1][0] * g[2][1] - g[1][1] * g[2][0]))
+    keep = (c1 != 0) | (c2 != 0) | (c3 != 0)
+    return c1[keep], c2[keep], c3[keep]
+
+
+@pytest.mark.parametrize("slab", [None, 1, 3, 1000])
+def test_jacobian_slabs_equal_the_whole_roi(engine, slab):
+    field = engine.field
+    ref = _plain_coefficients(field.mm, field.spacing)
+    jac = JacobianStats(field, slab=slab)
+    for ours, theirs in zip((jac.c1, jac.c2, jac.c3), ref):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-7)
+    assert jac.c1.numel() == ref[0].numel() > 1000
+
+
+def test_moving_voxels_are_the_nonzero_field_in_raster_order(engine):
+    field = engine.field
+    moving = (field.mm != 0).any(0)
+    assert torch.equal(field.moving(), moving)
+    flat, z, y, x = _moving_voxels(moving)
+    ref = torch.nonzero(moving)
+    assert torch.equal(torch.stack([z, y, x], 1), ref)
+    assert torch.equal(flat, torch.nonzero(moving.reshape(-1)).squeeze(1))
+    w = engine.warper
+    offset = torch.tensor([r.start for r in field.roi])
+    assert torch.equal(w.positions, ref + offset)
+    strides = torch.tensor([field.shape[1] * field.shape[2], field.shape[2], 1])
+    assert torch.equal(w.flat_index, ((ref + offset) * strides).sum(1))
+    # an empty row, plane and mask
+    empty = torch.zeros((3, 4, 5), dtype=torch.bool)
+    assert all(t.numel() == 0 for t in _moving_voxels(empty))
+    empty[1, 2, 3] = empty[2, 0, 0] = True
+    flat, z, y, x = _moving_voxels(empty)
+    assert flat.tolist() == [33, 40] and z.tolist() == [1, 2] and y.tolist() == [2, 0] and x.tolist() == [3, 0]
+
+
+def test_summary_is_the_minimum_and_fold_count_of_determinant(engine):
+    jac = engine.jacobian
+    folded_seen = False
+    for z in [0.0, 0.3, -0.7, 1.9, -4.0, 6.5, 9.0, 14.0, -20.0, 1e-20]:
+        det = jac.determinant(z)
+        low = min(float(det.min()), 1.0)
+        fold = float((det <= 0).sum()) / jac.n_total
+        assert jac.summary(z) == (low, fold)
+        folded_seen |= fold > 0
+    assert folded_seen
