@@ -12,7 +12,7 @@ import torch
 
 from laugen_napari.core import Augmenter, JacobianStats
 from laugen_napari.core.field import derivative, spatial_gradient
-from laugen_napari.core.warp import _moving_voxels
+from laugen_napari.core.warp import Warper, _moving_voxels
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +96,37 @@ def test_summary_is_the_minimum_and_fold_count_of_determinant(engine):
         assert jac.summary(z) == (low, fold)
         folded_seen |= fold > 0
     assert folded_seen
+
+
+def _scored_vote(corners: torch.Tensor, frac: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every corner's summed trilinear weight (the plain vote): (winner (m,), margin of the winner
+    over the best other label (m,))."""
+    lab, f = corners.T, frac.T.double()
+    n = lab.shape[0]
+    w = torch.ones(n, 8, dtype=torch.float64)
+    for k in range(8):
+        for a, bit in enumerate(((k >> 2) & 1, (k >> 1) & 1, k & 1)):
+            w[:, k] *= f[:, a] if bit else 1 - f[:, a]
+    score = ((lab.unsqueeze(2) == lab.unsqueeze(1)) * w.unsqueeze(1)).sum(2)
+    best = score.max(1, keepdim=True).values
+    winner = lab.gather(1, score.argmax(1, keepdim=True)).squeeze(1)
+    others = torch.where(lab == winner.unsqueeze(1), torch.zeros_like(score), score)
+    return winner, best.squeeze(1) - others.max(1).values
+
+
+@pytest.mark.parametrize("labels", [2, 3, 5])
+def test_vote_is_the_label_with_the_largest_summed_weight(labels):
+    g = torch.Generator().manual_seed(labels)
+    m = 20000
+    corners = torch.randint(0, labels, (8, m), generator=g, dtype=torch.uint8) * 7
+    frac = torch.rand((3, m), generator=g)
+    frac[:, :50] = 0.5  # every corner weighs 1/8: exact ties, won by the label of the lowest corner
+    frac[:, 50:100] = 0.0  # the cell's lower corner alone
+    ours = Warper._vote(corners, frac)
+    winner, margin = _scored_vote(corners, frac)
+    clear = margin > 1e-5
+    assert clear.sum() > 0.9 * m
+    assert torch.equal(ours[clear], winner[clear])
+    assert torch.equal(ours[50:100], corners[0, 50:100])
+    tied = torch.nonzero(margin[:50] < 1e-9).squeeze(1)
+    assert tied.numel() > 0 and torch.equal(ours[tied], winner[tied])

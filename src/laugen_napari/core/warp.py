@@ -221,7 +221,7 @@ class Warper:
 
     def _labels_deferred(self, base: torch.Tensor, frac: torch.Tensor, coords: torch.Tensor, codes: bool = False):
         """Label samples (n,) with the vote of mixed cells left to the caller: returns (labels,
-        None) or (labels, (rows of the mixed cells, their corner labels (m, 8), fractions (m, 3))),
+        None) or (labels, (rows of the mixed cells, their corner labels (8, m), fractions (3, m))),
         where the labels of those rows are placeholders. Voting once for many blocks saves the
         per-call overhead of the vote's small arrays. ``codes``: look the cells up in the cell codes
         (:meth:`_ensure_codes` must cover them)."""
@@ -236,11 +236,11 @@ class Warper:
             out = self._codes.index_select(0, base)
             rows = torch.nonzero(out == MIXED).squeeze(1)
             corners = self._gather(self._label_corners, base[rows])
-            return out, (rows, corners.T, frac[:, rows].T)
+            return out, (rows, corners, frac[:, rows])
         corners = self._gather(self._label_corners, base)  # (8, n)
         out = corners[0].clone()
         rows = torch.nonzero((corners[1:] != corners[:1]).any(0)).squeeze(1)
-        return out, (rows, corners[:, rows].T, frac[:, rows].T)
+        return out, (rows, corners[:, rows], frac[:, rows])
 
     def _ensure_codes(self, z_mm: float) -> bool:
         """Make the cell codes cover every cell that the moving voxels reach at magnitude
@@ -285,25 +285,35 @@ class Warper:
         self._codes_box = (lo, hi)
         return True
 
-    @staticmethod
-    def _vote(labels: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
-        """The corner label (n,) with the largest summed trilinear weight; the first corner wins ties."""
-        n = labels.shape[0]
-        lo, hi = 1 - frac, frac
-        wz, wy, wx = (torch.stack([lo[:, a], hi[:, a]], 1) for a in range(3))
-        weights = (wz.view(n, 2, 1, 1) * wy.view(n, 1, 2, 1) * wx.view(n, 1, 1, 2)).reshape(n, 8)
-        # nearly every mixed cell holds two labels: that of corner 0 and that of the first corner
-        # that differs from it; the one with the larger summed weight wins, corner 0's on a tie
-        first = labels[:, :1]
-        is_first = labels == first
-        other = labels.gather(1, (~is_first).to(torch.uint8).argmax(1, keepdim=True))
-        is_other = labels == other
-        out = torch.where((weights * is_other).sum(1) > (weights * is_first).sum(1), other[:, 0], first[:, 0])
-        many = torch.nonzero(~(is_first | is_other).all(1)).squeeze(1)
-        if many.numel():  # three or more labels: every corner's label scored
-            lab, w = labels[many], weights[many]
-            same = lab.unsqueeze(2) == lab.unsqueeze(1)  # (m, k, j): corner j carries corner k's label
-            score = (same * w.unsqueeze(1)).sum(2)
+    @classmethod
+    def _vote(cls, corners: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
+        """The corner label (m,) with the largest summed trilinear weight; the first corner wins ties.
+
+        ``corners`` (8, m) are the corner labels (corner k = 4 bz + 2 by + bx), ``frac`` (3, m) the
+        fractions. A label's summed weight is the trilinear interpolation of its indicator. Nearly
+        every mixed cell holds two labels, that of corner 0 and one other: two interpolations decide.
+        Cells with three or more labels score every corner.
+        """
+        first = corners[0]
+        is_first = corners == first
+        high, low = first.clone(), first.clone()  # row by row: a reduction over dim 0 is slow
+        for row in corners[1:]:
+            torch.maximum(high, row, out=high)
+            torch.minimum(low, row, out=low)
+        other = torch.where(high != first, high, low)  # the other label of a two-label cell
+        is_other = corners == other
+        s_first = cls._interpolate(is_first.to(frac.dtype), frac)
+        s_other = cls._interpolate(is_other.to(frac.dtype), frac)
+        out = torch.where(s_other > s_first, other, first)
+        many = torch.nonzero(~(is_first | is_other).all(0)).squeeze(1)
+        if many.numel():
+            lab, f = corners[:, many].T, frac[:, many].T  # (k, 8), (k, 3)
+            n = lab.shape[0]
+            lo, hi = 1 - f, f
+            wz, wy, wx = (torch.stack([lo[:, a], hi[:, a]], 1) for a in range(3))
+            weights = (wz.view(n, 2, 1, 1) * wy.view(n, 1, 2, 1) * wx.view(n, 1, 1, 2)).reshape(n, 8)
+            same = lab.unsqueeze(2) == lab.unsqueeze(1)  # (k, i, j): corner j carries corner i's label
+            score = (same * weights.unsqueeze(1)).sum(2)
             out[many] = lab.gather(1, score.argmax(1, keepdim=True)).squeeze(1)
         return out
 
@@ -360,7 +370,7 @@ class Warper:
                         pending.append((votes[0] + rows.start, votes[1], votes[2]))
             if lab is not None:
                 if pending:
-                    at, corners, frac = (torch.cat([p[k] for p in pending]) for k in range(3))
+                    at, corners, frac = (torch.cat([p[k] for p in pending], dim=min(k, 1)) for k in range(3))
                     moving[at] = self._vote(corners, frac)
                 lab.view(-1).scatter_(0, self.flat_index, moving)
         return (img[0] if self.single_channel else img), lab, moving
@@ -409,7 +419,7 @@ class Warper:
             if votes is not None and votes[0].numel():
                 pending.append((votes[0] + rows.start, votes[1], votes[2]))
         if pending:
-            at, corners, frac = (torch.cat([p[k] for p in pending]) for k in range(3))
+            at, corners, frac = (torch.cat([p[k] for p in pending], dim=min(k, 1)) for k in range(3))
             out[at] = self._vote(corners, frac)
         return out
 
