@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from laugen_napari.core import Augmenter, JacobianStats
+from laugen_napari.core import Augmenter, CustomTrajectory, JacobianStats
 from laugen_napari.core.field import derivative, spatial_gradient
 from laugen_napari.core.warp import Warper, _moving_voxels
 
@@ -130,3 +130,28 @@ def test_vote_is_the_label_with_the_largest_summed_weight(labels):
     assert torch.equal(ours[50:100], corners[0, 50:100])
     tied = torch.nonzero(margin[:50] < 1e-9).squeeze(1)
     assert tied.numel() > 0 and torch.equal(ours[tied], winner[tied])
+
+
+def test_unclamped_cells_inside_the_volume_give_the_clamped_frames(sample_arrays, monkeypatch):
+    image, labels, spacing = sample_arrays
+    w = Augmenter(image, labels, spacing, sigma_mm=4.0, device="cpu").warper
+    zs = [0.8, -2.5, 4.0]
+    assert all(w._inside(z) for z in zs) and not w._inside(500.0)
+    fast = [(w.image_frame(z).clone(), w.label_frame(z).clone(), w.moving_labels(z)) for z in zs]
+    monkeypatch.setattr(Warper, "_inside", lambda self, z: False)
+    for z, (img, lab, mov) in zip(zs, fast):
+        assert torch.equal(img, w.image_frame(z))
+        assert torch.equal(lab, w.label_frame(z))
+        assert torch.equal(mov, w.moving_labels(z))
+    assert not torch.equal(fast[-1][0], w.image_frame(0.0))
+
+
+def test_positions_near_the_edge_are_clamped(sample_arrays):
+    image, labels, spacing = sample_arrays
+    box = (slice(60, 130), slice(70, 180), slice(50, 150))
+    lab = labels[box].copy()
+    lab[30:40, 40:60, :2] = 1  # a structure at the X edge: samples beyond it take the edge value
+    aug = Augmenter(image[box], lab, spacing, sigma_mm=4.0, device="cpu")
+    assert aug.field.roi[2].start == 0 and not aug.warper._inside(0.5)
+    frame = list(aug.iter_frames(CustomTrajectory([0.0, 3.0]).sample(2)))[-1]
+    assert np.isfinite(frame.image).all() and not np.array_equal(frame.image, image[box])

@@ -178,12 +178,28 @@ class Warper:
         sel = slice(None) if rows is None else rows
         return torch.add(self._positions_rows[:, sel], self._disp_rows[:, sel], alpha=float(z_mm))
 
-    def _cells(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _inside(self, z_mm: float) -> bool:
+        """Whether every sampling position at magnitude ``z_mm`` lies in [0, n - 2] on every axis, so
+        that :meth:`_cells` needs no clamping (the moving voxels are inside the field's ROI and move
+        at most ``reach * |z|`` voxels; 1e-3 voxel of margin for round-off)."""
+        for r, reach, n in zip(self.field.roi, self._reach, self.field.shape):
+            e = reach * abs(float(z_mm)) + 1e-3
+            if r.start - e < 0 or r.stop - 1 + e > n - 2:
+                return False
+        return True
+
+    def _cells(self, coords: torch.Tensor, inside: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(flat index (n,) of the lower corner of the interpolation cell, fractions (3, n)) of
-        positions ``coords`` (3, n); positions outside the volume take the nearest edge (clamped)."""
-        c = torch.minimum(coords.clamp_min(0.0), self._max_coord)
-        lo = torch.minimum(c.floor(), self._max_cell)
-        frac = c.sub_(lo)
+        positions ``coords`` (3, n); positions outside the volume take the nearest edge (clamped).
+        ``inside``: every position is known to lie in [0, n - 2] (:meth:`_inside`), where the
+        clamps change nothing and are skipped."""
+        if inside:
+            lo = coords.floor()
+            frac = coords - lo
+        else:
+            c = torch.minimum(coords.clamp_min(0.0), self._max_coord)
+            lo = torch.minimum(c.floor(), self._max_cell)
+            frac = c.sub_(lo)
         cell = lo.to(torch.int64)
         sz, sy, _ = self._stride_list
         return torch.add(cell[2], cell[0], alpha=sz).add_(cell[1], alpha=sy), frac
@@ -360,9 +376,10 @@ class Warper:
             flat_img = img.view(img.shape[0], -1)
             pending = []
             codes = lab is not None and self._ensure_codes(z_mm)
+            inside = self._inside(z_mm)
             for rows in self._blocks():
                 coords = self._coords(z_mm, rows)
-                base, frac = self._cells(coords)
+                base, frac = self._cells(coords, inside)
                 self._scatter(flat_img, self.flat_index[rows], self._image_at(base, frac))
                 if lab is not None:
                     moving[rows], votes = self._labels_deferred(base, frac, coords, codes)
@@ -383,8 +400,9 @@ class Warper:
         img = self._float_out(out)
         if z_mm != 0.0:
             flat = img.view(img.shape[0], -1)
+            inside = self._inside(z_mm)
             for rows in self._blocks():
-                base, frac = self._cells(self._coords(z_mm, rows))
+                base, frac = self._cells(self._coords(z_mm, rows), inside)
                 self._scatter(flat, self.flat_index[rows], self._image_at(base, frac))
         return img[0] if self.single_channel else img
 
@@ -412,9 +430,10 @@ class Warper:
         out = torch.empty_like(self.flat_index, dtype=self.labels.dtype)
         pending = []
         codes = self._ensure_codes(z_mm)
+        inside = self._inside(z_mm)
         for rows in self._blocks():
             coords = self._coords(z_mm, rows)
-            base, frac = self._cells(coords)
+            base, frac = self._cells(coords, inside)
             out[rows], votes = self._labels_deferred(base, frac, coords, codes)
             if votes is not None and votes[0].numel():
                 pending.append((votes[0] + rows.start, votes[1], votes[2]))
