@@ -155,3 +155,21 @@ def test_positions_near_the_edge_are_clamped(sample_arrays):
     assert aug.field.roi[2].start == 0 and not aug.warper._inside(0.5)
     frame = list(aug.iter_frames(CustomTrajectory([0.0, 3.0]).sample(2)))[-1]
     assert np.isfinite(frame.image).all() and not np.array_equal(frame.image, image[box])
+
+
+def test_normalising_in_place_gives_the_normalised_field(engine):
+    field = engine.field
+    g = torch.Generator().manual_seed(1)
+    mm = torch.zeros((3, 30, 40, 50))
+    mm[:, 4:27, 7:33, 2:45] = torch.randn((3, 23, 26, 43), generator=g)
+    mm[:, 10:12] *= 1e-6  # below NEGLIGIBLE: set to zero
+    from laugen_napari.core.field import UnitField
+
+    raw = UnitField((60, 80, 90), field.spacing, (slice(5, 35), slice(0, 40), slice(40, 90)), mm)
+    before = mm.clone()
+    plain = raw.normalised()
+    assert torch.equal(mm, before)  # the public method leaves its input alone
+    fast = UnitField(raw.shape, raw.spacing, raw.roi, mm.clone())._normalise(in_place=True)
+    assert plain.roi == fast.roi == (slice(8, 33), slice(6, 34), slice(41, 86))
+    assert fast.mm.is_contiguous() and torch.equal(plain.mm, fast.mm)
+    assert torch.equal(plain.support, fast.support) and torch.equal(fast.support, (fast.mm != 0).any(0))
