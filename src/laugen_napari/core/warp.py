@@ -30,7 +30,7 @@ from .field import UnitField, shared_tensor as _shared
 # dtypes the image is kept in (gathered, then converted to float32 per sample); others become float32
 _WIDEN = (np.uint16, np.uint32, np.uint64, np.bool_)
 _KEPT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16, torch.float32, torch.float64)
-CPU_BLOCK = 1 << 15  # moving voxels per block on CPU: every intermediate of a block stays in cache
+CPU_BLOCK = 1 << 16  # moving voxels per block on CPU: the intermediates of a block stay in cache (L2/L3)
 MIXED = 255  # cell code of a cell whose 8 corners carry different labels
 
 
