@@ -159,6 +159,9 @@ class Bench:
         assert ok, "the field never became ready"
         assert self.loop_until(lambda: aw.SERIES in viewer.layers, 60), "the dock never added its layers"
         self.series = viewer.layers[aw.SERIES]
+        # napari slicing + vispy node update per layer (on the GUI thread; the 3D switch runs these)
+        for layer in viewer.layers:
+            self._wrap(layer, "_refresh_sync", f"layer {layer.name!r} slice+refresh")
         self._wrap(widget.model, "image_frame", "full image frame")
         self._wrap(widget.model, "label_frame", "full label frame")
         # axial plane through the ventricles, last frame
@@ -328,7 +331,7 @@ class Bench:
         self.settle()
         return rows
 
-    def baseline_3d(self, repeats: int):
+    def baseline_3d(self, repeats: int, render: bool = True):
         """napari alone: the LAUGEN layers hidden, the input image and labels switched to 3D."""
         import laugen_napari.ui.augment_widget as aw
 
@@ -336,6 +339,9 @@ class Bench:
         hidden = [viewer.layers[n] for n in (aw.SERIES, aw.MASKS, aw.DIFF) if viewer.layers[n].visible]
         for layer in hidden:
             layer.visible = False
+        canvas_widget = viewer.window._qt_viewer.canvas.native
+        if not render:
+            canvas_widget.setVisible(False)
         try:
             for _ in range(repeats):
                 self.settle()
@@ -345,7 +351,11 @@ class Bench:
                 t0 = time.perf_counter()
                 viewer.dims.ndisplay = 3
                 t_set = time.perf_counter()
-                ok = self.loop_until(lambda: any(d > t_set for d in self.draws), 180)
+                if render:
+                    ok = self.loop_until(lambda: any(d > t_set for d in self.draws), 180)
+                else:
+                    ok = True
+                    self.pump(0.2)
                 t_end = time.perf_counter()
                 self.ticker.stop()
                 gap, at, why = self._max_gap(t0, t_end)
@@ -353,14 +363,21 @@ class Bench:
                              "total": (t_end - t0) * 1e3})
                 viewer.dims.ndisplay = 2
         finally:
+            canvas_widget.setVisible(True)
             for layer in hidden:
                 layer.visible = True
             self.settle()
         return rows
 
-    def switch_3d(self, repeats: int, profile: cProfile.Profile | None = None, render: bool = True):
+    def switch_3d(self, repeats: int, profile: cProfile.Profile | None = None, render: bool = True,
+                  inputs: bool = True):
+        """``inputs`` False: the input image and labels layers are hidden, so that only the LAUGEN
+        layers are switched (their share of the block)."""
         w, viewer = self.widget, self.viewer
         canvas_widget = viewer.window._qt_viewer.canvas.native
+        hidden_inputs = [] if inputs else [lay for lay in (viewer.layers["t1"], viewer.layers["seg"]) if lay.visible]
+        for layer in hidden_inputs:
+            layer.visible = False
         if not render:  # a hidden canvas never paints: what is left is slicing, our frames, the dock
             canvas_widget.setVisible(False)
             self.settle()
@@ -412,9 +429,11 @@ class Bench:
                 self.settle()
         finally:
             model.warm_frame = original_warm
+            for layer in hidden_inputs:
+                layer.visible = True
             if not render:
                 canvas_widget.setVisible(True)
-                self.settle()
+            self.settle()
         return rows
 
 
@@ -488,23 +507,29 @@ def main(argv=None) -> int:
     prof3 = cProfile.Profile() if args.profile else None
     rows3 = b.switch_3d(args.repeats_3d, None, render=True)
     rows3h = b.switch_3d(args.repeats, prof3, render=False)
+    rows3l = b.switch_3d(args.repeats, None, render=False, inputs=False)
     base3 = b.baseline_3d(args.repeats_3d)
+    base3h = b.baseline_3d(args.repeats, render=False)
     out("3. switch to 3D with a frame not cached: largest GUI-thread gap, ndisplay=3 -> background frame done -> drawn")
     out(f"   {'run':<16} {'max gap ms':>10} {'at ms':>7} {'setter ms':>10} {'GUI frames':>10} {'bg frame':>9} "
         f"{'total ms':>9}")
-    for tag, rows in (("rendered", rows3), ("canvas hidden", rows3h)):
+    for tag, rows in (("rendered", rows3), ("canvas hidden", rows3h), ("LAUGEN only", rows3l)):
         for i, r in enumerate(rows):
             out(f"   {tag + ' ' + str(i):<16} {r['gap']:10.1f} {r['gap_at']:7.0f} {r['setter']:10.1f} "
                 f"{r['gui_frames']:10.0f} {r['frame']:9.0f} {r['total']:9.0f}"
                 f"{'' if r['ok'] else '  (no draw ended after the frame worker within 30 s)'}")
             out(f"      inside the longest gap (ms): {r['why']}")
-    for i, r in enumerate(base3):
-        out(f"   {'napari only ' + str(i):<16} {r['gap']:10.1f} {r['gap_at']:7.0f} {r['setter']:10.1f} "
-            f"{'-':>10} {'-':>9} {r['total']:9.0f}")
+    for tag, rows in (("napari only", base3), ("napari hidden", base3h)):
+        for i, r in enumerate(rows):
+            out(f"   {tag + ' ' + str(i):<16} {r['gap']:10.1f} {r['gap_at']:7.0f} {r['setter']:10.1f} "
+                f"{'-':>10} {'-':>9} {r['total']:9.0f}")
+            out(f"      inside the longest gap (ms): {r['why']}")
     out("   (setter ms: the `viewer.dims.ndisplay = 3` call; GUI frames: full frames computed on the GUI thread;")
     out("    bg frame: the dock's background frame worker; canvas hidden: the vispy canvas is hidden so no GL")
-    out("    rendering happens, leaving napari's slicing, our frames and the dock; napari only: the LAUGEN layers")
-    out("    hidden, the plain t1 + seg layers switched to 3D, i.e. the software-GL (llvmpipe) rendering floor)")
+    out("    rendering happens, leaving napari's slicing, our frames and the dock; LAUGEN only: canvas hidden and")
+    out("    the input t1 + seg layers hidden, i.e. the LAUGEN layers' share; napari only: the LAUGEN layers")
+    out("    hidden, the plain t1 + seg layers switched to 3D, i.e. the software-GL (llvmpipe) rendering floor;")
+    out("    napari hidden: the same with the canvas hidden, napari's own slicing of the input layers)")
     out()
 
     s = traj["settled"]
@@ -512,6 +537,7 @@ def main(argv=None) -> int:
     block2 = max(r["gap"] for r in field_rows + sigma_rows)
     block3 = max((r["gap"] for r in rows3), default=float("nan"))
     block3h = max(r["gap"] for r in rows3h)
+    block3l = max(r["gap"] for r in rows3l)
     checks = [
         ("trajectory -> new slice, median (settled)", np.median(s["slice"]), 50),
         ("trajectory -> new slice, p95 (settled)", pct(s["slice"], 95), 100),
@@ -524,12 +550,14 @@ def main(argv=None) -> int:
         ("longest GUI block, field recomputation", block2, 100),
         ("longest GUI block, switch to 3D (rendered)", block3, 100),
         ("longest GUI block, switch to 3D (no GL render)", block3h, 100),
+        ("longest GUI block, 3D switch (no GL, LAUGEN layers)", block3l, 100),
     ]
-    out("summary (targets of issue 3)")
+    out("summary (targets of issues 3 and 13)")
     out(f"   {'measure':<48} {'value ms':>9} {'target':>8}  result")
     for label, value, target in checks:
         out(f"   {label:<48} {value:9.1f} {'<= ' + str(target):>8}  {'PASS' if value <= target else 'FAIL'}")
-    out(f"   napari alone, switch to 3D on this GL (floor): longest GUI block {max((r['gap'] for r in base3), default=float('nan')):.0f} ms")
+    out(f"   napari alone, switch to 3D on this GL (floor): longest GUI block {max((r['gap'] for r in base3), default=float('nan')):.0f} ms"
+        f"; without GL rendering {max((r['gap'] for r in base3h), default=float('nan')):.0f} ms")
     out()
     out(f"uptime after: {uptime()}   (bench wall time {time.perf_counter() - t_start:.0f} s)")
 

@@ -157,3 +157,54 @@ def test_series_layers_take_the_oblique_sheared_transform(make_napari_viewer, sa
     np.testing.assert_array_equal(np.asarray(viewer.layers[SERIES].data), cli)
     assert np.abs(cli[2] - cli[0]).max() > 1
     widget.wait_idle()
+
+
+class _CountingArray:
+    """An array-like layer data that counts how often it is read whole (``np.asarray``)."""
+
+    reads = 0
+
+    def __init__(self, array: np.ndarray):
+        self._a = array
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+
+    def __getitem__(self, key):
+        return self._a[key]
+
+    def __array__(self, dtype=None, copy=None):
+        type(self).reads += 1
+        return self._a if dtype is None else self._a.astype(dtype)
+
+
+def test_volume_reader_reads_the_data_only_when_called(tmp_path):
+    """A worker thread reads the layer's data; the geometry, taken on the caller's thread, is that
+    of volume_from_layer: the file's (oblique) for a loaded layer, a RAS one from scale and
+    translate for a layer drawn without a file (anisotropic voxels), and the image's for labels
+    drawn on it."""
+    from laugen_napari.ui.layers import ras_geometry, volume_reader
+    from laugen_napari.io.nifti import volume_from_array
+
+    path, _, _ = _oblique_file(tmp_path)
+    loaded = Layer.create(*volume_layer_data(load_volume(path), "image"))
+    raw = _CountingArray(np.arange(6 * 7 * 8, dtype=np.int16).reshape(6, 7, 8))
+    drawn = Image(raw, scale=(3.0, 0.8, 0.8), translate=(-5.0, 2.0, 10.0))
+    labels = Layer.create(np.zeros((6, 7, 8), np.uint8), {"scale": drawn.scale, "translate": drawn.translate},
+                          "labels")
+    _CountingArray.reads = 0
+    reads = [volume_reader(loaded), volume_reader(drawn), volume_reader(labels, reference=drawn)]
+    assert _CountingArray.reads == 0  # nothing read yet
+    got = [read() for read in reads]
+    assert _CountingArray.reads >= 1
+    want = [volume_from_layer(loaded), volume_from_layer(drawn), volume_from_layer(labels, reference=drawn)]
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g.data, w.data)
+        np.testing.assert_allclose(g.affine, w.affine)
+        np.testing.assert_allclose(g.file_affine, w.file_affine)
+        assert g.path == w.path and g.data.dtype == w.data.dtype
+    assert got[1].spacing == (3.0, 0.8, 0.8)
+    # the RAS geometry without an array of the volume's shape equals volume_from_array's
+    geometry = ras_geometry((400, 512, 512), (1.0, 0.75, 0.75), (-200.0, 3.0, 7.5))
+    assert geometry.data.strides == (0, 0, 0)
+    small = volume_from_array(np.zeros((40, 51, 52), np.uint8), (1.0, 0.75, 0.75), (-200.0, 3.0, 7.5))
+    np.testing.assert_allclose(geometry.affine, small.affine)
+    assert geometry.header.get_data_shape() == (512, 512, 400)

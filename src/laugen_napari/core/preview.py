@@ -11,10 +11,14 @@ of numpy can use these arrays.
 
 from __future__ import annotations
 
+import atexit
+import queue
 import threading
-from typing import Sequence
+import traceback
+from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 
 from .series import Augmenter
 
@@ -68,7 +72,7 @@ class PreviewModel:
         if augmenter is not None:
             # planes along Y and X cost only their own moving voxels once these are sorted: done
             # off the caller's (GUI) thread; until then a plane costs one pass over the moving voxels
-            threading.Thread(target=augmenter.warper.index_planes, name="laugen-plane-index", daemon=True).start()
+            BACKGROUND.submit(augmenter.warper.index_planes)
 
     def release(self) -> None:
         """Drop the engine and the cached frames (their memory is returned on a thread)."""
@@ -160,10 +164,9 @@ class PreviewModel:
                     break
             busy.wait()  # another thread computes this frame: take its result
         try:
-            if what == "image":
-                out = aug.warper.image_frame(z).cpu().numpy()
-            else:
-                out = aug.warper.label_frame(z).cpu().numpy().astype(self.labels.dtype, copy=False)
+            out = _host_frame(aug.warper, what, z)
+            if what == "labels":
+                out = out.astype(self.labels.dtype, copy=False)
             with self._lock:
                 if key[2] == id(self.augmenter):
                     budget = max(self._cache_bytes, 2 * out.nbytes)
@@ -210,13 +213,95 @@ class PreviewModel:
         return out
 
 
+def _host_frame(warper, what: str, z: float) -> np.ndarray:
+    """Full image (float32) or label frame for ``z`` mm in a numpy-owned array.
+
+    The warper fills an array numpy allocated (on the CPU in place, from another device by one
+    copy): numpy asks for huge pages for large arrays, so a CT-sized frame is first touched faster
+    and freed in about a millisecond, where memory torch allocated takes tens of milliseconds to
+    free (the cached frames are dropped whenever the field or trajectory changes)."""
+    if what == "image":
+        image = warper.image
+        shape, dtype, fill = tuple(image.shape[1:] if warper.single_channel else image.shape), np.float32, \
+            warper.image_frame
+    else:
+        shape, dtype, fill = tuple(warper.labels.shape), torch.empty((), dtype=warper.labels.dtype).numpy().dtype, \
+            warper.label_frame
+    out = np.empty(shape, dtype)
+    if warper.image.device.type == "cpu":
+        fill(z, out=torch.from_numpy(out))
+    else:
+        torch.from_numpy(out).copy_(fill(z))
+    return out
+
+
+class _Background:
+    """Reusable daemon threads for background jobs (plane indexing, freeing memory, the docks'
+    workers).
+
+    Starting a thread blocks the caller until the new thread runs: tens of milliseconds when the
+    cores are busy, on the viewer's thread. A job is handed to an idle thread when there is one
+    (no waiting) and to a new thread otherwise, so jobs never queue behind one another.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._idle = 0
+        self._busy = 0
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+
+    def submit(self, fn: Callable[..., Any], *args, **kwargs) -> None:
+        """Run ``fn(*args, **kwargs)`` on a background thread; an exception is printed."""
+        with self._lock:
+            self._busy += 1
+            reuse = self._idle > 0
+            if reuse:
+                self._idle -= 1
+        self._jobs.put((fn, args, kwargs))
+        if not reuse:
+            threading.Thread(target=self._loop, name="laugen-background", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            fn, args, kwargs = self._jobs.get()
+            try:
+                fn(*args, **kwargs)
+            except Exception:  # noqa: BLE001 - a job's own error handling comes first (the docks relay theirs)
+                traceback.print_exc()
+            finally:
+                del fn, args, kwargs  # a release job's objects go now, not at the next job
+                with self._lock:
+                    self._busy -= 1
+                    self._idle += 1
+                    self._changed.notify_all()
+
+    def wait_idle(self, timeout_s: float | None = None) -> bool:
+        """Wait until no job runs; False on timeout."""
+        with self._lock:
+            return self._changed.wait_for(lambda: self._busy == 0, timeout_s)
+
+
+BACKGROUND = _Background()
+"""The background threads of the preview and the docks."""
+atexit.register(BACKGROUND.wait_idle, 10.0)  # no torch work torn down under a running job at exit
+
+
+def prepare_planes(augmenter: Augmenter) -> None:
+    """Build what a plane of the new engine needs before the viewer asks for one (call it on the
+    worker that built the engine): the first plane otherwise builds the warper's lazily made
+    lookups (moving-voxel positions, their Z keys; hundreds of ms for a CT-sized field) on the
+    viewer's thread. Planes along Y and X are indexed on a thread by :meth:`PreviewModel.set_augmenter`."""
+    augmenter.warper.image_plane(1.0, 0, 0)
+
+
 def release(objects: list) -> None:
     """Drop the references in ``objects`` (a list nobody else holds) on a short-lived thread.
 
-    Returning the memory of a CT-sized frame or engine (hundreds of MB of torch storage) takes
-    tens of milliseconds; torch frees without the GIL, so on a thread the viewer does not wait."""
+    Returning the memory of a CT-sized engine (hundreds of MB of torch storage) takes tens of
+    milliseconds; torch frees without the GIL, so in the background the viewer does not wait."""
     if any(o is not None and (not isinstance(o, dict) or o) for o in objects):
-        threading.Thread(target=objects.clear, name="laugen-release", daemon=True).start()
+        BACKGROUND.submit(objects.clear)
 
 
 def _normalise_key(key, ndim: int) -> tuple:
@@ -337,4 +422,5 @@ def preview_arrays(model: PreviewModel) -> tuple[LazyImageSeries, LazyLabelSerie
     return LazyImageSeries(model), LazyLabelSeries(model), LazyDifference(model)
 
 
-__all__ = ["LazyDifference", "LazyImageSeries", "LazyLabelSeries", "PreviewModel", "preview_arrays"]
+__all__ = ["BACKGROUND", "LazyDifference", "LazyImageSeries", "LazyLabelSeries", "PreviewModel", "prepare_planes",
+           "preview_arrays", "release"]

@@ -31,7 +31,7 @@ from qtpy.QtWidgets import QFileDialog, QFrame, QProgressBar, QScrollArea, QVBox
 
 from ..core import Augmenter, series_seed  # noqa: F401 (Augmenter: scripts used to time the field here)
 from ..core.field import label_values
-from ..core.preview import LazyDifference, PreviewModel, preview_arrays
+from ..core.preview import LazyDifference, PreviewModel, prepare_planes, preview_arrays
 from ..pipeline import build_augmenter
 from ..settings import GenerationSettings, SettingsError
 from . import load_settings, orientation, save_settings
@@ -83,7 +83,15 @@ def _build_engine(read_image, read_mask, settings):
     followed by another field computation, from the labels-edited timer)."""
     image, mask = read_image(), read_mask()
     mask.data = np.array(mask.data)
-    return build_augmenter(image, mask, settings), image, mask
+    aug = build_augmenter(image, mask, settings)
+    prepare_planes(aug)
+    return aug, image, mask
+
+
+def _values_of(data) -> list[int]:
+    """The non-zero values of a labels layer's data (none for non-integer data)."""
+    lab = np.asarray(data)
+    return label_values(lab) if np.issubdtype(lab.dtype, np.integer) else []
 
 
 class _SeriesImage(Image):
@@ -130,6 +138,7 @@ class AugmentWidget(QWidget):
         self._worker = None
         self._field_pending = False
         self._labels_version = 0
+        self._values_for, self._values = None, []  # (labels layer id, version) -> its non-zero values
         self._label_values: list[int] = []
         self._last_error = ""
         self.folding_frame: int | None = None
@@ -475,8 +484,14 @@ class AugmentWidget(QWidget):
         self._schedule_field()
 
     def _refresh_label_values(self, labels) -> None:
-        lab = np.asarray(labels.data)
-        values = label_values(lab) if np.issubdtype(lab.dtype, np.integer) else []
+        # the values of a labels layer are counted over the whole volume (300 ms for a CT-sized
+        # one): once per layer and edit, not at every layer added or removed (the dock's own three)
+        key = (id(labels), self._labels_version)
+        if self._values_for != key:
+            self._values_for, self._values = key, _values_of(labels.data)
+        self._show_label_values(labels, self._values)
+
+    def _show_label_values(self, labels, values: list[int]) -> None:
         old, selected = self._label_values, set(self.w["driving"].value or [])
         self._label_values = values
         self.w["driving"].reset_choices()
@@ -496,8 +511,16 @@ class AugmentWidget(QWidget):
         if labels is None:
             return
         self._labels_version += 1
-        self._refresh_label_values(labels)
-        self._schedule_field()
+        key, data = (id(labels), self._labels_version), labels.data
+
+        def counted(values):  # counted on a worker: painting on a CT-sized layer does not stall the viewer
+            if key != (id(self.w["labels"].value), self._labels_version):
+                return  # another edit or another layer meanwhile: its own count follows
+            self._values_for, self._values = key, values
+            self._show_label_values(labels, values)
+            self._schedule_field()
+
+        self._run(_values_of, data, returned=counted)
 
     def _ensure_layers(self, image_layer) -> None:
         series, masks, diff = preview_arrays(self.model)

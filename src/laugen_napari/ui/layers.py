@@ -195,8 +195,20 @@ def layer_geometry(layer: Any) -> Volume:
     geometry = _meta_geometry(metadata)
     if geometry is not None and _geometry_fits(geometry, _spatial_shape(shape), scale, translate):
         return geometry
-    return geometry_only(volume_from_array(np.broadcast_to(np.zeros((), np.uint8), _spatial_shape(shape)),
-                                           scale, translate))
+    return ras_geometry(_spatial_shape(shape), scale, translate)
+
+
+def ras_geometry(shape: Sequence[int], scale: Sequence[float], translate: Sequence[float]) -> Volume:
+    """The geometry-only Volume that :func:`~laugen_napari.io.nifti.volume_from_array` gives an
+    array of spatial ``shape`` (Z, Y, X) with voxel size ``scale`` and origin ``translate`` (mm),
+    without making an array of that shape (100 MB for a CT volume, on the viewer's thread)."""
+    shape = tuple(int(n) for n in shape)
+    if all(float(v) > 0 for v in scale):  # RAS: the reorientation is the identity whatever the shape
+        small = volume_from_array(np.zeros((1, 1, 1), np.uint8), scale, translate)
+        small.header.set_data_shape(shape[::-1])
+        return Volume(np.broadcast_to(np.zeros((), np.uint8), shape), small.affine, small.file_affine, small.header,
+                      None)
+    return geometry_only(volume_from_array(np.zeros(shape, np.uint8), scale, translate))
 
 
 def _spatial_shape(shape: Sequence[int]) -> tuple[int, int, int]:

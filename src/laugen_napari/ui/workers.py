@@ -1,7 +1,8 @@
 """Background work for the docks on plain Python threads, results delivered on the GUI thread.
 
-Why not napari's ``thread_worker``: it runs on Qt's global QThreadPool, which Qt itself uses for
-image conversion while painting. Under a software OpenGL (Mesa/Xvfb) a repaint on the GUI thread,
+The threads are reused (an idle one takes the next job), so starting a job never waits on the GUI
+thread for a new thread to start (tens of ms on busy cores). Why not napari's ``thread_worker``:
+it runs on Qt's global QThreadPool, which Qt itself uses for image conversion while painting. Under a software OpenGL (Mesa/Xvfb) a repaint on the GUI thread,
 holding the GIL, waited for a pool thread while every pool thread was a Python worker waiting for
 the GIL: a deadlock seen here. Our own threads never take a pool slot.
 
@@ -16,6 +17,8 @@ import threading
 from typing import Any, Callable
 
 from qtpy.QtCore import QObject, Qt, Signal
+
+from ..core.preview import BACKGROUND
 
 
 class _Relay(QObject):
@@ -36,17 +39,22 @@ class ThreadWorker:
         self.returned = self._relay.returned
         self.errored = self._relay.errored
         self.finished = self._relay.finished
-        self._thread = threading.Thread(target=self._work, daemon=True, name=f"laugen-{getattr(fn, '__name__', 'work')}")
+        self._running = threading.Event()
 
     def start(self) -> "ThreadWorker":
-        self._thread.start()
+        """Hand the job to an idle background thread, or to a new one
+        (:data:`~laugen_napari.core.preview.BACKGROUND`)."""
+        self._running.set()
+        BACKGROUND.submit(self._work)
         return self
 
     @property
     def is_running(self) -> bool:
-        return self._thread.is_alive()
+        return self._running.is_set()
 
     def _work(self) -> None:
+        thread = threading.current_thread()
+        name, thread.name = thread.name, f"laugen-{getattr(self._fn, '__name__', 'work')}"
         try:
             result = self._fn(*self._args, **self._kwargs)
         except Exception as exc:  # delivered to the GUI as a notification
@@ -54,6 +62,9 @@ class ThreadWorker:
         else:
             self._relay.returned.emit(result)
         finally:
+            self._fn = self._args = self._kwargs = result = None  # the job's inputs and result go with it
+            thread.name = name
+            self._running.clear()
             self._relay.finished.emit()
 
 
