@@ -173,3 +173,17 @@ def test_normalising_in_place_gives_the_normalised_field(engine):
     assert plain.roi == fast.roi == (slice(8, 33), slice(6, 34), slice(41, 86))
     assert fast.mm.is_contiguous() and torch.equal(plain.mm, fast.mm)
     assert torch.equal(plain.support, fast.support) and torch.equal(fast.support, (fast.mm != 0).any(0))
+
+
+def test_the_torch_branches_for_other_devices_give_the_numpy_numbers(engine):
+    """``_moving_voxels`` and ``_bounding_box`` use numpy on CPU and torch elsewhere (CUDA): the
+    torch branch, run here on CPU, gives the same numbers."""
+    from laugen_napari.core.field import _bounding_box
+
+    moving = engine.field.moving()
+    for a, b in zip(_moving_voxels(moving, use_numpy=True), _moving_voxels(moving, use_numpy=False)):
+        assert torch.equal(a, b)
+    assert _bounding_box(moving, use_numpy=True) == _bounding_box(moving, use_numpy=False)
+    corner = torch.zeros((4, 5, 6), dtype=torch.bool)
+    corner[3, 0, 5] = True
+    assert _bounding_box(corner, use_numpy=False) == _bounding_box(corner) == ([3, 0, 5], [4, 1, 6])

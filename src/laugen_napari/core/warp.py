@@ -46,13 +46,14 @@ def _as_channels(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _moving_voxels(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _moving_voxels(mask: torch.Tensor, use_numpy: bool | None = None,
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(flat index, z, y, x), each (P,) int64 in raster order, of the True voxels of a (d, h, w) bool
     tensor, without an integer division: the voxels of every row and plane are counted, and each
     voxel's row and plane repeated that many times. On CPU numpy's nonzero and counts (several
-    times faster than torch's); elsewhere the same in torch."""
+    times faster than torch's); elsewhere (or ``use_numpy=False``) the same in torch."""
     d, h, w = (int(n) for n in mask.shape)
-    if mask.device.type == "cpu":
+    if mask.device.type == "cpu" if use_numpy is None else use_numpy:
         m = mask.numpy()
         flat = np.flatnonzero(m)
         per_row = np.count_nonzero(m, axis=2).reshape(-1)
@@ -370,7 +371,7 @@ class Warper:
         lab = moving = None
         if self.labels is not None:
             lab = self.labels.clone() if labels_out is None else labels_out.copy_(self.labels)
-            moving = self.labels.view(-1).take(self.flat_index) if z_mm == 0.0 else \
+            moving = self.labels.view(-1).index_select(0, self.flat_index) if z_mm == 0.0 else \
                 torch.empty_like(self.flat_index, dtype=self.labels.dtype)
         if z_mm != 0.0:
             flat_img = img.view(img.shape[0], -1)
@@ -444,7 +445,7 @@ class Warper:
 
     def moving_values(self, frame: torch.Tensor) -> torch.Tensor:
         """The values of a (Z, Y, X) frame at the moving voxels, shape (P,)."""
-        return frame.reshape(-1).take(self.flat_index)
+        return frame.reshape(-1).index_select(0, self.flat_index)
 
     # -- single planes, for the live preview --------------------------------------------------
     def _plane_rows(self, axis: int, index: int) -> torch.Tensor:
