@@ -151,8 +151,7 @@ class Warper:
         self._codes_box: tuple[list[int], list[int]] | None = None
         self._codes_ok: bool | None = None if self.labels is not None else False
         if self.n_moving:
-            low, high = torch.aminmax(self._disp_rows, dim=1)
-            self._reach = torch.maximum(low.neg(), high).tolist()
+            self._reach = [max(-float(lo), float(hi)) for lo, hi in map(torch.aminmax, self._disp_rows)]
         else:
             self._reach = [0.0, 0.0, 0.0]
         self._plane_order: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
