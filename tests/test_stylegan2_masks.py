@@ -35,10 +35,16 @@ def test_mask_area_loss_values_and_direction():
     fake = torch.cat([empty, quarter])
     real = torch.cat([quarter, quarter])
     assert float(mask_area_loss(fake, real)) == pytest.approx(0.5 - (0.01 + (0.25 + 1e-4) ** 0.5) / 2, abs=1e-6)
-    # gradient descent on an empty mask grows it
-    logits = torch.full((1, 1, 10, 10), -3.0, requires_grad=True)
+    # a faint mask (probability 0.3 everywhere) wins no pixel: it counts as empty, not as 30 %
+    faint = torch.full((1, 1, 10, 10), 0.3) * 2 - 1
+    assert float(mask_area_loss(faint, empty, cond)) == pytest.approx(0.5 - 0.01, abs=1e-6)
+    # gradient descent on an empty mask grows it, mostly where the label is closest to winning
+    logits = torch.full((1, 1, 10, 10), -3.0)
+    logits[0, 0, 4, 4] = -0.4
+    logits.requires_grad_(True)
     mask_area_loss(torch.sigmoid(logits) * 2 - 1, real[:1], cond).backward()
     assert (logits.grad < 0).all()
+    assert float(logits.grad[0, 0, 4, 4]) < 20 * float(logits.grad[0, 0, 0, 0])
     with pytest.raises(ValueError, match="mask_area_weight"):
         StyleGAN2Config(mask_area_weight=-1.0)
 
