@@ -187,3 +187,20 @@ def test_the_torch_branches_for_other_devices_give_the_numpy_numbers(engine):
     corner = torch.zeros((4, 5, 6), dtype=torch.bool)
     corner[3, 0, 5] = True
     assert _bounding_box(corner, use_numpy=False) == _bounding_box(corner) == ([3, 0, 5], [4, 1, 6])
+
+
+@pytest.mark.parametrize("mode", ["nearest", "constant"])
+def test_blur_of_a_volume_zero_outside_a_box_reads_only_the_box(mode):
+    from scipy import ndimage as ndi
+
+    from laugen_napari.core.field import gaussian_blur
+
+    g = torch.Generator().manual_seed(2)
+    vol = torch.zeros((30, 140, 120))
+    for box in [(slice(5, 20), slice(40, 100), slice(30, 70)), (slice(0, 30), slice(0, 9), slice(100, 120))]:
+        vol.zero_()
+        vol[box] = (torch.rand(tuple(s.stop - s.start for s in box), generator=g) > 0.5).float()
+        ours = gaussian_blur(vol, [2.0, 7.5, 5.0], mode=mode, support=box)
+        assert torch.allclose(ours, gaussian_blur(vol, [2.0, 7.5, 5.0], mode=mode), atol=1e-6)
+        ref = ndi.gaussian_filter(vol.numpy(), [2.0, 7.5, 5.0], mode=mode, truncate=4.0)
+        np.testing.assert_allclose(ours.numpy(), ref, atol=2e-6)

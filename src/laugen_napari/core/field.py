@@ -183,13 +183,15 @@ def _band(n: int, k: np.ndarray, out_lo: int, out_hi: int, in_lo: int, in_hi: in
 
 
 def gaussian_blur(volume: torch.Tensor, sigma_vox: Sequence[float], truncate: float = TRUNCATE,
-                  mode: str = "nearest") -> torch.Tensor:
+                  mode: str = "nearest", support: Sequence[slice] | None = None) -> torch.Tensor:
     """Separable Gaussian blur of a (Z, Y, X) tensor; sigma per axis in voxels.
 
     Equal to ``scipy.ndimage.gaussian_filter(volume, sigma_vox, mode=mode, truncate=truncate)``
     within float32 round-off. ``mode="nearest"`` (default) extends the volume with its edge values,
     so a structure cut by the image edge continues across it and gets no false boundary there;
-    ``"constant"`` pads with zeros.
+    ``"constant"`` pads with zeros. ``support``: a box (three slices) outside which ``volume`` is
+    zero; the passes then read only the inputs that can be non-zero (the first pass only the box,
+    the second only the box's X columns), the same numbers for less work.
 
     Each axis is cut into blocks of :data:`BLUR_BLOCK` outputs; a block is one matrix product of the
     inputs it reaches (block + 2 radius) with its banded blur matrix, a BLAS call on CPU and GPU
@@ -198,20 +200,34 @@ def gaussian_blur(volume: torch.Tensor, sigma_vox: Sequence[float], truncate: fl
     """
     if mode not in ("nearest", "constant"):
         raise ValueError(f"mode must be 'nearest' or 'constant', got {mode!r}")
-    out = volume
-    for axis, s in enumerate(sigma_vox):
-        n = volume.shape[axis]
-        k = gaussian_kernel(float(s), truncate)
-        r = k.size // 2
-        step = n if n <= 2 * BLUR_BLOCK else BLUR_BLOCK
-        pieces = []
-        for lo in range(0, n, step):
-            hi = min(n, lo + step)
-            a, b = max(0, lo - r), min(n, hi + r)
-            band = torch.as_tensor(_band(n, k, lo, hi, a, b, mode), dtype=volume.dtype, device=volume.device)
-            pieces.append(torch.tensordot(out[a:b], band, dims=([0], [0])))
-        out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)
+    box = [slice(0, n) for n in volume.shape] if support is None else \
+        [slice(*sl.indices(n)[:2]) for sl, n in zip(support, volume.shape)]
+    # pass 1 reads the box only; pass 2 the box's X columns (all else is zero after pass 1)
+    out = volume[box[0], box[1], box[2]]
+    for axis, s in enumerate(sigma_vox):  # out: (Z, Y, X) of the box, then (Y, X of the box, Z), (X, Z, Y)
+        out = _blur_pass(out, volume.shape[axis], box[axis].start, gaussian_kernel(float(s), truncate), mode,
+                         volume.dtype)
     return out.contiguous()
+
+
+def _blur_pass(x: torch.Tensor, n: int, first: int, k: np.ndarray, mode: str, dtype: torch.dtype) -> torch.Tensor:
+    """Blur along axis 0 of ``x``, which holds inputs ``first .. first + len(x)`` of an axis of
+    length ``n`` (the other inputs are zero), into all ``n`` outputs, put last: (rest..., n)."""
+    r = k.size // 2
+    m = x.shape[0]
+    step = n if n <= 2 * BLUR_BLOCK else BLUR_BLOCK
+    pieces = []
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        a, b = max(0, lo - r), min(n, hi + r)  # the inputs this block reaches
+        a2, b2 = max(a, first), min(b, first + m)  # of those, the ones that can be non-zero
+        if b2 <= a2:
+            pieces.append(x.new_zeros(tuple(x.shape[1:]) + (hi - lo,)))
+            continue
+        band = _band(n, k, lo, hi, a, b, mode)[a2 - a : b2 - a]
+        band = torch.as_tensor(band, dtype=dtype, device=x.device)
+        pieces.append(torch.tensordot(x[a2 - first : b2 - first], band, dims=([0], [0])))
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)
 
 
 def derivative(volume: torch.Tensor, axis: int, h: float, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -345,11 +361,16 @@ def unit_field(
         ext.append((int(cut_lo), int(cut_hi)))
     if any(a or b for a, b in ext):
         crop = np.pad(crop, ext, mode="edge")
+    rows = np.count_nonzero(crop, axis=2)  # the structure's box inside the crop: the blur reads only it
+    support = [np.flatnonzero(hit) for hit in (rows.any(1), rows.any(0), crop.any(axis=(0, 1)))]
+    support = [slice(int(i[0]), int(i[-1]) + 1) for i in support]
+    shape = crop.shape
     crop = torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32)).to(dev)
-    blurred = gaussian_blur(crop, sigma_vox, mode="nearest")
+    blurred = gaussian_blur(crop, sigma_vox, mode="nearest", support=support)
+    del crop
     grad = spatial_gradient(blurred, spacing)
     del blurred
-    grad = grad[(slice(None),) + tuple(slice(a, m - b) for (a, b), m in zip(ext, crop.shape))]
+    grad = grad[(slice(None),) + tuple(slice(a, m - b) for (a, b), m in zip(ext, shape))]
     field = UnitField(tuple(mask.shape), spacing, roi, grad.contiguous())
     return field._normalise(in_place=True)
 
