@@ -224,7 +224,7 @@ def test_checkpoint_from_before_the_ema_loads_samples_and_resumes(tmp_path, slic
     old_task = dict(ckpt["task"])
     old_task["model"] = {k: v for k, v in old_task["model"].items() if not k.startswith("generator_ema.")}
     old_task["model_config"] = {k: v for k, v in old_task["model_config"].items()
-                                if k not in ("pl_weight", "pl_every", "ema_kimg", "ema_rampup")}
+                                if k not in ("pl_weight", "pl_every", "ema_kimg", "ema_rampup", "mask_area_weight")}
     for k in ("images_seen", "pl_mean", "last_r1", "last_pl"):
         old_task.pop(k)
     old["task"] = old_task
