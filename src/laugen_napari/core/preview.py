@@ -291,8 +291,10 @@ def prepare_planes(augmenter: Augmenter) -> None:
     """Build what a plane of the new engine needs before the viewer asks for one (call it on the
     worker that built the engine): the first plane otherwise builds the warper's lazily made
     lookups (moving-voxel positions, their Z keys; hundreds of ms for a CT-sized field) on the
-    viewer's thread. Planes along Y and X are indexed on a thread by :meth:`PreviewModel.set_augmenter`."""
+    viewer's thread, and sorting the moving voxels along Y and X (about a second for a CT-sized
+    field) would compete for the cores with the viewer's first draw of the new field."""
     augmenter.warper.image_plane(1.0, 0, 0)
+    augmenter.warper.index_planes()
 
 
 def release(objects: list) -> None:
