@@ -119,3 +119,32 @@ def test_a_custom_trajectory_hides_what_it_ignores(qtbot):
     assert s.frames == 3 and s.values == (0.0, 0.5, 2.0) and s.slope_range == GenerationSettings().slope_range
     text = settings_summary(s)
     assert "slope range" not in text and "seed" not in text and "values (mm): 0, 0.5, 2" in text
+
+
+def test_no_label_is_cut_in_the_augment_dock_at_its_default_width(make_napari_viewer, qtbot):
+    """napari's style sheet draws labels larger than the font magicgui measured them in: every
+    label of the form, line by line, fits the width it is given in the real dock, and the dock
+    does not need a horizontal scroll bar (the slope range was cut to "slope range (mm/fram")."""
+    from qtpy.QtWidgets import QScrollArea
+
+    from laugen_napari.ui.augment_widget import AugmentWidget
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1500, 950)
+    _, dock = viewer.window.add_plugin_dock_widget("laugen-napari", "LAUGEN augment")
+    assert isinstance(dock, AugmentWidget)
+    qtbot.wait(300)
+    labels = [w._labeled_widget()._label_widget.native for w in dock.form if w._labeled_widget() is not None]
+    assert len(labels) >= 10
+    for label in labels:
+        metrics = label.fontMetrics()
+        needed = max(metrics.horizontalAdvance(line) for line in label.text().split("\n"))
+        assert needed <= label.contentsRect().width(), (label.text(), needed, label.contentsRect().width())
+    slope = dock.form.fields["slope_range"]._labeled_widget()._label_widget.native
+    assert slope.text().replace("\n", " ") == "slope range (mm/frame)"
+    assert dock.form.fields["slope_range"].label == "slope range (mm/frame)"  # the model's label is unchanged
+    scroll = dock.findChild(QScrollArea)
+    assert not scroll.horizontalScrollBar().isVisible()
+    widths = {label.width() for label in labels if label.isVisible()}
+    assert len(widths) == 1  # one label column: the fields stay aligned
+    dock.wait_idle()
