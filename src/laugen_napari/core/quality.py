@@ -51,11 +51,27 @@ class JacobianStats:
         if slab is None:
             slab = max(1, (1 << 18) // max(1, plane))
         hz = float(field.spacing[0])
+        # dF/dx is zero but next to the field's support: per slab only the box of the support in
+        # its planes and the planes next to it, grown by 2 voxels (at the box's edge the one-sided
+        # difference then reads zeros as the central one would), is computed
+        support = field.moving()
+        if support.device.type == "cpu":
+            m = support.numpy()
+            rows, cols = np.count_nonzero(m, axis=2) > 0, m.any(axis=1)  # (D, H), (D, W)
+        else:
+            rows, cols = support.any(2).cpu().numpy(), support.any(1).cpu().numpy()
+        height, width = mm.shape[2], mm.shape[3]
         parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for z0 in range(0, depth, slab):
             z1 = min(depth, z0 + slab)
-            g = [[_z_derivative(mm[i], z0, z1, hz)] + [derivative(mm[i, z0:z1], axis, field.spacing[axis])
-                                                      for axis in (1, 2)] for i in range(3)]  # g[comp][axis]
+            ys = np.flatnonzero(rows[max(0, z0 - 1) : z1 + 1].any(0))
+            xs = np.flatnonzero(cols[max(0, z0 - 1) : z1 + 1].any(0))
+            if not ys.size:
+                continue
+            box = mm[:, :, max(0, int(ys[0]) - 2) : min(height, int(ys[-1]) + 3),
+                     max(0, int(xs[0]) - 2) : min(width, int(xs[-1]) + 3)]
+            g = [[_z_derivative(box[i], z0, z1, hz)] + [derivative(box[i, z0:z1], axis, field.spacing[axis])
+                                                       for axis in (1, 2)] for i in range(3)]  # g[comp][axis]
             c1 = g[0][0] + g[1][1] + g[2][2]
             m0 = (g[1][1] * g[2][2]).sub_(g[1][2] * g[2][1])
             m1 = (g[0][0] * g[2][2]).sub_(g[0][2] * g[2][0])
