@@ -181,8 +181,8 @@ def test_volume_reader_reads_the_data_only_when_called(tmp_path):
     of volume_from_layer: the file's (oblique) for a loaded layer, a RAS one from scale and
     translate for a layer drawn without a file (anisotropic voxels), and the image's for labels
     drawn on it."""
-    from laugen_napari.ui.layers import ras_geometry, volume_reader
     from laugen_napari.io.nifti import volume_from_array
+    from laugen_napari.ui.layers import ras_geometry, volume_reader
 
     path, _, _ = _oblique_file(tmp_path)
     loaded = Layer.create(*volume_layer_data(load_volume(path), "image"))

@@ -95,7 +95,7 @@ def _shown(viewer, name):
 
 def test_plane_views_and_trajectory_changes_compute_no_whole_frame_on_screen(counted_dock, qtbot, sample_pair):
     viewer, widget, reads = counted_dock
-    image, mask = sample_pair
+    _, mask = sample_pair
     z = int(np.argmax((mask.data > 0).sum(axis=(1, 2))))
     _settle(qtbot, widget)
     # adding the layers and showing the first plane: nothing whole on the viewer's thread

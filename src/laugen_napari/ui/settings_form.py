@@ -70,12 +70,12 @@ class _LabelFitter(QObject):
 
     _EVENTS = (QEvent.Type.Show, QEvent.Type.StyleChange, QEvent.Type.FontChange)
 
-    def __init__(self, form: "SettingsForm"):
+    def __init__(self, form: SettingsForm):
         super().__init__(form.native)
         self._form = form
         form.native.installEventFilter(self)
 
-    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt name)
+    def eventFilter(self, obj, event) -> bool:  # Qt's name
         if event.type() in self._EVENTS:
             self._form.fit_labels()
         return False
