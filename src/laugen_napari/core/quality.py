@@ -43,13 +43,13 @@ class JacobianStats:
     """
 
     def __init__(self, field: UnitField, slab: int | None = None):
-        # computed in slabs of ``slab`` planes along Z (default: about 2^18 voxels), so that the
+        # computed in slabs of ``slab`` planes along Z (default: about 2^17 voxels), so that the
         # nine derivative arrays and the products stay in cache; the Z derivative of a slab reads
         # the planes next to it straight from the field (no halo copies)
         mm = field.mm
         depth, plane = mm.shape[1], int(mm[0, 0].numel())
         if slab is None:
-            slab = max(1, (1 << 18) // max(1, plane))
+            slab = max(1, (1 << 17) // max(1, plane))
         hz = float(field.spacing[0])
         # dF/dx is zero but next to the field's support: per slab only the box of the support in
         # its planes and the planes next to it, grown by 2 voxels (at the box's edge the one-sided
