@@ -204,3 +204,21 @@ def test_blur_of_a_volume_zero_outside_a_box_reads_only_the_box(mode):
         assert torch.allclose(ours, gaussian_blur(vol, [2.0, 7.5, 5.0], mode=mode), atol=1e-6)
         ref = ndi.gaussian_filter(vol.numpy(), [2.0, 7.5, 5.0], mode=mode, truncate=4.0)
         np.testing.assert_allclose(ours.numpy(), ref, atol=2e-6)
+
+
+@pytest.mark.parametrize("n_labels", [3, 12])
+def test_frame_volumes_are_the_counts_of_the_written_maps(n_labels):
+    """Label volumes per frame come from the moving voxels only (numpy counts for a few labels,
+    a bincount for many): they equal the counts of the written label maps."""
+    g = np.random.default_rng(n_labels)
+    labels = np.zeros((24, 40, 44), np.uint8)
+    for v in range(1, n_labels + 1):
+        z, y, x = g.integers(4, 20), g.integers(5, 35), g.integers(5, 39)
+        labels[z - 3 : z + 3, y - 4 : y + 4, x - 4 : x + 4] = v * 17 % 251
+    image = g.random(labels.shape).astype(np.float32)
+    aug = Augmenter(image, labels, (1.0, 0.9, 1.1), sigma_mm=2.0, device="cpu")
+    values = aug.label_values
+    assert len(values) == n_labels
+    for frame in aug.iter_frames(CustomTrajectory([0.0, 1.5, -1.0]).sample(3)):
+        voxel_ml = 1.0 * 0.9 * 1.1 / 1000
+        assert frame.volumes_ml == pytest.approx({v: np.count_nonzero(frame.labels == v) * voxel_ml for v in values})

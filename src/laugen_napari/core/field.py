@@ -177,9 +177,9 @@ def _band(n: int, k: np.ndarray, out_lo: int, out_hi: int, in_lo: int, in_hi: in
         src = np.clip(src, 0, n - 1)
     else:
         keep = (src >= 0) & (src < n)
-    band = np.zeros((in_hi - in_lo, out.size), np.float64)
-    np.add.at(band, (src[keep] - in_lo, cols[keep]), weights[keep])
-    return band
+    flat = (src[keep] - in_lo) * out.size + cols[keep]  # taps folded onto one input add up (np.add.at, faster)
+    band = np.bincount(flat, weights=weights[keep], minlength=(in_hi - in_lo) * out.size)
+    return band.reshape(in_hi - in_lo, out.size)
 
 
 def gaussian_blur(volume: torch.Tensor, sigma_vox: Sequence[float], truncate: float = TRUNCATE,

@@ -322,6 +322,9 @@ class _LabelCounter:
         if not self.values:
             return np.zeros(0, np.int64)
         lo, hi = min(self.values), max(self.values)
+        if moving.device.type == "cpu" and len(self.values) <= 8:  # numpy's == and count: 10x torch's bincount
+            m = moving.numpy()
+            return np.array([np.count_nonzero(m == v) for v in self.values], dtype=np.int64)
         if moving.numel() and lo >= 0 and hi < 1 << 16:
             lab = moving if moving.dtype == torch.uint8 else moving.clamp(0, hi + 1).long()
             counts = torch.bincount(lab, minlength=hi + 1).cpu().numpy()
