@@ -363,7 +363,7 @@ def run_segmentation_experiment(
         _write_csv(out / "segmentation_sampling.csv", sampling)
     summary = summarise(rows)
     _write_csv(out / "segmentation_summary.csv", summary)
-    plot_summary(summary, out / "segmentation_dice.png")
+    plot_summary(summary, out / "segmentation_dice.png", title=f"{', '.join(Path(d).name for d in pairs_dirs)}, {size}x{size}: ")
     return summary
 
 
@@ -394,7 +394,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def plot_summary(summary: list[dict], png: Path) -> None:
+def plot_summary(summary: list[dict], png: Path, title: str = "") -> None:
     """Dice (mean ± sd over folds) per label against the number of extra training slices: one line
     per generator starting at the real-only point, LAUGEN as a separate marker at its number of
     extra slices (seed 002 Fig. 6 style)."""
@@ -420,7 +420,8 @@ def plot_summary(summary: list[dict], png: Path) -> None:
             if r["label"] == lab and r["kind"] == "laugen":
                 ax.errorbar([r["n_synthetic"]], [r["dice_mean"]], [r["dice_sd"]], fmt="s", color="k", capsize=3,
                             label="real + LAUGEN frames")
-        ax.set(xlabel="extra training slices", ylabel="Dice (mean ± sd over folds)", title=f"label {lab}")
+        ax.set(xlabel="extra training slices (realised mean)", ylabel="Dice (mean ± sd over folds)",
+               title=f"{title}label {lab}" if title else f"label {lab}")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png, dpi=90)
