@@ -149,6 +149,18 @@ class Bench:
         self._wrap(widget.plot, "show_rgba", "curves image shown")
         self._wrap(widget, "_field_ready", "dock _field_ready (set field, refresh layers)")
         self._wrap(widget, "refresh_layers", "dock refresh_layers")
+        # Python's garbage collector holds the GIL whichever thread runs it: it blocks the GUI too
+        import gc
+
+        gc_start: dict[str, float] = {}
+
+        def gc_timer(phase, info):
+            if phase == "start":
+                gc_start["t"] = time.perf_counter()
+            elif "t" in gc_start:
+                self.intervals.append((gc_start.pop("t"), time.perf_counter(), f"python gc (generation {info['generation']})"))
+
+        gc.callbacks.append(gc_timer)
         # GUI-thread ticks
         self.ticks: list[float] = []
         self.ticker = QTimer()
