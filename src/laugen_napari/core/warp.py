@@ -240,7 +240,8 @@ class Warper:
         None) or (labels, (rows of the mixed cells, their corner labels (8, m), fractions (3, m))),
         where the labels of those rows are placeholders. Voting once for many blocks saves the
         per-call overhead of the vote's small arrays. ``codes``: look the cells up in the cell codes
-        (:meth:`_ensure_codes` must cover them)."""
+        (:meth:`_ensure_codes` must cover them); the mixed cells keep the code :data:`MIXED`, for
+        :meth:`_vote_coded`."""
         flat = self._flat_labels
         if self.label_interpolation == "nearest":
             near = torch.minimum(torch.floor(coords + 0.5).clamp_min(0), self._max_coord).to(torch.int64)
@@ -248,11 +249,8 @@ class Warper:
         # one-hot linear + argmax without building the one-hot volume: a label's interpolated
         # indicator is the summed trilinear weight of the corners that carry it, so the winner is
         # the corner label with the largest such sum. Cells whose 8 corners agree need no vote.
-        if codes:  # one byte per cell: its label, or MIXED
-            out = self._codes.index_select(0, base)
-            rows = torch.nonzero(out == MIXED).squeeze(1)
-            corners = self._gather(self._label_corners, base[rows])
-            return out, (rows, corners, frac[:, rows])
+        if codes:  # one byte per cell: its label, or MIXED, voted by _vote_coded once all blocks are done
+            return self._codes.index_select(0, base), None
         corners = self._gather(self._label_corners, base)  # (8, n)
         out = corners[0].clone()
         rows = torch.nonzero((corners[1:] != corners[:1]).any(0)).squeeze(1)
@@ -300,6 +298,15 @@ class Warper:
             torch.where(same, first, torch.full_like(first, MIXED))
         self._codes_box = (lo, hi)
         return True
+
+    def _vote_coded(self, z_mm: float, labels: torch.Tensor, inside: bool) -> None:
+        """Replace, in the labels (P,) of all moving voxels looked up in the cell codes, the code
+        :data:`MIXED` by the vote of the cell: the few mixed voxels' cells are found again from their
+        rows (the same numbers as in the blocks), in one pass for the whole frame."""
+        at = torch.nonzero(labels == MIXED).squeeze(1)
+        if at.numel():
+            base, frac = self._cells(self._coords(z_mm, at), inside)
+            labels[at] = self._vote(self._gather(self._label_corners, base), frac)
 
     @classmethod
     def _vote(cls, corners: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
@@ -389,6 +396,8 @@ class Warper:
                 if pending:
                     at, corners, frac = (torch.cat([p[k] for p in pending], dim=min(k, 1)) for k in range(3))
                     moving[at] = self._vote(corners, frac)
+                if codes:
+                    self._vote_coded(z_mm, moving, inside)
                 lab.view(-1).scatter_(0, self.flat_index, moving)
         return (img[0] if self.single_channel else img), lab, moving
 
@@ -440,6 +449,8 @@ class Warper:
         if pending:
             at, corners, frac = (torch.cat([p[k] for p in pending], dim=min(k, 1)) for k in range(3))
             out[at] = self._vote(corners, frac)
+        if codes:
+            self._vote_coded(z_mm, out, inside)
         return out
 
     def moving_values(self, frame: torch.Tensor) -> torch.Tensor:
