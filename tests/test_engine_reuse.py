@@ -81,13 +81,13 @@ def test_cast_labels_reuse_the_working_buffer(engine):
 
 def test_pool_keeps_at_most_keep_pairs_and_hands_out_fresh_views():
     pool = _FramePool((3, 4), (3, 4), np.uint8, keep=2)
-    a, la = pool.take()
+    a, _la = pool.take()
     b, lb = pool.take()  # a is held: a second pair
-    c, lc = pool.take()  # both held: a third, the first left to its holder
+    c, _lc = pool.take()  # both held: a third, the first left to its holder
     assert len(pool._owned) == 2 and not np.shares_memory(a, c) and not np.shares_memory(b, c)
     a[...] = 7
     del b, lb
-    d, ld = pool.take()  # b's memory is free again
+    d, _ld = pool.take()  # b's memory is free again
     d[...] = 1
     assert (a == 7).all()
     assert len({_address(x) for x in (a, c, d)}) == 3

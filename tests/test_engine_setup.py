@@ -17,7 +17,7 @@ from laugen_napari.core.warp import Warper, _moving_voxels
 
 @pytest.fixture(scope="module")
 def engine(sample_arrays):
-    image, labels, spacing = sample_arrays
+    image, labels, _ = sample_arrays
     box = (slice(60, 130), slice(70, 180), slice(50, 150))
     return Augmenter(image[box], labels[box].copy(), (1.0, 0.8, 1.3), sigma_mm=4.0, device="cpu")
 

@@ -263,10 +263,17 @@ def spatial_gradient(volume: torch.Tensor, spacing: Sequence[float], out: torch.
     return out
 
 
-def _support_roi(mask: np.ndarray, pad: Sequence[int]) -> tuple[slice, slice, slice]:
+def _projections(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Whether each plane along Z, Y and X of a bool (Z, Y, X) array holds a True voxel (two
+    count_nonzero passes: several times faster than ``any`` over two axes, three times)."""
+    rows = np.count_nonzero(mask, axis=2)  # (Z, Y)
+    return rows.any(1), rows.any(0), np.count_nonzero(mask, axis=0).any(0)
+
+
+def _support_roi(mask: np.ndarray, pad: Sequence[int], projections=None) -> tuple[slice, slice, slice]:
     roi = []
-    for axis, (p, n) in enumerate(zip(pad, mask.shape)):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+    for p, n, hit in zip(pad, mask.shape, projections or _projections(mask)):
+        hit = np.flatnonzero(hit)
         roi.append(slice(max(0, int(hit[0]) - p), min(n, int(hit[-1]) + 1 + p)))
     return tuple(roi)
 
@@ -344,12 +351,13 @@ def unit_field(
     if not (math.isfinite(sigma_mm) and sigma_mm > 0):
         raise ValueError(f"sigma_mm must be a positive finite number, got {sigma_mm}")
     mask = np.asarray(mask, bool)
-    if not mask.any():
+    projections = _projections(mask) if mask.size else None
+    if projections is None or not projections[0].any():
         raise ValueError("the selected structure is empty: no voxel to deform")
     dev = resolve_device(device)
     sigma_vox = [sigma_mm / s for s in spacing]
     radius = [int(TRUNCATE * s + 0.5) for s in sigma_vox]
-    roi = _support_roi(mask, [r + 2 for r in radius])
+    roi = _support_roi(mask, [r + 2 for r in radius], projections)
     crop = mask[roi]
     # where the structure is cut by the volume's edge it continues across it (the blur extends the
     # mask with its edge values): one more plane of that continuation makes the derivative on the
@@ -361,8 +369,7 @@ def unit_field(
         ext.append((int(cut_lo), int(cut_hi)))
     if any(a or b for a, b in ext):
         crop = np.pad(crop, ext, mode="edge")
-    rows = np.count_nonzero(crop, axis=2)  # the structure's box inside the crop: the blur reads only it
-    support = [np.flatnonzero(hit) for hit in (rows.any(1), rows.any(0), crop.any(axis=(0, 1)))]
+    support = [np.flatnonzero(hit) for hit in _projections(crop)]  # the structure's box: the blur reads only it
     support = [slice(int(i[0]), int(i[-1]) + 1) for i in support]
     shape = crop.shape
     crop = torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32)).to(dev)
