@@ -14,7 +14,7 @@ def label_volumes_ml(labels: np.ndarray | torch.Tensor, spacing: Sequence[float]
     """Volume in mL of each label in ``values`` in a (Z, Y, X) label map with ``spacing`` in mm."""
     lab = torch.as_tensor(labels)
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    return {int(v): float((lab == int(v)).sum()) * voxel_ml for v in values}
+    return {int(v): float(torch.count_nonzero(lab == int(v))) * voxel_ml for v in values}
 
 
 def _z_derivative(volume: torch.Tensor, z0: int, z1: int, h: float) -> torch.Tensor:
@@ -108,7 +108,7 @@ class JacobianStats:
         low = float(d.min().add_(1.0))  # float32, as det
         if d.numel() < self.n_total:
             low = min(low, 1.0)
-        return low, float((d <= -1.0).sum()) / self.n_total
+        return low, float(torch.count_nonzero(d <= -1.0)) / self.n_total  # a bool sum() is 8x slower
 
     def minimum(self, z_mm: float) -> float:
         """Lowest determinant over the volume (1 where nothing moves)."""

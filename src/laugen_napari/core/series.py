@@ -329,7 +329,7 @@ class _LabelCounter:
             lab = moving if moving.dtype == torch.uint8 else moving.clamp(0, hi + 1).long()
             counts = torch.bincount(lab, minlength=hi + 1).cpu().numpy()
             return counts[np.asarray(self.values)].astype(np.int64)
-        return np.array([int((moving == v).sum()) for v in self.values], dtype=np.int64)
+        return np.array([int(torch.count_nonzero(moving == v)) for v in self.values], dtype=np.int64)
 
     def volumes_ml(self, moving: torch.Tensor) -> dict[int, float]:
         """Volumes (mL) of a frame whose labels at the moving voxels are ``moving`` (P,)."""

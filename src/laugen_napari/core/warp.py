@@ -175,6 +175,9 @@ class Warper:
     # -- sampling at the moving voxels -------------------------------------------------------
     def _coords(self, z_mm: float, rows: torch.Tensor | slice | None = None) -> torch.Tensor:
         """Sampling positions (3, n) in voxels (z, y, x rows) of the moving voxels ``rows`` (all if None)."""
+        if isinstance(rows, torch.Tensor):  # index_select: indexing [:, rows] is several times slower
+            return torch.add(self._positions_rows.index_select(1, rows), self._disp_rows.index_select(1, rows),
+                             alpha=float(z_mm))
         sel = slice(None) if rows is None else rows
         return torch.add(self._positions_rows[:, sel], self._disp_rows[:, sel], alpha=float(z_mm))
 
@@ -254,7 +257,7 @@ class Warper:
         corners = self._gather(self._label_corners, base)  # (8, n)
         out = corners[0].clone()
         rows = torch.nonzero((corners[1:] != corners[:1]).any(0)).squeeze(1)
-        return out, (rows, corners[:, rows], frac[:, rows])
+        return out, (rows, corners.index_select(1, rows), frac.index_select(1, rows))
 
     def _ensure_codes(self, z_mm: float) -> bool:
         """Make the cell codes cover every cell that the moving voxels reach at magnitude
@@ -303,10 +306,12 @@ class Warper:
         """Replace, in the labels (P,) of all moving voxels looked up in the cell codes, the code
         :data:`MIXED` by the vote of the cell: the few mixed voxels' cells are found again from their
         rows (the same numbers as in the blocks), in one pass for the whole frame."""
-        at = torch.nonzero(labels == MIXED).squeeze(1)
+        mixed = labels == MIXED
+        at = torch.from_numpy(np.flatnonzero(mixed.numpy())) if mixed.device.type == "cpu" else \
+            torch.nonzero(mixed).squeeze(1)  # numpy's nonzero is 3x faster on CPU
         if at.numel():
             base, frac = self._cells(self._coords(z_mm, at), inside)
-            labels[at] = self._vote(self._gather(self._label_corners, base), frac)
+            labels.scatter_(0, at, self._vote(self._gather(self._label_corners, base), frac))
 
     @classmethod
     def _vote(cls, corners: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
