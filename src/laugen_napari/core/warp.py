@@ -13,7 +13,13 @@ cell, shared by the image and the labels. The moving voxels are in raster order 
 scatters walk memory forward) and are processed in blocks of :data:`CPU_BLOCK` on CPU, with
 coordinates as (3, n) and corners as (8, n) rows, so that every intermediate stays in cache and
 every operation is vectorised. A label cell whose 8 corners agree is looked up as one byte (its
-code); only the few mixed cells near a boundary vote.
+code); only the few mixed cells near a boundary vote, once per frame.
+
+Measured on one CPU core (bench/scale.py), a moving voxel costs about 20 ns per frame, whatever
+the volume's size: the corners are gathered by ``index_select`` on 8 shifted views of the flat
+volume (3x faster than ``take`` with an (8, n) index), the cell needs no clamping when every
+sampling position of the frame lies inside the volume, and row subsets use ``index_select`` and
+``count_nonzero`` (indexing ``[:, rows]`` and a bool ``sum()`` are several times slower in torch).
 """
 
 from __future__ import annotations
