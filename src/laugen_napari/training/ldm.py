@@ -226,8 +226,11 @@ class LDMTask:
         return {"diff_l1": l1, "loss": l1}
 
     def _refine_loss(self, vol: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Stage 4: the refiner on ``slices_per_step`` slices of the batch's reconstructions."""
+        """Stage 4: the refiner on ``slices_per_step`` slices of the reconstructions of the first
+        ``ceil(slices_per_step / depth)`` volumes of the batch (reconstructing whole volumes through
+        both autoencoders is most of a step's cost, so no more are reconstructed than needed)."""
         m, ci = self.model, self.cfg.image_channels
+        vol = vol[: max(1, -(-self.slices_per_step // self.cfg.depth))]
         with torch.no_grad():
             decoded = m.decode_latents(m.encode_volumes(vol))
         b, c, d, s, _ = vol.shape
