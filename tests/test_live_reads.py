@@ -47,6 +47,14 @@ class FullReads:
             return original_array(series, *a, **k)
 
         monkeypatch.setattr(preview_module._LazySeries, "__array__", whole)
+        original_frame = preview_module.PreviewModel._frame
+
+        def frame(model, what, z):
+            if what == "difference" and (what, z, id(model.augmenter)) not in model._cache:
+                self._add("difference", float(z[0]))
+            return original_frame(model, what, z)
+
+        monkeypatch.setattr(preview_module.PreviewModel, "_frame", frame)
 
     def _add(self, what: str, z: float) -> None:
         with self._lock:
@@ -89,6 +97,13 @@ def counted_dock(make_napari_viewer, sample_pair, qtbot, monkeypatch):
     widget.wait_idle()
 
 
+def _only_frame_on_screen(reads: FullReads, z_t: float) -> None:
+    kinds = [e[0] for e in reads.on_workers()]
+    assert set(kinds) <= {"image_frame", "label_frame", "difference", "input in float32"}, kinds
+    assert all(kinds.count(k) == 1 for k in ("image_frame", "label_frame", "difference")), kinds
+    assert all(e[1] == z_t for e in reads.on_workers() if e[0] != "input in float32")
+
+
 def _shown(viewer, name):
     return np.asarray(viewer.layers[name]._slice.image.raw)
 
@@ -112,10 +127,8 @@ def test_plane_views_and_trajectory_changes_compute_no_whole_frame_on_screen(cou
         np.testing.assert_array_equal(_shown(viewer, MASKS), model.label_plane(t, 0, plane))
         assert reads.on_gui() == [], f"plane t={t} z={plane}: whole volumes computed on the GUI thread"
         _settle(qtbot, widget)
-        # on the worker: the frame on screen only (image and labels), once
-        z_t = float(model.z_mm[t])
-        assert sorted(e[0] for e in reads.on_workers()) == ["image_frame", "label_frame"]
-        assert all(e[1] == z_t for e in reads.on_workers())
+        # on the worker: the frame on screen only (image, labels, difference overlay), once each
+        _only_frame_on_screen(reads, float(model.z_mm[t]))
 
     for slope in (0.6, 0.3, 0.5):
         reads.clear()
@@ -126,8 +139,7 @@ def test_plane_views_and_trajectory_changes_compute_no_whole_frame_on_screen(cou
         assert not np.array_equal(now, before)  # the plane on screen changed with the trajectory
         np.testing.assert_array_equal(now, widget.model.image_plane(3, 0, z + 4))
         _settle(qtbot, widget)
-        assert {e[0] for e in reads.on_workers()} <= {"image_frame", "label_frame"}
-        assert all(e[1] == float(widget.model.z_mm[3]) for e in reads.on_workers())
+        _only_frame_on_screen(reads, float(widget.model.z_mm[3]))
 
     # fewer frames: napari re-reads the shape of every layer, never the data
     reads.clear()
@@ -152,3 +164,35 @@ def test_a_field_change_reads_the_layers_on_the_worker(counted_dock, qtbot):
     # the input image is shared, not copied to float32: the engine reads the layer's own array
     assert widget.model.image is viewer.layers["t1"].data
     assert widget.model.augmenter.warper.image.dtype.is_floating_point is False
+
+
+def test_3d_display_finds_every_whole_frame_computed_ahead(counted_dock, qtbot):
+    """In 3D napari reads whole frames of every shown layer on the viewer's thread: the series,
+    the masks and the difference overlay (I_t - I_0) are all computed ahead on the worker."""
+    viewer, widget, reads = counted_dock
+    _settle(qtbot, widget)
+    step = list(viewer.dims.current_step)
+    step[0] = 5
+    viewer.dims.current_step = tuple(step)
+    _settle(qtbot, widget)
+    model = widget.model
+    assert model.is_cached(5) and model.is_difference_cached(5, 0)
+    reads.clear()
+    viewer.dims.ndisplay = 3
+    assert reads.on_gui() == [], "3D display computed whole volumes on the GUI thread"
+    shown = np.asarray(viewer.layers[DIFF]._slice.image.raw).reshape(model.spatial_shape)
+    expected = model.image_frame(5) - model.image_frame(0)
+    np.testing.assert_array_equal(shown, expected)
+    assert np.abs(expected).max() > 0
+    assert np.shares_memory(shown, model.difference_frame(5, 0))  # the cached difference, not a new subtraction
+    # stepping in 3D: the neighbours were computed ahead, on the worker
+    qtbot.waitUntil(lambda: model.is_cached(6) and model.is_cached(4) and model.is_difference_cached(6, 0)
+                    and not widget.busy, timeout=60000)
+    assert all(not on_gui for *_, on_gui in reads.events)
+    reads.clear()
+    step[0] = 6
+    viewer.dims.current_step = tuple(step)
+    assert reads.on_gui() == []
+    np.testing.assert_array_equal(np.asarray(viewer.layers[SERIES]._slice.image.raw).reshape(model.spatial_shape),
+                                  model.image_frame(6))
+    viewer.dims.ndisplay = 2

@@ -151,7 +151,25 @@ class PreviewModel:
         with self._lock:
             return ("image", z, key) in self._cache and ("labels", z, key) in self._cache
 
-    def _frame(self, what: str, z: float) -> np.ndarray:
+    def difference_frame(self, t: int, ref: int) -> np.ndarray:
+        """I_t - I_ref (float32), computed once and cached like the frames (3D display of the
+        difference overlay reads it on the viewer's thread; :meth:`warm_difference` makes it ahead)."""
+        return self._frame("difference", (self.magnitude(t), self.magnitude(ref)))
+
+    def is_difference_cached(self, t: int, ref: int) -> bool:
+        """Whether :meth:`difference_frame` ``(t, ref)`` is ready."""
+        key = ("difference", (self.magnitude(t), self.magnitude(ref)), id(self.augmenter))
+        with self._lock:
+            return key in self._cache
+
+    def warm_difference(self, t: int, ref: int) -> None:
+        """Compute and cache :meth:`difference_frame` ``(t, ref)`` (call from a worker thread)."""
+        self.difference_frame(t, ref)
+
+    def _image_at(self, z: float) -> np.ndarray:
+        return self.input_image() if z == 0.0 else self._frame("image", z)
+
+    def _frame(self, what: str, z) -> np.ndarray:
         aug = self.augmenter
         key = (what, z, id(aug))
         while True:
@@ -165,7 +183,10 @@ class PreviewModel:
                     break
             busy.wait()  # another thread computes this frame: take its result
         try:
-            out = _host_frame(aug.warper, what, z)
+            if what == "difference":
+                out = self._image_at(z[0]) - self._image_at(z[1])
+            else:
+                out = _host_frame(aug.warper, what, z)
             if what == "labels":
                 out = out.astype(self.labels.dtype, copy=False)
             with self._lock:
@@ -417,7 +438,7 @@ class LazyDifference(_LazySeries):
         return self.model.image_plane(t, axis, index) - self.model.image_plane(self._ref(t), axis, index)
 
     def _frame(self, t):
-        return self.model.image_frame(t) - self.model.image_frame(self._ref(t))
+        return self.model.difference_frame(t, self._ref(t))
 
 
 def preview_arrays(model: PreviewModel) -> tuple[LazyImageSeries, LazyLabelSeries, LazyDifference]:

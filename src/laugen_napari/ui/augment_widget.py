@@ -315,10 +315,19 @@ class AugmentWidget(QWidget):
             self._play_timer.stop()
             return
         nxt = (self._current_frame() + 1) % self.model.frames
-        if self.viewer.dims.ndisplay == 3 and not self.model.is_cached(nxt):
+        if self.viewer.dims.ndisplay == 3 and not self._frame_ready(nxt):
             self._warm(self._frames_for(nxt))  # wait for it rather than block the viewer
             return
         self.step_frame(1)
+
+    def _frame_ready(self, t: int) -> bool:
+        """Whether everything shown of frame ``t`` in 3D is computed (frames, and the difference
+        when the overlay is shown)."""
+        if not self.model.is_cached(t):
+            return False
+        if self._arrays is None or not self.w["show_difference"].value:
+            return True
+        return self.model.is_difference_cached(t, self._arrays[2]._ref(t))
 
     def toggle_difference(self) -> None:
         """Show or hide the difference overlay."""
@@ -774,8 +783,12 @@ class AugmentWidget(QWidget):
         if getattr(self, "_warm_worker", None) is not None:
             self._warm_pending = True
             return
-        needed = [f for f in dict.fromkeys(frames) if 0 <= f < model.frames and not model.is_cached(f)]
-        if not needed:
+        diff = self._arrays[2] if self._arrays is not None and self.w["show_difference"].value else None
+        frames = [f for f in dict.fromkeys(frames) if 0 <= f < model.frames]
+        needed = [f for f in frames if not model.is_cached(f)]
+        differences = [] if diff is None else [(f, diff._ref(f)) for f in frames
+                                               if not model.is_difference_cached(f, diff._ref(f))]
+        if not needed and not differences:
             return
 
         def work():
@@ -783,6 +796,10 @@ class AugmentWidget(QWidget):
                 if model is not self.model or f >= model.frames:
                     return
                 model.warm_frame(f)
+            for f, ref in differences:  # the overlay in 3D shows I_t - I_ref: ready before it is asked for
+                if model is not self.model or f >= model.frames:
+                    return
+                model.warm_difference(f, ref)
 
         def finished():
             self._warm_worker = None
