@@ -16,7 +16,7 @@ from laugen_napari.training.loop import load_checkpoint, run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data"
-TINY = dict(ae_widths=(8, 16, 16, 16), agg_widths=(8, 16), unet_widths=(16, 32), refiner_widths=(8, 16))
+TINY = {"ae_widths": (8, 16, 16, 16), "agg_widths": (8, 16), "unet_widths": (16, 32), "refiner_widths": (8, 16)}
 
 torch.set_num_threads(1)
 
@@ -89,7 +89,7 @@ def test_stage_four_trains_only_the_refiner_after_the_other_stages(volumes, refi
     assert val["refine_l1"] > 0 and val["loss"] == pytest.approx(val["ae_l1"] + val["agg_l1"] + val["diff_l1"]
                                                                   + val["refine_l1"])
     m.eval()
-    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    g = lambda: torch.Generator().manual_seed(3)
     s = m.sample(4, generator=g(), steps=3)
     assert s.shape == (4, 2, 32, 32) and 0 <= float(s.min()) and float(s.max()) <= 1
     torch.testing.assert_close(s, m.sample(4, generator=g(), steps=3), rtol=0, atol=0)
@@ -111,7 +111,7 @@ def test_residual_refiner_reduces_the_reconstruction_error(volumes):
 def test_refining_is_optional_at_sampling(volumes):
     m = tiny().eval()
     m.condition_bank = torch.rand(3, 9)
-    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    g = lambda: torch.Generator().manual_seed(1)
     untrained = m.sample_volumes(1, generator=g(), steps=3)
     assert not m.refine_ready()  # an untrained refiner is not used by default
     with torch.no_grad():
@@ -145,7 +145,7 @@ def test_checkpoints_with_and_without_a_refiner_load_and_resume(tmp_path, volume
     list(run_training(task, batches, **kw))
     loaded = spec.load(tmp_path / "r" / "last.pt")
     assert loaded.refine_ready() and int(loaded.refiner.trained_steps) == 2
-    g = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    g = lambda: torch.Generator().manual_seed(2)
     torch.testing.assert_close(loaded.sample(3, generator=g(), steps=3),
                                task.model.eval().sample(3, generator=g(), steps=3), rtol=0, atol=0)
     cfg = load_checkpoint(tmp_path / "r" / "last.pt")["config"]

@@ -23,7 +23,7 @@ from laugen_napari.training.stylegan2 import make_training
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data"
-TINY = dict(channel_base=128, max_channels=16, z_dim=16, w_dim=16, mapping_layers=2)
+TINY = {"channel_base": 128, "max_channels": 16, "z_dim": 16, "w_dim": 16, "mapping_layers": 2}
 
 torch.set_num_threads(1)
 
@@ -194,7 +194,7 @@ def test_sample_and_cli_use_the_ema_generator(tmp_path, slices):
         plain.load_state_dict(weights)
         return plain.eval()
 
-    g = lambda: torch.Generator().manual_seed(4)  # noqa: E731
+    g = lambda: torch.Generator().manual_seed(4)
     s_loaded = loaded.sample(3, generator=g())
     torch.testing.assert_close(s_loaded, plain_with("generator_ema.").sample(3, generator=g()), rtol=0, atol=0)
     assert (s_loaded - plain_with("generator.").sample(3, generator=g())).abs().max() > 1e-4
@@ -217,7 +217,7 @@ def test_sample_and_cli_use_the_ema_generator(tmp_path, slices):
 
 def test_checkpoint_from_before_the_ema_loads_samples_and_resumes(tmp_path, slices):
     torch.manual_seed(0)
-    task = _run(tmp_path / "new", slices, 2, **TINY)
+    _run(tmp_path / "new", slices, 2, **TINY)
     ckpt = load_checkpoint(tmp_path / "new" / "last.pt")
     # rewrite it as the previous version wrote it: no EMA weights, no later settings, no EMA/PL counters
     old = dict(ckpt)
@@ -233,7 +233,7 @@ def test_checkpoint_from_before_the_ema_loads_samples_and_resumes(tmp_path, slic
     torch.save(old, tmp_path / "old" / "last.pt")
     model = GENERATORS["stylegan2"].load(tmp_path / "old" / "last.pt")
     assert model.generator_ema is None and model.cfg.ema_kimg == 0
-    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    g = lambda: torch.Generator().manual_seed(1)
     # its samples are those of the trained weights
     raw = StyleGAN2(StyleGAN2Config(**{**old_task["model_config"], "ema_kimg": 0.0}))
     raw.condition_bank = model.condition_bank.clone()

@@ -14,7 +14,7 @@ from laugen_napari.training.stylegan2 import make_training, mask_area_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data"
-TINY = dict(channel_base=128, max_channels=16, z_dim=16, w_dim=16, mapping_layers=2)
+TINY = {"channel_base": 128, "max_channels": 16, "z_dim": 16, "w_dim": 16, "mapping_layers": 2}
 
 torch.set_num_threads(1)
 

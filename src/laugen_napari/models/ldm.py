@@ -245,7 +245,7 @@ class Aggregator(nn.Module):
         self.decoder = ConvDecoder(cfg.agg_latent_channels, cfg.agg_widths, cfg.latent_channels)
 
     def to_canvas(self, z: torch.Tensor) -> torch.Tensor:
-        b, d, c, h, w = z.shape
+        b, _, c, h, w = z.shape
         g = self.cfg.grid
         return z.reshape(b, g, g, c, h, w).permute(0, 3, 1, 4, 2, 5).reshape(b, c, g * h, g * w)
 
@@ -466,7 +466,7 @@ class SliceLDM(nn.Module):
         if self.refiner is None:
             raise ValueError("this LDM has no refiner (train it with a refiner and refine steps)")
         ci = self.cfg.image_channels
-        b, c, d, s, _ = decoded.shape
+        b, _, d, s, _ = decoded.shape
         cond = self.refiner.condition(decoded)
         centre = decoded[:, :ci].permute(0, 2, 1, 3, 4).reshape(b * d, ci, s, s)
         if not self.refiner.diffusion:

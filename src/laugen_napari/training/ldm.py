@@ -233,7 +233,7 @@ class LDMTask:
         vol = vol[: max(1, -(-self.slices_per_step // self.cfg.depth))]
         with torch.no_grad():
             decoded = m.decode_latents(m.encode_volumes(vol))
-        b, c, d, s, _ = vol.shape
+        b, _, d, s, _ = vol.shape
         cond = m.refiner.condition(decoded)
         target = vol[:, :ci].permute(0, 2, 1, 3, 4).reshape(b * d, ci, s, s)
         centre = decoded[:, :ci].permute(0, 2, 1, 3, 4).reshape(b * d, ci, s, s)
@@ -321,7 +321,7 @@ class LDMTask:
             refined = m.refine_volumes(decoded)
             return {"refine_l1": float((refined[:, :ci] - real).abs().mean()),
                     "decoded_l1": float((decoded[:, :ci] - real).abs().mean())}
-        b, c, d, s, _ = vol.shape
+        b, _, d, s, _ = vol.shape
         cond = m.refiner.condition(decoded)
         target = real.permute(0, 2, 1, 3, 4).reshape(b * d, ci, s, s)
         errs = []

@@ -269,7 +269,7 @@ def load_generator(path: str | os.PathLike):
     """The :class:`~laugen_napari.models.stylegan2.StyleGAN2` of a checkpoint, in eval mode; it
     samples with the moving-average generator when the checkpoint has one (checkpoints written
     before it existed load with ``ema_kimg = 0`` and sample with the trained weights)."""
-    from ..models.stylegan2 import StyleGAN2Config, StyleGAN2
+    from ..models.stylegan2 import StyleGAN2, StyleGAN2Config
     from .loop import load_model
 
     def build(cfg: dict, state: dict):
