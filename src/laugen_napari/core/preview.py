@@ -282,21 +282,27 @@ class _Background:
                 self._idle -= 1
         self._jobs.put((fn, args, kwargs))
         if not reuse:
-            threading.Thread(target=self._loop, name="laugen-background", daemon=True).start()
+            try:
+                threading.Thread(target=self._loop, name="laugen-background", daemon=True).start()
+            except RuntimeError:  # interpreter shutting down: no new threads, run it here
+                self._run_one()
+
+    def _run_one(self) -> None:
+        fn, args, kwargs = self._jobs.get()
+        try:
+            fn(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - a job's own error handling comes first (the docks relay theirs)
+            traceback.print_exc()
+        finally:
+            del fn, args, kwargs  # a release job's objects go now, not at the next job
+            with self._lock:
+                self._busy -= 1
+                self._idle += 1
+                self._changed.notify_all()
 
     def _loop(self) -> None:
         while True:
-            fn, args, kwargs = self._jobs.get()
-            try:
-                fn(*args, **kwargs)
-            except Exception:  # noqa: BLE001 - a job's own error handling comes first (the docks relay theirs)
-                traceback.print_exc()
-            finally:
-                del fn, args, kwargs  # a release job's objects go now, not at the next job
-                with self._lock:
-                    self._busy -= 1
-                    self._idle += 1
-                    self._changed.notify_all()
+            self._run_one()
 
     def wait_idle(self, timeout_s: float | None = None) -> bool:
         """Wait until no job runs; False on timeout."""
