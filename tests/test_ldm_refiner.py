@@ -172,3 +172,25 @@ def test_bad_refiner_settings(volumes):
         make_training(volumes=volumes, steps=10, stage_steps=(4, 4), refine_steps=2, **TINY)
     with pytest.raises(ValueError, match="refine_steps"):
         make_training(volumes=volumes, steps=10, refine_steps=-1, **TINY)
+
+
+def test_resume_inside_the_refine_stage_is_bit_exact(tmp_path, volumes):
+    def run(out: Path, steps: int, resume: bool = False):
+        # one step each of the slice AE, the aggregation AE and the diffusion UNet, the rest refines
+        task, batches, kw = make_training(volumes=volumes, steps=steps, out=out, resume=resume, stage_steps=(1, 1),
+                                          refine_steps=steps - 3, steps_per_epoch=2, batch_size=2, **TINY)
+        list(run_training(task, batches, **kw))
+        return task
+
+    torch.manual_seed(0)
+    whole = run(tmp_path / "a", 7)
+    torch.manual_seed(0)
+    first = run(tmp_path / "b", 4)  # stops after step 4: 1 AE + 1 aggregation + 1 diffusion + 1 refine
+    assert first.stage_steps == (1, 1, 1) and int(first.model.refiner.trained_steps) == 1
+    torch.manual_seed(99)
+    resumed = run(tmp_path / "b", 7, resume=True)
+    assert resumed.stage_steps == whole.stage_steps == (1, 1, 1)
+    sa, sb = whole.model.state_dict(), resumed.model.state_dict()
+    assert int(sa["refiner.trained_steps"]) == 4
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0, msg=k)
