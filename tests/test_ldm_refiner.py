@@ -11,7 +11,7 @@ import torch
 
 from laugen_napari.models.ldm import LDMConfig, SliceLDM, neighbour_stack
 from laugen_napari.training.generators import GENERATORS
-from laugen_napari.training.ldm import make_training, volumes_from_folder
+from laugen_napari.training.ldm import make_training, slice_step_error, volumes_from_folder
 from laugen_napari.training.loop import load_checkpoint, run_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +40,16 @@ def test_neighbour_stack_orders_neighbours_and_repeats_the_ends():
     # volume 0, slice 4 (the last): (3, 4, 4)
     torch.testing.assert_close(st[4, :, 0, 0], torch.tensor([3.0, 4, 4, 8, 9, 9]))
     torch.testing.assert_close(neighbour_stack(vol, 0)[7, :, 0, 0], torch.tensor([12.0, 17]))
+
+
+def test_slice_step_error_compares_changes_between_slices():
+    real = torch.arange(4.0).reshape(1, 4, 1, 1, 1).expand(-1, -1, -1, 2, 2)  # +1 per slice
+    torch.testing.assert_close(slice_step_error(real + 5.0, real), torch.tensor(0.0))  # offset: same changes
+    flat = torch.zeros_like(real)
+    torch.testing.assert_close(slice_step_error(flat, real), torch.tensor(1.0))
+    jumpy = real.clone()
+    jumpy[:, 2] += 3.0  # slice 2 jumps: changes +4 and -2 instead of +1 and +1
+    torch.testing.assert_close(slice_step_error(jumpy, real), torch.tensor(2.0))
 
 
 def test_residual_refiner_starts_as_identity_and_sees_only_its_neighbours():
@@ -80,6 +90,7 @@ def test_stage_four_trains_only_the_refiner_after_the_other_stages(volumes, refi
         stages.append(int(v["stage"]))
         assert all(torch.isfinite(torch.tensor(x)) for x in v.values())
     assert stages == [1, 1, 2, 2, 3, 3, 4, 4, 4]
+    assert ("refine_z" in v) == (refiner == "residual")
     assert int(m.refiner.trained_steps) == 3 and m.refine_ready()
     for k, v in m.state_dict().items():
         if not k.startswith("refiner."):
@@ -106,6 +117,7 @@ def test_residual_refiner_reduces_the_reconstruction_error(volumes):
         task.train_step(batch)
     val = task.validate()
     assert val["refine_l1"] < 0.9 * val["decoded_l1"], val
+    assert val["refine_z"] > 0 and val["decoded_z"] > 0
 
 
 def test_refining_is_optional_at_sampling(volumes):

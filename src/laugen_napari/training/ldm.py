@@ -121,14 +121,21 @@ def draw_volume(vs: VolumeSet, i: int, depth: int, rng: np.random.Generator | No
     return x, torch.from_numpy(structure_descriptors(mk))
 
 
+def slice_step_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean |(pred[k+1] - pred[k]) - (target[k+1] - target[k])| over the slices k of stacks
+    (B, D, C, S, S): how far a stack's change from slice to slice is from the real one's."""
+    return ((pred[:, 1:] - pred[:, :-1]) - (target[:, 1:] - target[:, :-1])).abs().mean()
+
+
 class LDMTask:
     """Trains a :class:`~laugen_napari.models.ldm.SliceLDM` (see the module docstring).
 
     Train values: ``stage`` (1, 2, 3, 4), and ``ae_l1`` / ``ae_ssim`` / ``ae_dice`` (soft Dice loss of
     the mask channels) / ``kl`` (stage 1), ``agg_l1``
     (stage 2), ``diff_l1`` (stage 3), ``refine_l1`` (stage 4: L1 of the refined image, or of the
-    predicted noise for a diffusion refiner) with ``refine_ssim`` (residual refiner); ``loss`` the
-    optimised value."""
+    predicted noise for a diffusion refiner) with ``refine_ssim`` and ``refine_z``
+    (:func:`slice_step_error`) for a residual refiner; ``loss`` the optimised value. Validation of
+    a residual refiner adds ``decoded_l1`` / ``decoded_z``, the same errors without it."""
 
     monitor = "loss"
     monitor_mode = "min"
@@ -226,9 +233,12 @@ class LDMTask:
         return {"diff_l1": l1, "loss": l1}
 
     def _refine_loss(self, vol: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Stage 4: the refiner on ``slices_per_step`` slices of the reconstructions of the first
-        ``ceil(slices_per_step / depth)`` volumes of the batch (reconstructing whole volumes through
-        both autoencoders is most of a step's cost, so no more are reconstructed than needed)."""
+        """Stage 4: the refiner on the reconstructions of the first ``ceil(slices_per_step / depth)``
+        volumes of the batch (reconstructing whole volumes through both autoencoders is most of a
+        step's cost, so no more are reconstructed than needed). Residual form: every slice of
+        those volumes, loss L1 + (1 - SSIM) + ``refine_z`` (L1 between the refined and the real
+        slice-to-slice differences, so the refined stack changes from slice to slice as the real
+        one does); diffusion form: ``slices_per_step`` random slices, noise-prediction L1."""
         m, ci = self.model, self.cfg.image_channels
         vol = vol[: max(1, -(-self.slices_per_step // self.cfg.depth))]
         with torch.no_grad():
@@ -237,9 +247,9 @@ class LDMTask:
         cond = m.refiner.condition(decoded)
         target = vol[:, :ci].permute(0, 2, 1, 3, 4).reshape(b * d, ci, s, s)
         centre = decoded[:, :ci].permute(0, 2, 1, 3, 4).reshape(b * d, ci, s, s)
-        pick = torch.randperm(b * d)[: self.slices_per_step]
-        cond, target, centre = cond[pick], target[pick], centre[pick]
         if m.refiner.diffusion:
+            pick = torch.randperm(b * d)[: self.slices_per_step]
+            cond, target = cond[pick], target[pick]
             t = torch.randint(0, self.cfg.timesteps, (len(target),))
             noise = torch.randn_like(target)
             l1 = (m.refiner(cond, m.q_sample(target, t, noise), t) - noise).abs().mean()
@@ -247,7 +257,8 @@ class LDMTask:
         pred = centre + m.refiner(cond)
         l1 = (pred - target).abs().mean()
         ss = ms_ssim(((pred + 1) / 2).clamp(0, 1), (target + 1) / 2).mean()
-        return {"refine_l1": l1, "refine_ssim": ss, "loss": l1 + (1 - ss)}
+        z = slice_step_error(pred.reshape(b, d, ci, s, s), target.reshape(b, d, ci, s, s))
+        return {"refine_l1": l1, "refine_ssim": ss, "refine_z": z, "loss": l1 + (1 - ss) + z}
 
     def train_step(self, batch) -> dict[str, float]:
         vol, cond = batch
@@ -319,8 +330,13 @@ class LDMTask:
         real = vol[:, :ci]
         if not m.refiner.diffusion:
             refined = m.refine_volumes(decoded)
+            def as_stack(v: torch.Tensor) -> torch.Tensor:  # (B, C, D, S, S) -> images (B, D, C_img, S, S)
+                return v[:, :ci].permute(0, 2, 1, 3, 4)
+
             return {"refine_l1": float((refined[:, :ci] - real).abs().mean()),
-                    "decoded_l1": float((decoded[:, :ci] - real).abs().mean())}
+                    "decoded_l1": float((decoded[:, :ci] - real).abs().mean()),
+                    "refine_z": float(slice_step_error(as_stack(refined), as_stack(vol))),
+                    "decoded_z": float(slice_step_error(as_stack(decoded), as_stack(vol)))}
         b, _, d, s, _ = vol.shape
         cond = m.refiner.condition(decoded)
         target = real.permute(0, 2, 1, 3, 4).reshape(b * d, ci, s, s)
