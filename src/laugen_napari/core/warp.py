@@ -190,9 +190,10 @@ class Warper:
     def _inside(self, z_mm: float) -> bool:
         """Whether every sampling position at magnitude ``z_mm`` lies in [0, n - 2] on every axis, so
         that :meth:`_cells` needs no clamping (the moving voxels are inside the field's ROI and move
-        at most ``reach * |z|`` voxels; 1e-3 voxel of margin for round-off)."""
+        at most ``reach * |z|`` voxels; a margin of 1e-3 voxel plus the float32 round-off of a
+        position that large)."""
         for r, reach, n in zip(self.field.roi, self._reach, self.field.shape):
-            e = reach * abs(float(z_mm)) + 1e-3
+            e = reach * abs(float(z_mm)) + 1e-3 + 1e-6 * n
             if r.start - e < 0 or r.stop - 1 + e > n - 2:
                 return False
         return True
