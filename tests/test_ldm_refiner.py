@@ -206,3 +206,30 @@ def test_resume_inside_the_refine_stage_is_bit_exact(tmp_path, volumes):
     assert int(sa["refiner.trained_steps"]) == 4
     for k in sa:
         torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0, msg=k)
+
+
+def test_laugen_sample_ldm_uses_the_refiner_unless_told_not_to(tmp_path, volumes):
+    import numpy as np
+
+    from laugen_napari.cli import main
+    from laugen_napari.io.nifti import load_volume
+
+    spec = GENERATORS["ldm"]
+    torch.manual_seed(0)
+    task, batches, kw = spec.make_training(volumes=volumes, steps=6, out=tmp_path / "r", stage_steps=(1, 1),
+                                           refine_steps=2, steps_per_epoch=3, batch_size=2, **TINY)
+    list(run_training(task, batches, **kw))
+    ckpt = str(tmp_path / "r" / "last.pt")
+    outs = {}
+    for name, extra in (("default", []), ("plain", ["--no-refine"])):
+        out = tmp_path / name
+        assert main(["sample", "ldm", "--checkpoint", ckpt, "-n", "1", "--volumes", "--ddim-steps", "2",
+                     "--seed", "3", "-o", str(out), *extra]) == 0
+        outs[name] = np.asarray(load_volume(out / "gen_0000.nii.gz").data)  # (D, S, S)
+    model = spec.load(ckpt)
+    for name, refine in (("default", None), ("plain", False)):
+        want = model.sample_volumes(1, generator=torch.Generator().manual_seed(3), steps=2, refine=refine)[0, 0]
+        np.testing.assert_allclose(outs[name], want.numpy(), atol=1e-6)
+    assert np.abs(outs["default"] - outs["plain"]).max() > 1e-4
+    assert main(["sample", "ldm", "--checkpoint", ckpt, "-n", "1", "--refine-steps", "0",
+                 "-o", str(tmp_path / "bad")]) == 2

@@ -36,6 +36,10 @@ def register(subparsers) -> None:
         if spec.name == "ldm":
             s.add_argument("--volumes", action="store_true", help="write whole generated volumes (D slices) instead of slices")
             s.add_argument("--ddim-steps", type=int, default=50, help="DDIM sampling steps (default: %(default)s)")
+            s.add_argument("--no-refine", action="store_true",
+                           help="skip the refining module even when the checkpoint has a trained one")
+            s.add_argument("--refine-steps", type=int, default=20,
+                           help="DDIM steps of a diffusion refiner (default: %(default)s)")
         s.add_argument("--then-series", action="store_true", help="run LAUGEN on each generated pair")
         add_settings_arguments(s, exclude=("seed",), title="LAUGEN series of every pair (the options of `laugen generate`)")
         s.set_defaults(func=run, generator=spec.name)
@@ -72,9 +76,15 @@ def run(args: argparse.Namespace) -> int:
     records, dropped = [], 0
     out = Path(args.out)
     spacing = (args.pixel_mm,) * 3
+    ldm_options = {}
+    if name == "ldm":
+        if args.ddim_steps < 1 or args.refine_steps < 1:
+            raise ValueError("--ddim-steps and --refine-steps must be at least 1")
+        ldm_options = {"steps": args.ddim_steps, "refine": False if args.no_refine else None,
+                       "refine_steps": args.refine_steps}
     if getattr(args, "volumes", False):
         g = torch.Generator().manual_seed(args.seed)
-        vols = model.sample_volumes(args.n, generator=g, condition=cond, steps=args.ddim_steps)
+        vols = model.sample_volumes(args.n, generator=g, condition=cond, **ldm_options)
         ci = model.cfg.image_channels
         arrays = []
         for v in vols:  # (C, D, S, S) -> image (D, S, S) (or (C_img, D, S, S)) and the label map
@@ -82,13 +92,10 @@ def run(args: argparse.Namespace) -> int:
             arrays.append((imgs[:, 0] if ci == 1 else imgs.transpose(1, 0, 2, 3), labs))
     else:
         sampler = None
-        if cond is not None:
-            if name == "ldm":
-                sampler = lambda k, g: model.sample(k, generator=g, condition=cond, steps=args.ddim_steps)  # noqa: E731
-            else:
-                sampler = lambda k, g: model.sample(k, generator=g, condition=torch.tensor(cond))  # noqa: E731
-        elif name == "ldm":
-            sampler = lambda k, g: model.sample(k, generator=g, steps=args.ddim_steps)  # noqa: E731
+        if name == "ldm":
+            sampler = lambda k, g: model.sample(k, generator=g, condition=cond, **ldm_options)  # noqa: E731
+        elif cond is not None:
+            sampler = lambda k, g: model.sample(k, generator=g, condition=torch.tensor(cond))  # noqa: E731
         images, masks, dropped = sample_pairs(model, args.n, args.min_mask_voxels, args.seed, args.max_tries, sampler)
         if len(images) == 0:
             raise ValueError(f"no sample had a mask of >= {args.min_mask_voxels} pixels in {args.max_tries} rounds; "

@@ -519,11 +519,11 @@ class SliceLDM(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, condition=None, steps: int = 50,
-               refine: bool | None = None) -> torch.Tensor:
+               refine: bool | None = None, refine_steps: int = 20) -> torch.Tensor:
         """n slices (n, C, S, S): the slices of ceil(n / depth) generated volumes, in order
-        (``refine`` as in :meth:`sample_volumes`)."""
+        (``refine``, ``refine_steps`` as in :meth:`sample_volumes`)."""
         vols = -(-int(n) // self.cfg.depth)
-        v = self.sample_volumes(vols, generator, condition, steps, refine=refine)
+        v = self.sample_volumes(vols, generator, condition, steps, refine=refine, refine_steps=refine_steps)
         return v.permute(0, 2, 1, 3, 4).reshape(-1, self.cfg.channels, self.cfg.size, self.cfg.size)[:n]
 
 
