@@ -88,12 +88,13 @@ def volumes_from_arrays(image: np.ndarray, labels: np.ndarray, size: int, select
 
 
 def volumes_from_folder(folder, size: int, selected=None, separate_labels=False) -> VolumeSet:
-    from ..io.nifti import load_volume
-    from .dhvae import find_pairs, load_image_channels
+    from ..io.pairs import read_pair
+    from .dhvae import find_pairs
 
     parts = []
     for img, lab in find_pairs(folder):
-        parts.append(volumes_from_arrays(load_image_channels(img).data, load_volume(lab, ndim=3).data, size, selected,
+        image, labels = read_pair(img, lab, channels=True)
+        parts.append(volumes_from_arrays(image.data, labels.data, size, selected,
                                          separate_labels, name=os.path.basename(str(lab))))
     if len({p.n_labels for p in parts}) > 1:
         raise ValueError("the pairs hold different label sets: give the labels to use (--labels)")
