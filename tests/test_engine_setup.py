@@ -222,3 +222,21 @@ def test_frame_volumes_are_the_counts_of_the_written_maps(n_labels):
     for frame in aug.iter_frames(CustomTrajectory([0.0, 1.5, -1.0]).sample(3)):
         voxel_ml = 1.0 * 0.9 * 1.1 / 1000
         assert frame.volumes_ml == pytest.approx({v: np.count_nonzero(frame.labels == v) * voxel_ml for v in values})
+
+
+def test_index_planes_builds_every_plane_lookup_and_planes_stay_the_frames(sample_arrays):
+    """After ``index_planes`` (run on a worker by the live preview) a plane along any axis needs no
+    lazily built lookup, and every plane equals the same plane of the whole frame."""
+    image, labels, _ = sample_arrays
+    box = (slice(70, 120), slice(80, 170), slice(60, 140))
+    aug = Augmenter(image[box], labels[box].copy(), (1.0, 0.8, 1.3), sigma_mm=4.0, device="cpu")
+    w = aug.warper
+    assert w._positions is None and not w._plane_order
+    w.index_planes()
+    assert w._positions is not None and sorted(w._plane_order) == [0, 1, 2]
+    z = 1.7
+    frame = w.image_frame(z)
+    frame = frame[0] if frame.ndim == 4 else frame
+    for axis in range(3):
+        for index in (0, frame.shape[axis] // 2, frame.shape[axis] - 1):
+            assert torch.equal(w.image_plane(z, axis, index), frame.select(axis, index))

@@ -321,7 +321,6 @@ def prepare_planes(augmenter: Augmenter) -> None:
     lookups (moving-voxel positions, their Z keys; hundreds of ms for a CT-sized field) on the
     viewer's thread, and sorting the moving voxels along Y and X (about a second for a CT-sized
     field) would compete for the cores with the viewer's first draw of the new field."""
-    augmenter.warper.image_plane(1.0, 0, 0)
     augmenter.warper.index_planes()
 
 

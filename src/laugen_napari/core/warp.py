@@ -485,8 +485,11 @@ class Warper:
         return torch.arange(a, b, device=keys.device) if order is None else order[a:b]
 
     def index_planes(self) -> None:
-        """Sort the moving voxels by Y and by X (once; call it from a worker thread), so that a
-        preview plane along any axis costs only its own moving voxels."""
+        """Build the plane lookups (once; call it from a worker thread): the moving voxels'
+        positions, their Z keys and their order along Y and X, so that a preview plane along any
+        axis costs only its own moving voxels."""
+        if 0 not in self._plane_order:
+            self._plane_order[0] = (self.positions[:, 0].contiguous(), None)
         for axis in (1, 2):
             if axis not in self._plane_order:
                 keys, order = torch.sort(self.positions[:, axis], stable=True)
