@@ -109,6 +109,9 @@ def test_diversity_flags_copies_and_not_real_slices():
     assert d_copy["near_duplicates"] == 1.0 and d_copy["msssim_pairwise"] > 0.99
     assert d_mixed["near_duplicates"] == pytest.approx(9 / 12)
     assert d_real["near_duplicates"] == 0.0 and d_real["msssim_pairwise"] < d_mixed["msssim_pairwise"]
+    # a validation set of one real slice (a small fold) has no pairs: no reference measures, no crash
+    one = diversity(copies.clamp(0, 1), reference=real[10:11])
+    assert "spread_vs_real" not in one and one["near_duplicates"] == 1.0
 
 
 def test_stlpips_matches_the_wheels_network():

@@ -220,7 +220,7 @@ def diversity(images: torch.Tensor | np.ndarray, lpips=None, reference: torch.Te
     reference, than MS-SSIM 0.98. With a reference, ``msssim_pairwise_real`` (and
     ``lpips_pairwise_real``) give the same measure on it for comparison, and ``spread_vs_real`` =
     (1 - msssim_pairwise) / (1 - msssim_pairwise_real): 1 = samples as spread as the real slices,
-    0 = all identical. On a 1 mm stack adjacent real slices are more alike than most duplicates,
+    0 = all identical (a reference of fewer than two images is ignored). On a 1 mm stack adjacent real slices are more alike than most duplicates,
     so ``near_duplicates`` rarely fires there: read ``spread_vs_real``.
     """
     x = torch.as_tensor(np.asarray(images), dtype=torch.float32)[:max_images]
@@ -231,7 +231,7 @@ def diversity(images: torch.Tensor | np.ndarray, lpips=None, reference: torch.Te
         ms = _pairwise(x, ms_ssim)
         out["msssim_pairwise"] = float(np.nanmean(ms))
         threshold = 0.98
-        if reference is not None:
+        if reference is not None and len(reference) >= 2:  # one real slice has no pairs to compare
             r = torch.as_tensor(np.asarray(reference), dtype=torch.float32)
             r = r[np.unique(np.linspace(0, len(r) - 1, min(max_images, len(r))).round().astype(int))]
             rms = _pairwise(r, ms_ssim)
