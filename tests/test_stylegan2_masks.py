@@ -62,3 +62,24 @@ def test_mask_area_term_in_training_steps(variant):
                                mask_area_weight=0.0, **TINY)
     assert "mask_area" not in off.train_step(next(iter(b0(0))))
     assert "mask_area_weight" not in off.config()  # the default: runs from before the term resume
+
+
+def test_cli_defaults_to_the_mask_area_term_and_old_runs_resume_only_as_they_were(tmp_path, capsys):
+    """`laugen train stylegan2` records mask_area_weight 10 by default; a run without the key (0,
+    the seed's objective) is not resumed with the term silently: the message names the setting,
+    and --mask-area-weight 0 resumes it."""
+    from laugen_napari.cli import main
+    from laugen_napari.training.loop import load_checkpoint
+
+    common = ["train", "stylegan2", "--pairs", str(SAMPLE), "--size", "32", "--batch-size", "2",
+              "--steps-per-epoch", "1", "--threads", "1"]
+    assert main([*common, "--steps", "1", "--out", str(tmp_path / "new")]) == 0
+    assert load_checkpoint(tmp_path / "new" / "last.pt")["config"]["mask_area_weight"] == 10.0
+    assert main([*common, "--steps", "1", "--mask-area-weight", "0", "--out", str(tmp_path / "old")]) == 0
+    assert "mask_area_weight" not in load_checkpoint(tmp_path / "old" / "last.pt")["config"]
+    capsys.readouterr()
+    assert main([*common, "--steps", "2", "--resume", "--out", str(tmp_path / "old")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "mask_area_weight" in err
+    assert main([*common, "--steps", "2", "--resume", "--mask-area-weight", "0", "--out", str(tmp_path / "old")]) == 0
+    assert load_checkpoint(tmp_path / "old" / "last.pt")["step"] == 2

