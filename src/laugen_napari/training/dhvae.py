@@ -209,18 +209,6 @@ def slices_from_files(
     return SliceSet.concat(sets)
 
 
-def load_image_channels(path: str | os.PathLike):
-    """A NIfTI image as a Volume whose data are (Z, Y, X), or (C, Z, Y, X) for a 4D file of C
-    modalities (NIfTI's 4th axis); more than 4 dimensions is an error naming the file. (Prefer
-    :func:`laugen_napari.io.pairs.read_pair` with ``channels=True``, which also checks the mask.)"""
-    from ..io.nifti import load_volume
-
-    vol = load_volume(path)
-    if vol.data.ndim not in (3, 4):
-        raise ValueError(f"{Path(path).name}: expected a 3D image or a 4D stack of modalities, got {vol.data.ndim}D")
-    return vol
-
-
 def slices_from_folder(directory: str | os.PathLike, size: int = 64, selected: Sequence[int] | None = None,
                        min_voxels: int = 1, separate_labels: bool = False) -> SliceSet:
     """Slices of every pair found by :func:`find_pairs` in ``directory``."""

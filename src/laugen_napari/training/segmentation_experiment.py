@@ -106,14 +106,14 @@ def laugen_slices(pairs: Sequence[tuple[str, str]], subjects: Sequence[int], sli
     """Structure slices of one LAUGEN series per training subject (frames 1..T-1), without the
     slice indices in ``exclude[subject]`` (the test block of that subject)."""
     from ..core.series import series_seed
-    from ..io.nifti import load_volume
+    from ..io.pairs import read_pair
     from ..pipeline import build_augmenter
     from .dhvae import SliceSet, slices_from_arrays
 
     parts = []
     for s in subjects:
         img_path, lab_path = pairs[s]
-        image, mask = load_volume(img_path, ndim=3), load_volume(lab_path, ndim=3)
+        image, mask = read_pair(img_path, lab_path)
         aug = build_augmenter(image, mask, settings)
         draw = settings.trajectory_model().sample(settings.frames, series_seed(settings.seed, int(s)))
         for frame in aug.iter_frames(draw):
@@ -144,15 +144,14 @@ def fold_volumes(pairs: Sequence[tuple[str, str]], slices, test_idx: np.ndarray,
     volume for a subject without test slices. Runs without structure at ``size`` are left out.
 
     Returns a :class:`~laugen_napari.training.ldm.VolumeSet`; raises ValueError if nothing is left."""
-    from ..io.nifti import load_volume
-    from .dhvae import load_image_channels
+    from ..io.pairs import read_pair
     from .ldm import VolumeSet, volumes_from_arrays
 
     parts = []
     for s, (img_path, lab_path) in enumerate(pairs):
         if not np.any(slices.source == s):
             continue
-        image, labels = load_image_channels(img_path).data, load_volume(lab_path, ndim=3).data
+        image, labels = (v.data for v in read_pair(img_path, lab_path, channels=True))
         z = labels.shape[0]
         test_z = slices.slice_index[test_idx][slices.source[test_idx] == s]
         runs = [(0, z)] if test_z.size == 0 else [(0, int(test_z.min())), (int(test_z.max()) + 1, z)]
