@@ -243,8 +243,11 @@ def test_ctrl_c_during_start_up_imports(tmp_path):
     script = Path(sys.executable).with_name("laugen")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "laugen_napari"]
     # enough frames that the run is still going when the signal comes, on a fast machine too
+    # SIGINT back to its default in the child: a shell without job control starts background jobs
+    # (and so this test, under such a CI) with SIGINT ignored, and Python then never raises on it
     proc = subprocess.Popen([*command, "generate", str(img), str(seg), "-o", str(tmp_path / "out2"), "--frames",
-                             "30000"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "30000"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = ""
     deadline = time.monotonic() + 60
     while "laugen generate:" not in seen and proc.poll() is None and time.monotonic() < deadline:
