@@ -118,11 +118,14 @@ def _bounding_box(mask: torch.Tensor, use_numpy: bool | None = None) -> tuple[li
     """(first, last + 1) index per axis of the True voxels of a non-empty (d, h, w) bool tensor
     (numpy's projections on CPU, several times faster than torch's ``any``; torch elsewhere)."""
     if mask.device.type == "cpu" if use_numpy is None else use_numpy:
-        m = mask.numpy()
-        rows = np.count_nonzero(m, axis=2)
-        hits = (rows.any(1), rows.any(0), m.any(axis=(0, 1)))
+        hits = _projections(mask.numpy())
     else:
         hits = tuple(h.cpu().numpy() for h in (mask.flatten(1).any(1), mask.any(2).any(0), mask.any(1).any(0)))
+    return _extent(hits)
+
+
+def _extent(hits: Sequence[np.ndarray]) -> tuple[list[int], list[int]]:
+    """(first, last + 1) index of the True entries of each of the per-axis projections ``hits``."""
     lo, hi = [], []
     for hit in hits:
         idx = np.flatnonzero(hit)
@@ -271,11 +274,8 @@ def _projections(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _support_roi(mask: np.ndarray, pad: Sequence[int], projections=None) -> tuple[slice, slice, slice]:
-    roi = []
-    for p, n, hit in zip(pad, mask.shape, projections or _projections(mask)):
-        hit = np.flatnonzero(hit)
-        roi.append(slice(max(0, int(hit[0]) - p), min(n, int(hit[-1]) + 1 + p)))
-    return tuple(roi)
+    lo, hi = _extent(projections or _projections(mask))
+    return tuple(slice(max(0, a - p), min(n, b + p)) for a, b, p, n in zip(lo, hi, pad, mask.shape))
 
 
 def shared_tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -369,8 +369,7 @@ def unit_field(
         ext.append((int(cut_lo), int(cut_hi)))
     if any(a or b for a, b in ext):
         crop = np.pad(crop, ext, mode="edge")
-    support = [np.flatnonzero(hit) for hit in _projections(crop)]  # the structure's box: the blur reads only it
-    support = [slice(int(i[0]), int(i[-1]) + 1) for i in support]
+    support = [slice(a, b) for a, b in zip(*_extent(_projections(crop)))]  # the structure's box: the blur reads only it
     shape = crop.shape
     crop = torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32)).to(dev)
     blurred = gaussian_blur(crop, sigma_vox, mode="nearest", support=support)
