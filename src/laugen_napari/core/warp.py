@@ -309,6 +309,16 @@ class Warper:
         self._codes_box = (lo, hi)
         return True
 
+    def _settle_votes(self, z_mm: float, labels: torch.Tensor, pending: list, codes: bool, inside: bool) -> None:
+        """Vote, in the labels (P,) of all moving voxels, the mixed cells the blocks left open:
+        ``pending`` (rows, corner labels (8, m), fractions (3, m)) per block, and with ``codes``
+        the cells looked up as :data:`MIXED`."""
+        if pending:
+            at, corners, frac = (torch.cat([p[k] for p in pending], dim=min(k, 1)) for k in range(3))
+            labels[at] = self._vote(corners, frac)
+        if codes:
+            self._vote_coded(z_mm, labels, inside)
+
     def _vote_coded(self, z_mm: float, labels: torch.Tensor, inside: bool) -> None:
         """Replace, in the labels (P,) of all moving voxels looked up in the cell codes, the code
         :data:`MIXED` by the vote of the cell: the few mixed voxels' cells are found again from their
@@ -405,11 +415,7 @@ class Warper:
                     if votes is not None and votes[0].numel():
                         pending.append((votes[0] + rows.start, votes[1], votes[2]))
             if lab is not None:
-                if pending:
-                    at, corners, frac = (torch.cat([p[k] for p in pending], dim=min(k, 1)) for k in range(3))
-                    moving[at] = self._vote(corners, frac)
-                if codes:
-                    self._vote_coded(z_mm, moving, inside)
+                self._settle_votes(z_mm, moving, pending, codes, inside)
                 lab.view(-1).scatter_(0, self.flat_index, moving)
         return (img[0] if self.single_channel else img), lab, moving
 
@@ -458,11 +464,7 @@ class Warper:
             out[rows], votes = self._labels_deferred(base, frac, coords, codes)
             if votes is not None and votes[0].numel():
                 pending.append((votes[0] + rows.start, votes[1], votes[2]))
-        if pending:
-            at, corners, frac = (torch.cat([p[k] for p in pending], dim=min(k, 1)) for k in range(3))
-            out[at] = self._vote(corners, frac)
-        if codes:
-            self._vote_coded(z_mm, out, inside)
+        self._settle_votes(z_mm, out, pending, codes, inside)
         return out
 
     def moving_values(self, frame: torch.Tensor) -> torch.Tensor:
