@@ -73,7 +73,7 @@ class PreviewModel:
         if augmenter is not None:
             # planes along Y and X cost only their own moving voxels once these are sorted: done
             # off the caller's (GUI) thread; until then a plane costs one pass over the moving voxels
-            BACKGROUND.submit(augmenter.warper.index_planes)
+            BACKGROUND_THREADS.submit(augmenter.warper.index_planes)
 
     def release(self) -> None:
         """Drop the engine and the cached frames (their memory is returned on a thread)."""
@@ -310,9 +310,9 @@ class _Background:
             return self._changed.wait_for(lambda: self._busy == 0, timeout_s)
 
 
-BACKGROUND = _Background()
+BACKGROUND_THREADS = _Background()
 """The background threads of the preview and the docks."""
-atexit.register(BACKGROUND.wait_idle, 10.0)  # no torch work torn down under a running job at exit
+atexit.register(BACKGROUND_THREADS.wait_idle, 10.0)  # no torch work torn down under a running job at exit
 
 
 def prepare_planes(augmenter: Augmenter) -> None:
@@ -330,7 +330,7 @@ def release(objects: list) -> None:
     Returning the memory of a CT-sized engine (hundreds of MB of torch storage) takes tens of
     milliseconds; torch frees without the GIL, so in the background the viewer does not wait."""
     if any(o is not None and (not isinstance(o, dict) or o) for o in objects):
-        BACKGROUND.submit(objects.clear)
+        BACKGROUND_THREADS.submit(objects.clear)
 
 
 def _normalise_key(key, ndim: int) -> tuple:
@@ -451,5 +451,5 @@ def preview_arrays(model: PreviewModel) -> tuple[LazyImageSeries, LazyLabelSerie
     return LazyImageSeries(model), LazyLabelSeries(model), LazyDifference(model)
 
 
-__all__ = ["BACKGROUND", "LazyDifference", "LazyImageSeries", "LazyLabelSeries", "PreviewModel", "prepare_planes",
-           "preview_arrays", "release"]
+__all__ = ["BACKGROUND_THREADS", "LazyDifference", "LazyImageSeries", "LazyLabelSeries", "PreviewModel",
+           "prepare_planes", "preview_arrays", "release"]

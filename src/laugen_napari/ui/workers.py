@@ -2,9 +2,10 @@
 
 The threads are reused (an idle one takes the next job), so starting a job never waits on the GUI
 thread for a new thread to start (tens of ms on busy cores). Why not napari's ``thread_worker``:
-it runs on Qt's global QThreadPool, which Qt itself uses for image conversion while painting. Under a software OpenGL (Mesa/Xvfb) a repaint on the GUI thread,
-holding the GIL, waited for a pool thread while every pool thread was a Python worker waiting for
-the GIL: a deadlock seen here. Our own threads never take a pool slot.
+it runs on Qt's global QThreadPool, which Qt itself uses for image conversion while painting.
+Under a software OpenGL (Mesa/Xvfb) a repaint on the GUI thread, holding the GIL, waited for a
+pool thread while every pool thread was a Python worker waiting for the GIL: a deadlock seen here.
+Our own threads never take a pool slot.
 
 Long jobs still show in napari's activity dock: :func:`activity` makes a ``napari.utils.progress``
 bar that the docks create, advance and close on the GUI thread only (from their timers and
@@ -18,7 +19,7 @@ from typing import Any, Callable
 
 from qtpy.QtCore import QObject, Qt, Signal
 
-from ..core.preview import BACKGROUND
+from ..core.preview import BACKGROUND_THREADS
 
 
 class _Relay(QObject):
@@ -43,9 +44,9 @@ class ThreadWorker:
 
     def start(self) -> "ThreadWorker":
         """Hand the job to an idle background thread, or to a new one
-        (:data:`~laugen_napari.core.preview.BACKGROUND`)."""
+        (:data:`~laugen_napari.core.preview.BACKGROUND_THREADS`)."""
         self._running.set()
-        BACKGROUND.submit(self._work)
+        BACKGROUND_THREADS.submit(self._work)
         return self
 
     @property
