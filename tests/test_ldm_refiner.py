@@ -149,12 +149,18 @@ def test_refining_is_optional_at_sampling(volumes):
     assert no_refiner.refiner is None and not any(k.startswith("refiner") for k in no_refiner.state_dict())
 
 
+def _refiner_run(volumes, out: Path):
+    """A 6-step run of a tiny LDM (1 + 1 autoencoder steps, 2 diffusion, 2 refiner) into ``out``."""
+    torch.manual_seed(0)
+    task, batches, kw = GENERATORS["ldm"].make_training(volumes=volumes, steps=6, out=out, stage_steps=(1, 1),
+                                                        refine_steps=2, steps_per_epoch=3, batch_size=2, **TINY)
+    list(run_training(task, batches, **kw))
+    return task
+
+
 def test_checkpoints_with_and_without_a_refiner_load_and_resume(tmp_path, volumes):
     spec = GENERATORS["ldm"]
-    torch.manual_seed(0)
-    task, batches, kw = spec.make_training(volumes=volumes, steps=6, out=tmp_path / "r", stage_steps=(1, 1),
-                                           refine_steps=2, steps_per_epoch=3, batch_size=2, **TINY)
-    list(run_training(task, batches, **kw))
+    task = _refiner_run(volumes, tmp_path / "r")
     loaded = spec.load(tmp_path / "r" / "last.pt")
     assert loaded.refine_ready() and int(loaded.refiner.trained_steps) == 2
     g = lambda: torch.Generator().manual_seed(2)
@@ -215,10 +221,7 @@ def test_laugen_sample_ldm_uses_the_refiner_unless_told_not_to(tmp_path, volumes
     from laugen_napari.io.nifti import load_volume
 
     spec = GENERATORS["ldm"]
-    torch.manual_seed(0)
-    task, batches, kw = spec.make_training(volumes=volumes, steps=6, out=tmp_path / "r", stage_steps=(1, 1),
-                                           refine_steps=2, steps_per_epoch=3, batch_size=2, **TINY)
-    list(run_training(task, batches, **kw))
+    _refiner_run(volumes, tmp_path / "r")
     ckpt = str(tmp_path / "r" / "last.pt")
     outs = {}
     for name, extra in (("default", []), ("plain", ["--no-refine"])):
