@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,15 @@ def test_a_pickle_payload_never_runs_on_any_loading_path(tmp_path, capsys):
     assert marker.exists()
 
 
-@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated", os.urandom(4096)], ids=["empty", "truncated-zip", "random"])
+def _noise(seed: int, head: bytes = b"") -> bytes:
+    """4 KiB of fixed random bytes after ``head`` (seeded: a failure reproduces)."""
+    return head + bytes(random.Random(seed).getrandbits(8) for _ in range(4096 - len(head)))
+
+
+# b"\x80\x45": a pickle PROTO opcode naming protocol 69, on which torch warns before it fails
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated", _noise(0), _noise(1, b"\x80\x45"),
+                                     _noise(2, b"\x80\x02")],
+                         ids=["empty", "truncated-zip", "random", "unknown-pickle-protocol", "pickle-protocol-2"])
 def test_broken_checkpoints_are_one_line_errors(tmp_path, content, capsys):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(content)
@@ -93,10 +102,14 @@ def test_sam_checkpoints_go_through_the_safe_reader(tmp_path, capsys):
     with pytest.raises(CheckpointError, match="refused"):
         read_checkpoint(evil, "vit_b")
     noise = tmp_path / "sam_noise.pth"
-    noise.write_bytes(os.urandom(4096))
+    noise.write_bytes(_noise(3, b"\x80\x45"))  # torch warns on this header: the warning is not shown
     with pytest.raises(CheckpointError, match="sam_noise.pth: not a readable SAM checkpoint") as info:
         read_checkpoint(noise, "vit_b")
     assert "weights_only" not in str(info.value)
+    assert main(["segment", str(Path(__file__).resolve().parents[1] / "sample_data" / "mni152_t1.nii.gz"),
+                 "--points", "98,120,90", "--checkpoint", str(noise), "-o", str(tmp_path / "m.nii.gz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("laugen segment: error:") and "sam_noise.pth" in err and "\n" not in err, err
     img = Path(__file__).resolve().parents[1] / "sample_data" / "mni152_t1.nii.gz"
     assert main(["segment", str(img), "--points", "98,120,90", "--checkpoint", str(evil),
                  "-o", str(tmp_path / "m.nii.gz")]) == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,11 @@ def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the {what} file is empty")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # a file whose first bytes look like an unknown pickle protocol makes torch warn before it
+            # fails; the one error line below says what is wrong with the file
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "global" in str(exc).lower():  # the pickle names a class or function: never made
             raise CheckpointError(f"{path}: refused, the {what} holds Python objects other than tensors and plain "
