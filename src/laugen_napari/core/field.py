@@ -324,6 +324,21 @@ def selection_mask(labels: np.ndarray, selected: Sequence[int] | None = None, pr
     return np.isin(labels, np.asarray(list(selected), dtype=labels.dtype))
 
 
+def centroid(mask: np.ndarray) -> np.ndarray | None:
+    """Mean (z, y, x) voxel index of the True voxels of a 3D bool ``mask``; None when it has none.
+
+    Computed from per-axis voxel counts (no list of voxel indices, whatever the structure's size);
+    the same numbers as ``np.argwhere(mask).mean(axis=0)``."""
+    if mask.ndim != 3:
+        raise ValueError(f"mask must be 3D (Z, Y, X), got shape {mask.shape}")
+    rows = np.count_nonzero(mask, axis=2)  # (Z, Y)
+    n = int(rows.sum())
+    if n == 0:
+        return None
+    profiles = (rows.sum(axis=1), rows.sum(axis=0), np.count_nonzero(mask, axis=(0, 1)))
+    return np.array([int(np.dot(p.astype(np.int64), np.arange(p.size, dtype=np.int64))) / n for p in profiles])
+
+
 def unit_field(
     mask: np.ndarray,
     spacing: Sequence[float],

@@ -30,12 +30,12 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog, QFrame, QProgressBar, QScrollArea, QVBoxLayout, QWidget
 
 from ..core import Augmenter, series_seed  # noqa: F401 (Augmenter: scripts used to time the field here)
-from ..core.field import label_values
+from ..core.field import centroid, label_values
 from ..core.preview import LazyDifference, PreviewModel, prepare_planes, preview_arrays
 from ..pipeline import build_augmenter
 from ..settings import GenerationSettings, SettingsError
 from . import load_settings, orientation, save_settings
-from .layers import series_layer_kwargs, volume_from_layer, volume_reader
+from .layers import geometry_of_layer, series_layer_kwargs, volume_reader
 from .plots import SeriesCurvesPlot, render_curves
 from .settings_form import SettingsForm
 from .workers import WorkerSet
@@ -88,10 +88,27 @@ def _build_engine(read_image, read_mask, settings):
     return aug, image, mask
 
 
+READ_NOW_VOXELS = 1 << 24
+"""A labels layer read on the viewer's thread for its values or its centre: an in-memory array of
+at most this many voxels (about 20 ms). A lazy array (dask, zarr, a file map) or a larger one is
+read on a worker: the screen never waits for a whole-volume read."""
+
+
+def _read_now(data) -> bool:
+    return isinstance(data, np.ndarray) and data.size <= READ_NOW_VOXELS
+
+
 def _values_of(data) -> list[int]:
     """The non-zero values of a labels layer's data (none for non-integer data)."""
     lab = np.asarray(data)
     return label_values(lab) if np.issubdtype(lab.dtype, np.integer) else []
+
+
+def _centre_of(data, values) -> np.ndarray | None:
+    """The mean (z, y, x) voxel index of the voxels of a labels layer's data whose label is in
+    ``values``; None when there are none."""
+    lab = np.asarray(data)
+    return centroid(np.isin(lab, np.asarray(list(values), dtype=lab.dtype))) if lab.ndim == 3 else None
 
 
 class _SeriesImage(Image):
@@ -139,6 +156,7 @@ class AugmentWidget(QWidget):
         self._field_pending = False
         self._labels_version = 0
         self._values_for, self._values = None, []  # (labels layer id, version) -> its non-zero values
+        self._reading: dict[str, object] = {}  # what a worker is reading from a layer ("values", "centre") -> its key
         self._label_values: list[int] = []
         self._last_error = ""
         self.folding_frame: int | None = None
@@ -487,18 +505,44 @@ class AugmentWidget(QWidget):
             self._report(ValueError(f"image {tuple(image.data.shape)} and labels {tuple(labels.data.shape)} "
                                     "differ in shape"))
             return
-        self._refresh_label_values(labels)
+        self._refresh_label_values(labels, then=self._label_values_known)
+
+    def _label_values_known(self) -> None:
         if getattr(self, "_restore_kind", None) and self._label_values:
             self.form.fields["kind"].value, self._restore_kind = self._restore_kind, None
         self._schedule_field()
 
-    def _refresh_label_values(self, labels) -> None:
-        # the values of a labels layer are counted over the whole volume (300 ms for a CT-sized
-        # one): once per layer and edit, not at every layer added or removed (the dock's own three)
+    def _refresh_label_values(self, labels, then) -> None:
+        """Show the non-zero values of ``labels`` in 'driving labels', then call ``then()``.
+
+        The values are counted over the whole volume (300 ms for a CT-sized one): once per layer
+        and edit, not at every layer added or removed (the dock's own three); a lazy or large layer
+        is counted on a worker (see :data:`READ_NOW_VOXELS`), and no field is computed meanwhile."""
         key = (id(labels), self._labels_version)
-        if self._values_for != key:
-            self._values_for, self._values = key, _values_of(labels.data)
-        self._show_label_values(labels, self._values)
+        if self._values_for == key or _read_now(labels.data):
+            self._reading.pop("values", None)
+            if self._values_for != key:
+                self._values_for, self._values = key, _values_of(labels.data)
+            self._show_label_values(labels, self._values)
+            then()
+            return
+
+        def counted(values):
+            if self._reading.get("values") != key:
+                return  # another edit or another layer meanwhile: its own count follows
+            del self._reading["values"]
+            self._values_for, self._values = key, values
+            self._show_label_values(labels, values)
+            then()
+
+        def failed(exc):
+            if self._reading.get("values") == key:
+                del self._reading["values"]
+                self._report(ValueError(f"labels layer '{labels.name}' could not be read: {exc}"))
+
+        self._reading["values"] = key
+        self._status(f"reading the labels layer '{labels.name}'…")
+        self._run(_values_of, labels.data, returned=counted, errored=failed)
 
     def _show_label_values(self, labels, values: list[int]) -> None:
         old, selected = self._label_values, set(self.w["driving"].value or [])
@@ -520,16 +564,7 @@ class AugmentWidget(QWidget):
         if labels is None:
             return
         self._labels_version += 1
-        key, data = (id(labels), self._labels_version), labels.data
-
-        def counted(values):  # counted on a worker: painting on a CT-sized layer does not stall the viewer
-            if key != (id(self.w["labels"].value), self._labels_version):
-                return  # another edit or another layer meanwhile: its own count follows
-            self._values_for, self._values = key, values
-            self._show_label_values(labels, values)
-            self._schedule_field()
-
-        self._run(_values_of, data, returned=counted)
+        self._refresh_label_values(labels, then=self._schedule_field)
 
     def _ensure_layers(self, image_layer) -> None:
         series, masks, diff = preview_arrays(self.model)
@@ -637,8 +672,8 @@ class AugmentWidget(QWidget):
         image, labels = self.w["image"].value, self.w["labels"].value
         if image is None or labels is None or tuple(image.data.shape) != tuple(labels.data.shape):
             return
-        if not self._label_values:
-            return  # an empty labels layer: the hint says what to do
+        if not self._label_values or self._reading:
+            return  # an empty labels layer (the hint says what to do), or a worker still reading it
         try:
             settings = self.current_settings()
         except (SettingsError, ValueError) as exc:
@@ -838,12 +873,26 @@ class AugmentWidget(QWidget):
             image, labels = self.w["image"].value, self.w["labels"].value
             if image is None or labels is None or not self._label_values:
                 return
-            lab = np.asarray(labels.data)
             chosen = self._driving() or self._label_values
-            zyx = np.argwhere(np.isin(lab, chosen)).mean(axis=0)
-            ijk = volume_from_layer(image, viewer=self.viewer).array_to_file_index(np.round(zyx))
-            f["center"].value = ", ".join(f"{v:g}" for v in ijk)
-            self._status("centre set to the middle of the driving labels; click in the viewer to move it")
+            geometry = geometry_of_layer(image, viewer=self.viewer)  # the settings' frame, no data read
+            key = (id(labels), self._labels_version, tuple(chosen))
+
+            def place(zyx):
+                if self._reading.get("centre") == key:
+                    del self._reading["centre"]
+                if zyx is None or f["kind"].value != "gaussian" or f["center"].value.strip():
+                    self._schedule_field()
+                    return
+                f["center"].value = ", ".join(f"{v:g}" for v in geometry.array_to_file_index(np.round(zyx)))
+                self._status("centre set to the middle of the driving labels; click in the viewer to move it")
+
+            if _read_now(labels.data):
+                place(_centre_of(labels.data, chosen))
+                return
+            self._reading["centre"] = key
+            self._status("finding the middle of the driving labels…")
+            self._run(_centre_of, labels.data, chosen, returned=place,
+                      errored=lambda exc: (self._reading.pop("centre", None), self._report(exc)))
 
     def _direction_from_view(self, *_) -> None:
         """Set the direction (world x, y, z) to the axis perpendicular to the screen (2D view)."""
@@ -877,7 +926,7 @@ class AugmentWidget(QWidget):
         if np.any(zyx < 0) or np.any(zyx >= np.asarray(layer.data.shape[-3:])):
             show_error("LAUGEN: the click lies outside the image")
             return
-        ijk = volume_from_layer(layer, viewer=self.viewer).array_to_file_index(zyx)  # the settings' frame
+        ijk = geometry_of_layer(layer, viewer=self.viewer).array_to_file_index(zyx)  # the settings' frame, no data read
         self.form.fields["center"].value = ", ".join(f"{v:g}" for v in ijk)
         if self._pick_centre in layer.mouse_drag_callbacks:
             layer.mouse_drag_callbacks.remove(self._pick_centre)

@@ -301,28 +301,46 @@ def _volume_from(arr: np.ndarray, meta: dict[str, Any], candidates: list[Volume]
     return volume_from_array(arr, scale, translate)
 
 
+def _layer_meta(layer: Any) -> dict[str, Any]:
+    """The layer state a writer receives (``scale``, ``translate``, ``metadata``, ``rgb``)."""
+    return {"scale": tuple(layer.scale), "translate": tuple(layer.translate), "metadata": dict(layer.metadata or {}),
+            "rgb": bool(getattr(layer, "rgb", False))}
+
+
+def _other_layers(layer: Any, viewer: Any) -> list[Any] | None:
+    return [lay for lay in viewer.layers if lay is not layer] if viewer is not None else None
+
+
 def volume_from_layer(layer: Any, reference: Any = None, viewer: Any = None) -> Volume:
     """A :class:`Volume` with ``layer``'s data (computed) and its file geometry (see
     :func:`volume_from_layer_data`); ``viewer`` supplies the layers to search for a layer drawn
     from scratch. The Volume's ``path`` is that of the file the geometry came from, if any."""
-    meta = {"scale": tuple(layer.scale), "translate": tuple(layer.translate), "metadata": dict(layer.metadata or {}),
-            "rgb": bool(getattr(layer, "rgb", False))}
-    layers = list(viewer.layers) if viewer is not None else None
-    if layers is not None:
-        layers = [lay for lay in layers if lay is not layer]
-    return volume_from_layer_data(layer.data, meta, reference=reference, layers=layers)
+    return volume_from_layer_data(layer.data, _layer_meta(layer), reference=reference,
+                                  layers=_other_layers(layer, viewer))
 
 
 def volume_reader(layer: Any, reference: Any = None, viewer: Any = None) -> Callable[[], Volume]:
     """:func:`volume_from_layer` in two steps, for a worker thread: the layer state and the
     geometry (cheap, reads no data) now, on the caller's thread; the data when the returned function
     is called (the layer's array, computed with ``np.asarray``; copies, if any, happen there)."""
-    meta = {"scale": tuple(layer.scale), "translate": tuple(layer.translate), "metadata": dict(layer.metadata or {}),
-            "rgb": bool(getattr(layer, "rgb", False))}
+    meta = _layer_meta(layer)
     data = _layer_array(layer.data)
-    layers = [lay for lay in viewer.layers if lay is not layer] if viewer is not None else None
-    candidates = _geometry_candidates(_image_shape(data.shape, meta), meta, reference, layers)
+    candidates = _geometry_candidates(_image_shape(data.shape, meta), meta, reference, _other_layers(layer, viewer))
     return lambda: _volume_from(np.asarray(data), meta, candidates)
+
+
+def geometry_of_layer(layer: Any, reference: Any = None, viewer: Any = None) -> Volume:
+    """The geometry :func:`volume_from_layer` gives ``layer`` (affines, header, spatial shape) as a
+    geometry-only Volume, from the layer's state alone: its data are never read (for a voxel index
+    on the viewer's thread, e.g. a click, whatever the size or laziness of the layer)."""
+    meta = _layer_meta(layer)
+    shape = _image_shape(_layer_array(layer.data).shape, meta)
+    scale = _spatial(meta["scale"], len(shape), 1.0)
+    translate = _spatial(meta["translate"], len(shape), 0.0)
+    for geometry in _geometry_candidates(shape, meta, reference, _other_layers(layer, viewer)):
+        if _geometry_fits(geometry, shape, scale, translate):
+            return geometry_only(geometry)
+    return ras_geometry(_spatial_shape(shape), scale, translate)
 
 
 def source_unchanged(volume: Volume) -> bool:

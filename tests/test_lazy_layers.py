@@ -1,0 +1,115 @@
+"""Lazy layers (dask, zarr, a memory map: anything napari reads plane by plane) are never read
+whole on the viewer's thread by the augment dock: not to list the labels, not for the gaussian
+kind's centre, not for a click that picks it, not after an edit. Only workers read them whole."""
+
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+from napari.layers import Image, Layer
+
+from laugen_napari.io.nifti import load_volume
+from laugen_napari.ui.augment_widget import SERIES, AugmentWidget
+from laugen_napari.ui.layers import geometry_of_layer, volume_from_layer, volume_layer_data
+
+from test_layers import _oblique_file
+
+
+class ThreadedReads:
+    """Array-like layer data that records every whole read (``np.asarray``) with its thread."""
+
+    def __init__(self, array: np.ndarray, log: list):
+        self._a, self._log = array, log
+        self.shape, self.dtype, self.ndim, self.size = array.shape, array.dtype, array.ndim, array.size
+
+    def __getitem__(self, key):
+        return self._a[key]
+
+    def __array__(self, dtype=None, copy=None):
+        self._log.append(threading.current_thread() is threading.main_thread())
+        return self._a if dtype is None else self._a.astype(dtype)
+
+
+def test_geometry_of_a_layer_reads_no_data_and_equals_volume_from_layer(tmp_path):
+    """The oblique file's geometry for a loaded layer, a RAS one for a layer drawn without a file
+    (3 mm slices), and the image's for labels drawn on it: as volume_from_layer, with no read."""
+    path, _, _ = _oblique_file(tmp_path)
+    log: list = []
+    loaded = Layer.create(*volume_layer_data(load_volume(path), "image"))
+    loaded.data = ThreadedReads(np.asarray(loaded.data), log)
+    drawn = Image(ThreadedReads(np.arange(6 * 7 * 8, dtype=np.int16).reshape(6, 7, 8), log),
+                  scale=(3.0, 0.8, 0.8), translate=(-5.0, 2.0, 10.0))
+    labels = Layer.create(ThreadedReads(np.zeros((6, 7, 8), np.uint8), log),
+                          {"scale": drawn.scale, "translate": drawn.translate}, "labels")
+    log.clear()
+    got = [geometry_of_layer(loaded), geometry_of_layer(drawn), geometry_of_layer(labels, reference=drawn)]
+    assert log == []
+    want = [volume_from_layer(loaded), volume_from_layer(drawn), volume_from_layer(labels, reference=drawn)]
+    for g, w in zip(got, want):
+        assert g.spatial_shape == w.spatial_shape and g.data.strides == (0, 0, 0)
+        np.testing.assert_allclose(g.affine, w.affine)
+        np.testing.assert_allclose(g.file_affine, w.file_affine)
+        for zyx in [(0, 0, 0), (2, 3, 4), (5, 6, 7)]:
+            assert g.array_to_file_index(zyx) == w.array_to_file_index(zyx)
+    assert got[1].spacing == (3.0, 0.8, 0.8)
+
+
+def test_the_augment_dock_reads_lazy_layers_only_on_workers(make_napari_viewer, sample_pair, qtbot):
+    image, mask = sample_pair
+    log: list = []
+    labels_array = mask.data.copy()
+    viewer = make_napari_viewer(show=True)
+    img = viewer.add_image(ThreadedReads(image.data, log), name="t1", scale=image.spacing, translate=image.origin,
+                           contrast_limits=(0.0, float(image.data.max())))
+    lab = viewer.add_labels(ThreadedReads(labels_array, log), name="seg", scale=image.spacing,
+                            translate=image.origin)
+    log.clear()  # napari's own reads while adding the layers are not the dock's
+    widget = AugmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    qtbot.waitUntil(lambda: widget.model is not None and widget.model.augmenter is not None and not widget.busy
+                    and SERIES in viewer.layers, timeout=60000)
+    assert widget._label_values == [int(v) for v in np.unique(labels_array) if v]
+    assert log and not any(log), "a lazy layer was read whole on the viewer's thread"
+
+    # the gaussian kind starts from the middle of the driving labels, found on a worker
+    log.clear()
+    f = widget.form.fields
+    f["kind"].value = "gaussian"
+    qtbot.waitUntil(lambda: f["center"].value.strip() != "" and widget.model.augmenter.kind.name == "gaussian"
+                    and not widget.busy and not widget._field_timer.isActive(), timeout=60000)
+    middle = np.round(np.argwhere(labels_array > 0).mean(axis=0))
+    np.testing.assert_allclose([float(v) for v in f["center"].value.split(",")], image.array_to_file_index(middle))
+    np.testing.assert_allclose(widget.model.augmenter.kind.center, middle)
+    assert "not updated" not in widget.w["status"].value
+    assert log and not any(log)
+
+    # a click that picks the centre maps the voxel from the layer's geometry alone
+    log.clear()
+    widget._toggle_pick()
+    target = (40, 110, 100)
+    widget._pick_centre(img, SimpleNamespace(position=img.data_to_world(target)))
+    np.testing.assert_allclose([float(v) for v in f["center"].value.split(",")], image.array_to_file_index(target))
+    assert log == []
+
+    # an edit of the labels (a new label 5) is counted on a worker, then drives the field
+    log.clear()
+    old = widget.model.augmenter
+    labels_array[60:70, 100:110, 90:100] = 5
+    lab.events.data(value=lab.data, action="changed", data_indices=(), vertex_indices=())
+    qtbot.waitUntil(lambda: 5 in widget._label_values and widget.model.augmenter is not old and not widget.busy,
+                    timeout=60000)
+    assert 5 in widget.model.augmenter.label_values
+    assert log and not any(log)
+    widget.wait_idle()
+
+
+def test_centroid_equals_the_mean_voxel_index(sample_arrays):
+    from laugen_napari.core.field import centroid
+
+    _, labels, _ = sample_arrays
+    for mask in (labels > 0, labels == 1, labels[:, :, :60] > 0, np.zeros((3, 4, 5), bool)):
+        got, pts = centroid(mask), np.argwhere(mask)
+        if len(pts):
+            np.testing.assert_allclose(got, pts.mean(axis=0), rtol=0, atol=1e-9)
+        else:
+            assert got is None
