@@ -7,12 +7,11 @@ from types import SimpleNamespace
 
 import numpy as np
 from napari.layers import Image, Layer
+from test_layers import _oblique_file
 
 from laugen_napari.io.nifti import load_volume
 from laugen_napari.ui.augment_widget import SERIES, AugmentWidget
 from laugen_napari.ui.layers import geometry_of_layer, volume_from_layer, volume_layer_data
-
-from test_layers import _oblique_file
 
 
 class ThreadedReads:
