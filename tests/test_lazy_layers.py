@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 from napari.layers import Image, Layer
+from test_export_widget import _open, lps_pair  # noqa: F401 (a fixture)
 from test_layers import _oblique_file
 
 from laugen_napari.io.nifti import load_volume
@@ -112,3 +113,48 @@ def test_centroid_equals_the_mean_voxel_index(sample_arrays):
             np.testing.assert_allclose(got, pts.mean(axis=0), rtol=0, atol=1e-9)
         else:
             assert got is None
+
+
+def test_the_export_dock_reads_lazy_layers_on_its_worker(make_napari_viewer, lps_pair, tmp_path, qtbot, monkeypatch):
+    """Exporting lazy layers: the same bytes as `laugen generate` on the files, every whole read on
+    the worker; an empty lazy labels layer is reported from the worker, nothing written."""
+    import nibabel as nib
+
+    from laugen_napari.cli import main as laugen
+    from laugen_napari.settings import GenerationSettings
+    from laugen_napari.ui import export_widget as module
+
+    monkeypatch.setenv("LAUGEN_SETTINGS_DIR", str(tmp_path / "config"))
+    shown: list = []
+    monkeypatch.setattr(module, "show_error", shown.append)
+    log: list = []
+    viewer = make_napari_viewer()
+    image, labels = _open(viewer, *lps_pair)
+    labels_array = np.asarray(labels.data).copy()
+    image.data = ThreadedReads(np.asarray(image.data), log)
+    labels.data = ThreadedReads(labels_array, log)
+    widget = module.ExportWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="LAUGEN export")
+    widget.options_provider = lambda: GenerationSettings(frames=3, slope_range=(0.6, 0.6), sigma_mm=2.5, seed=4,
+                                                         device="cpu")
+    widget.image.value, widget.labels.value = image, labels
+    widget.outdir.value = tmp_path / "gui"
+    log.clear()
+    assert widget.export_series() is not None
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert widget.last_error is None, widget.last_error
+    assert log and not any(log), "a lazy layer was read whole on the viewer's thread"
+    assert laugen(["generate", str(lps_pair[0]), str(lps_pair[1]), "-o", str(tmp_path / "cli"), "-q", "--frames", "3",
+                   "--slope-range", "0.6", "0.6", "--sigma-mm", "2.5", "--seed", "4", "--device", "cpu"]) == 0
+    for name in ("image_series.nii.gz", "mask_series.nii.gz"):
+        gui, cli = nib.load(str(tmp_path / "gui" / name)), nib.load(str(tmp_path / "cli" / name))
+        assert np.asarray(gui.dataobj).tobytes() == np.asarray(cli.dataobj).tobytes()
+        np.testing.assert_array_equal(gui.affine, cli.affine)
+
+    labels_array[:] = 0
+    log.clear()
+    widget.outdir.value = tmp_path / "empty"
+    assert widget.export_series() is not None  # the emptiness of a lazy layer is found on the worker
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert isinstance(widget.last_error, ValueError) and "is empty" in shown[-1]
+    assert not (tmp_path / "empty").exists() and not any(log)

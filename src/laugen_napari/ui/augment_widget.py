@@ -35,7 +35,7 @@ from ..core.preview import LazyDifference, PreviewModel, prepare_planes, preview
 from ..pipeline import build_augmenter
 from ..settings import GenerationSettings, SettingsError
 from . import load_settings, orientation, save_settings
-from .layers import geometry_of_layer, series_layer_kwargs, volume_reader
+from .layers import cheap_to_read, geometry_of_layer, series_layer_kwargs, volume_reader
 from .plots import SeriesCurvesPlot, render_curves
 from .settings_form import SettingsForm
 from .workers import WorkerSet
@@ -86,16 +86,6 @@ def _build_engine(read_image, read_mask, settings):
     aug = build_augmenter(image, mask, settings)
     prepare_planes(aug)
     return aug, image, mask
-
-
-READ_NOW_VOXELS = 1 << 24
-"""A labels layer read on the viewer's thread for its values or its centre: an in-memory array of
-at most this many voxels (about 20 ms). A lazy array (dask, zarr, a file map) or a larger one is
-read on a worker: the screen never waits for a whole-volume read."""
-
-
-def _read_now(data) -> bool:
-    return isinstance(data, np.ndarray) and data.size <= READ_NOW_VOXELS
 
 
 def _values_of(data) -> list[int]:
@@ -517,9 +507,9 @@ class AugmentWidget(QWidget):
 
         The values are counted over the whole volume (300 ms for a CT-sized one): once per layer
         and edit, not at every layer added or removed (the dock's own three); a lazy or large layer
-        is counted on a worker (see :data:`READ_NOW_VOXELS`), and no field is computed meanwhile."""
+        is counted on a worker (see :func:`~.layers.cheap_to_read`), and no field is computed meanwhile."""
         key = (id(labels), self._labels_version)
-        if self._values_for == key or _read_now(labels.data):
+        if self._values_for == key or cheap_to_read(labels.data):
             self._reading.pop("values", None)
             if self._values_for != key:
                 self._values_for, self._values = key, _values_of(labels.data)
@@ -886,7 +876,7 @@ class AugmentWidget(QWidget):
                 f["center"].value = ", ".join(f"{v:g}" for v in geometry.array_to_file_index(np.round(zyx)))
                 self._status("centre set to the middle of the driving labels; click in the viewer to move it")
 
-            if _read_now(labels.data):
+            if cheap_to_read(labels.data):
                 place(_centre_of(labels.data, chosen))
                 return
             self._reading["centre"] = key

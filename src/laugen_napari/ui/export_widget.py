@@ -26,12 +26,13 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import QFrame, QMessageBox, QProgressBar, QScrollArea, QVBoxLayout, QWidget
 
+from ..core.field import label_values
 from ..io.movie import movie_format, series_movie, write_movie
 from ..io.nifti import check_same_grid
 from ..pipeline import generate_to_directory
 from ..settings import GenerationSettings, setting_fields
 from . import load_settings, orientation, save_settings
-from .layers import PlaneOnScreen, source_unchanged, volume_from_layer
+from .layers import PlaneOnScreen, cheap_to_read, geometry_of_layer, source_unchanged, volume_reader
 from .settings_form import SettingsForm, settings_summary
 from .workers import ThreadWorker
 
@@ -41,6 +42,17 @@ _DIFFERENCE_CHOICES = [("no difference map", "none"), ("difference I_t - I_0", "
                        ("difference I_t - I_(t-1)", "previous")]
 Z_MM_KEYS = ("laugen_z_mm", "z_mm")
 """Series layer metadata keys whose value (z_t in mm) is stamped on the movie frames."""
+
+
+def _check_labels(mask: np.ndarray, name: str, labels: Sequence[int] | None) -> None:
+    """Raise ``ValueError`` when the labels layer ``name`` is empty or lacks a chosen label."""
+    if not np.any(mask):
+        raise ValueError(f"labels layer {name!r} is empty")
+    if labels is not None:
+        present = set(label_values(mask))
+        missing = [v for v in labels if v not in present]
+        if missing:
+            raise ValueError(f"labels {missing} do not occur in {name!r}")
 
 
 class ExportWidget(QWidget):
@@ -308,19 +320,22 @@ class ExportWidget(QWidget):
             outdir = Path(self.outdir.value).expanduser()
             options = self.generate_options()
             options.validate()
-            image = volume_from_layer(image_layer, viewer=self.viewer)
-            mask = volume_from_layer(labels_layer, reference=image, viewer=self.viewer)
+            # the layers' geometry here (no data read); a lazy or large layer is read on the worker
+            image_geo = geometry_of_layer(image_layer, viewer=self.viewer)
+            mask_geo = geometry_of_layer(labels_layer, reference=image_geo, viewer=self.viewer)
             try:
-                check_same_grid(image, mask)
+                check_same_grid(image_geo, mask_geo)
             except ValueError:
-                raise ValueError(f"{image_layer.name!r} {image.spatial_shape} and {labels_layer.name!r} "
-                                 f"{mask.spatial_shape} are not on the same grid (shape, scale, translate)") from None
-            if not np.any(mask.data):
-                raise ValueError(f"labels layer {labels_layer.name!r} is empty")
-            if options.labels is not None:
-                missing = [v for v in options.labels if not np.any(mask.data == v)]
-                if missing:
-                    raise ValueError(f"labels {missing} do not occur in {labels_layer.name!r}")
+                raise ValueError(f"{image_layer.name!r} {image_geo.spatial_shape} and {labels_layer.name!r} "
+                                 f"{mask_geo.spatial_shape} are not on the same grid (shape, scale, translate)") from None
+            read_image = volume_reader(image_layer, viewer=self.viewer)
+            read_mask = volume_reader(labels_layer, reference=image_geo, viewer=self.viewer)
+            mask = None
+            if cheap_to_read(labels_layer.data):
+                # the worker gets its own copy: painting on the layer meanwhile changes nothing
+                mask = read_mask()
+                mask.data = np.array(mask.data, copy=True)
+                _check_labels(mask.data, labels_layer.name, options.labels)
             if outdir.exists() and not outdir.is_dir():
                 raise ValueError(f"{outdir} exists and is not a folder")
             if not outdir.parent.is_dir():
@@ -334,15 +349,21 @@ class ExportWidget(QWidget):
                 show_info(f"LAUGEN export: {outdir} kept; nothing written")
                 return None
             overwrite = True
-        # the worker gets its own copies: painting on the layers meanwhile changes nothing
-        image.data = np.array(image.data, copy=True)
-        mask.data = np.array(mask.data, copy=True)
+        labels_name = labels_layer.name
 
         def work() -> list[Path]:
-            for vol in (image, mask):
-                if not source_unchanged(vol):
-                    vol.path = None  # edited or made in napari: do not cite a file that differs
-            return generate_to_directory(image, mask, outdir, options, overwrite=overwrite,
+            image = read_image()
+            image.data = np.array(image.data, copy=True)
+            if mask is None:
+                vol = read_mask()
+                vol.data = np.array(vol.data, copy=True)
+                _check_labels(vol.data, labels_name, options.labels)
+            else:
+                vol = mask
+            for v in (image, vol):
+                if not source_unchanged(v):
+                    v.path = None  # edited or made in napari: do not cite a file that differs
+            return generate_to_directory(image, vol, outdir, options, overwrite=overwrite,
                                          progress=self._emit_progress)
 
         return self._start(work, "series export",

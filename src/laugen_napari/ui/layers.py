@@ -151,6 +151,18 @@ def layer_transform_kwargs(layer: Any, leading: int = 1) -> dict[str, Any]:
 
 
 # -- layer -> Volume -----------------------------------------------------------------------------
+CHEAP_READ_VOXELS = 1 << 24
+"""The most voxels of an in-memory layer array that a dock reads whole on the viewer's thread
+(a count or a copy: about 20 ms)."""
+
+
+def cheap_to_read(data: Any) -> bool:
+    """Whether a layer's data may be read whole on the viewer's thread: an in-memory numpy array of
+    at most :data:`CHEAP_READ_VOXELS` voxels. A lazy array (dask, zarr, a file map: napari reads
+    it plane by plane) or a larger one is read on a worker, so the screen never waits for it."""
+    return isinstance(data, np.ndarray) and data.size <= CHEAP_READ_VOXELS
+
+
 def _layer_array(data: Any) -> Any:
     """Level 0 of a multiscale list, else the data themselves (not computed)."""
     if isinstance(data, (list, tuple)) and data and hasattr(data[0], "shape"):
