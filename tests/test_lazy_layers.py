@@ -158,3 +158,24 @@ def test_the_export_dock_reads_lazy_layers_on_its_worker(make_napari_viewer, lps
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert isinstance(widget.last_error, ValueError) and "is empty" in shown[-1]
     assert not (tmp_path / "empty").exists() and not any(log)
+
+
+def test_the_segment_dock_reads_a_lazy_image_on_its_worker(make_napari_viewer, qtbot):
+    from test_segment_dock import SCALE, TRANSLATE, click_layer, cuboid, wait, world
+
+    from laugen_napari.ui.segment_dock import SegmentWidget
+
+    log: list = []
+    viewer = make_napari_viewer()
+    viewer.add_image(ThreadedReads(cuboid(), log), name="scan", scale=SCALE, translate=TRANSLATE,
+                     contrast_limits=(0, 255))
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="LAUGEN segment")
+    widget.image_combo.setCurrentText("scan")
+    labels = widget.add_labels_layer()
+    click_layer(viewer, widget, [world((5, 20, 20))])
+    log.clear()
+    assert widget.run(volume=True) is not None
+    wait(qtbot, widget)
+    assert np.array_equal(labels.data, (cuboid() > 100).astype(labels.data.dtype))
+    assert log and not any(log), "the lazy image was read whole on the viewer's thread"

@@ -400,7 +400,7 @@ class SegmentWidget(QWidget):
             if on_slice.is_empty:
                 self._warn(f"no positive click or box on the slice on screen (axis {axis}, slice {index})")
                 return None
-        data = np.asarray(image.data)
+        data = image.data  # read whole (np.asarray) by segment() on the worker: a lazy layer never on this thread
         window = tuple(float(v) for v in image.contrast_limits)
         value = int(self.label_value.value())
         spacing = voxel_spacing_mm(image)
