@@ -245,16 +245,21 @@ def test_ctrl_c_during_start_up_imports(tmp_path):
     # enough frames that the run is still going when the signal comes, on a fast machine too
     # SIGINT back to its default in the child: a shell without job control starts background jobs
     # (and so this test, under such a CI) with SIGINT ignored, and Python then never raises on it
+    # stderr unbuffered (bytes): what the loop below reads byte by byte is all the child wrote so far, and
+    # communicate() gets the rest (a text-mode reader's read-ahead would be lost to communicate())
     proc = subprocess.Popen([*command, "generate", str(img), str(seg), "-o", str(tmp_path / "out2"), "--frames",
-                             "30000"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             "30000"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    seen = ""
+    seen = b""
     deadline = time.monotonic() + 60
-    while "laugen generate:" not in seen and proc.poll() is None and time.monotonic() < deadline:
-        seen += proc.stderr.read(1)  # the progress bar appears once the run has started
+    # the progress bar appears once the run has started; wait for its second print, which comes after the
+    # bar object exists: a signal inside tqdm's constructor (right after its first print) leaves no bar to
+    # close, and "laugen: interrupted" then ends up on the bar's line (cli/generate.py; seen in a full run)
+    while seen.count(b"laugen generate:") < 2 and proc.poll() is None and time.monotonic() < deadline:
+        seen += proc.stderr.read(1)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    err = seen + err
+    _, rest = proc.communicate(timeout=120)
+    err = (seen + rest).decode(errors="replace")
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and "laugen generate:" not in line]
     assert proc.returncode == 130 and lines == ["laugen: interrupted"], err
     assert not (tmp_path / "out2").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out2")]
