@@ -109,8 +109,7 @@ class Volume:
         if tuple(array.shape[-3:]) != self.spatial_shape:
             raise ValueError(f"array of shape {array.shape} does not match the volume's {self.spatial_shape}")
         ras = np.moveaxis(array, list(range(array.ndim)), list(range(array.ndim))[::-1])  # (X, Y, Z, …)
-        back = ornt.ornt_transform(ornt.axcodes2ornt("RAS"), ornt.io_orientation(self.file_affine))
-        return np.ascontiguousarray(ornt.apply_orientation(ras, back))
+        return np.ascontiguousarray(ornt.apply_orientation(ras, _ras_to_file(self)))
 
     def like(self, data: np.ndarray) -> "Volume":
         """A volume with new data (…, Z, Y, X) and this volume's geometry."""
@@ -262,6 +261,12 @@ def save_volume(path: str | os.PathLike, data: np.ndarray, reference: Volume, dt
     return path
 
 
+def _ras_to_file(reference: Volume) -> np.ndarray:
+    """The orientation transform from an array (…, Z, Y, X) with its axes reversed (X, Y, Z, …) to
+    the file's layout (I, J, K, …), as :meth:`Volume.to_file_layout` applies it."""
+    return ornt.ornt_transform(ornt.axcodes2ornt("RAS"), ornt.io_orientation(reference.file_affine))
+
+
 class SeriesWriter:
     """A 4D NIfTI written frame by frame: the header first, then each frame's voxels through the
     (gzip) stream, so memory does not grow with the number of frames.
@@ -277,8 +282,7 @@ class SeriesWriter:
         self.frames = int(frames)
         self.written = 0
         self.dtype = dtype
-        # array (…, Z, Y, X) -> file layout (I, J, K, …), as Volume.to_file_layout, computed once
-        self._back = ornt.ornt_transform(ornt.axcodes2ornt("RAS"), ornt.io_orientation(reference.file_affine))
+        self._back = _ras_to_file(reference)  # computed once
 
     def write(self, frame: np.ndarray) -> None:
         """Append one frame (…, Z, Y, X) in the reference's array geometry."""
@@ -319,7 +323,11 @@ def open_series_writer(path: str | os.PathLike, reference: Volume, frames: int, 
     if frame_shape[-3:] != reference.spatial_shape:
         raise ValueError(f"frames of shape {frame_shape} do not match the volume's {reference.spatial_shape}")
     dtype = _output_dtype(dtype)
-    file_shape = frame_shape[::-1] + (int(frames),)
+    back = _ras_to_file(reference)
+    # one frame in the file's layout (I, J, K, …): the file's own axis order, which differs from
+    # (X, Y, Z) when the file stores its axes permuted (e.g. a sagittal scan stored as PIR)
+    frame_in_file = ornt.apply_orientation(np.broadcast_to(np.zeros((), np.uint8), frame_shape[::-1]), back).shape
+    file_shape = tuple(int(n) for n in frame_in_file) + (int(frames),)
     # a zero-stride stand-in of the full series: nibabel sets the header from its shape and dtype
     stand_in = np.broadcast_to(np.zeros((), dtype), file_shape)
     img = _output_image(stand_in, reference, dtype, time_step)
