@@ -91,3 +91,28 @@ def test_generate_on_a_permuted_file_matches_the_ras_file_in_the_world(tmp_path,
             np.testing.assert_array_equal(a, b)
         else:
             np.testing.assert_allclose(a, b, atol=1e-3 * float(np.abs(b).max()))
+
+
+def test_a_mask_storing_the_same_grid_in_another_voxel_order_is_accepted(tmp_path):
+    """The image stored RAS, its mask stored (S, P, R) with flips (as ITK tools write LPS): the same
+    grid, so `laugen generate` accepts it; each series is written in its own file's layout, and in
+    the world both equal the run on the RAS pair. A mask one voxel off is still refused."""
+    image, mask = _store(tmp_path, "ras", (0, 1, 2))
+    _, other_mask = _store(tmp_path, "perm", (2, 1, 0), flips=(True, True, False))
+    args = ["--frames", "3", "--slope-range", "1.5", "1.5", "--seed", "5", "--device", "cpu", "-q"]
+    assert laugen(["generate", str(image), str(mask), "-o", str(tmp_path / "same"), *args]) == 0
+    assert laugen(["generate", str(image), str(other_mask), "-o", str(tmp_path / "mixed"), *args]) == 0
+    for role in ("image", "mask"):
+        np.testing.assert_array_equal(load_volume(tmp_path / "mixed" / f"{role}_series.nii.gz").data,
+                                      load_volume(tmp_path / "same" / f"{role}_series.nii.gz").data)
+    written = nib.load(str(tmp_path / "mixed" / "mask_series.nii.gz"))
+    assert written.shape == nib.load(str(other_mask)).shape + (3,)
+    np.testing.assert_allclose(written.affine, nib.load(str(other_mask)).affine, atol=1e-5)
+    # one voxel off in the world: refused as before
+    shifted = nib.load(str(other_mask))
+    moved = shifted.affine.copy()
+    moved[:3, 3] += moved[:3, 0]
+    nib.save(nib.Nifti1Image(np.asarray(shifted.dataobj), moved), str(tmp_path / "moved_seg.nii.gz"))
+    assert laugen(["generate", str(image), str(tmp_path / "moved_seg.nii.gz"), "-o", str(tmp_path / "no"),
+                   *args]) == 2
+    assert not (tmp_path / "no").exists()

@@ -206,12 +206,15 @@ def load_volume(path: str | os.PathLike, ndim: int | None = None) -> Volume:
 
 
 def check_same_grid(image: Volume, labels: Volume) -> None:
-    """Raise ``ValueError`` unless ``image`` and ``labels`` share spatial shape and affine."""
+    """Raise ``ValueError`` unless ``image`` and ``labels`` put their voxels at the same world
+    positions: the same (Z, Y, X) array shape and array affine. The two files may store that grid
+    in different voxel orders (e.g. the image RAS, the mask LPS, as ITK tools write it): their
+    arrays are both in the closest-RAS order, voxel for voxel the same place."""
     name_i = image.path.name if image.path else "image"
     name_l = labels.path.name if labels.path else "labels"
     if image.spatial_shape != labels.spatial_shape:
         raise ValueError(f"{name_i} and {name_l} differ in shape: {image.file_shape} vs {labels.file_shape}")
-    if not np.allclose(image.file_affine, labels.file_affine, atol=AFFINE_ATOL_MM):
+    if not np.allclose(image.affine, labels.affine, atol=AFFINE_ATOL_MM):
         raise ValueError(f"{name_i} and {name_l} differ in affine (voxel-to-world geometry); resample the mask first")
 
 
