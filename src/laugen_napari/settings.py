@@ -226,9 +226,14 @@ class GenerationSettings:
         if self.kind == "gaussian" and self.center is None:
             raise SettingsError("center: the gaussian kind needs a centre I J K (voxel index)")
         try:
-            self.trajectory_model()
+            model = self.trajectory_model()
         except ValueError as exc:
             raise SettingsError(f"trajectory: {exc}") from None
+        if self.trajectory != "custom":
+            try:
+                model.shape(self.frames)
+            except ValueError as exc:  # the message names the field: "rate: ..." or "midpoint: ..."
+                raise SettingsError(str(exc)) from None
         return self
 
     # -- what the settings make ------------------------------------------------------------------

@@ -127,14 +127,19 @@ def _run_simvp(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..training.datasets import build_data
-    from ..training.simvp import total_steps, train_simvp
+    from ..training.loop import check_run_folder
+    from ..training.simvp import architecture, read_init_checkpoint, total_steps, train_simvp
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.epochs < 1 or (args.steps is not None and args.steps < 1):
         raise ValueError("--epochs and --steps must be at least 1")
+    # refusals that need no data come first: the run folder, then the checkpoint to start from
+    check_run_folder(args.out, args.resume, "--resume")
     if args.init is not None and not Path(args.init).is_file():
         raise FileNotFoundError(f"no such checkpoint: {args.init}")
+    if args.init is not None and not args.resume:
+        read_init_checkpoint(args.init, architecture(args.context, args.translator, model_size(args)))
     bundle = build_data(**data_kwargs(args), mix=args.mix, seed=args.seed)
     total = total_steps(bundle.train, args.batch_size, args.epochs, args.steps)
     print(f"data: {bundle.info['length']} samples/epoch ({bundle.info['expected_synthetic']:.3g} semi-synthetic "

@@ -9,8 +9,11 @@ hvae-perc, stylegan2, ldm). All share the data options (``--pairs``, ``--size``,
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 
 def _train_group(subparsers):
@@ -80,19 +83,36 @@ def options_from_args(args: argparse.Namespace) -> dict:
     return out
 
 
+@contextmanager
+def _notices_printed_here() -> Iterator[None]:
+    """Keep the package's logged notices (:func:`laugen_napari.models.perceptual.notice`) off
+    logging's last-resort stderr handler while the task is built: this command prints the task's
+    notices itself, once, as ``laugen train GEN: notice: ...``. A handler the user configured
+    still receives them (they propagate); library users and the train dock are unaffected."""
+    logger = logging.getLogger("laugen_napari")
+    quiet = logging.NullHandler()
+    logger.addHandler(quiet)
+    try:
+        yield
+    finally:
+        logger.removeHandler(quiet)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
     from ..training.generators import GENERATORS
-    from ..training.loop import run_training
+    from ..training.loop import check_run_folder, run_training
 
     if args.steps < 1:
         raise ValueError("--steps must be at least 1")
+    check_run_folder(args.out, args.resume, "--resume")  # before any data are read or a model is built
     name = args.generator
     torch.set_num_threads(max(1, args.threads))
-    task, batches, kw = GENERATORS[name].make_training(args.pairs, size=args.size, steps=args.steps, out=args.out,
-                                                       resume=args.resume, seed=args.seed, **options_from_args(args))
+    with _notices_printed_here():
+        task, batches, kw = GENERATORS[name].make_training(args.pairs, size=args.size, steps=args.steps, out=args.out,
+                                                           resume=args.resume, seed=args.seed, **options_from_args(args))
     for msg in getattr(task, "notices", []):
         print(f"laugen train {name}: notice: {msg}", file=sys.stderr)
     print(f"{name}: {sum(p.numel() for p in task.model.parameters()):,} parameters, {args.size}x{args.size}",

@@ -37,6 +37,28 @@ def _finite(name: str, value: float) -> float:
     return value
 
 
+def _log_sinh_half(d: np.ndarray) -> np.ndarray:
+    """log(sinh(d / 2)) for d >= 0 without overflow (-inf at d = 0)."""
+    h = d / 2
+    return h + np.log(-np.expm1(-2 * h)) - math.log(2.0)
+
+
+def _sigmoid_shape(rate: float, frames: int, mid: float) -> np.ndarray:
+    """(g_t - g_0) / (g_end - g_0) of g(t) = expit(rate (t - mid)), t = 0..frames-1, in log space.
+
+    With expit(b) - expit(a) = sinh((b - a) / 2) / (2 cosh(a / 2) cosh(b / 2)) the shape is
+    sinh(r t / 2) / sinh(r end / 2) * cosh(a_end) / cosh(a_t), a = r (t - mid) / 2, and
+    cosh(a_t) / cosh(a_end) = expit(-2 a_end) e^D + expit(2 a_end) e^-D with D = r (end - t) / 2,
+    so no term overflows and a midpoint far outside the frames leaves an exponential-like curve.
+    """
+    t = np.arange(frames, dtype=np.float64)
+    end = frames - 1.0
+    two_a_end = rate * (end - mid)
+    d = rate * (end - t) / 2
+    log_ratio = np.logaddexp(-np.logaddexp(0.0, two_a_end) + d, -np.logaddexp(0.0, -two_a_end) - d)
+    return np.exp(_log_sinh_half(rate * t) - _log_sinh_half(rate * end) - log_ratio)
+
+
 @dataclass
 class Trajectory:
     """A trajectory shape with a slope range in mm per frame.
@@ -71,23 +93,43 @@ class Trajectory:
             self.midpoint = _finite("midpoint", self.midpoint)
 
     def shape(self, frames: int) -> np.ndarray:
-        """The normalised shape s_t, s_0 = 0 and s_{T-1} = 1, for ``frames`` frames."""
+        """The normalised shape s_t, s_0 = 0 and s_{T-1} = 1, for ``frames`` frames.
+
+        Computed without overflow for any positive rate and any finite midpoint (a steep sigmoid
+        is a step, an exponential with a large rate jumps at the last frame, a sigmoid whose
+        midpoint lies far before the frames saturates like 1 - e^(-rate t)). Raises a
+        ``ValueError`` starting with ``rate:`` when even so the curve cannot be resolved in
+        float64 (a rate near the largest float, or subnormal).
+        """
         _check_frames(frames)
         t = np.arange(frames, dtype=np.float64)
         end = frames - 1.0
-        if self.name == "linear":
-            s = t / end
-        elif self.name == "sigmoid":
-            mid = end / 2 if self.midpoint is None else self.midpoint
-            g = 1.0 / (1.0 + np.exp(-self.rate * (t - mid)))
-            s = (g - g[0]) / (g[-1] - g[0])
-        elif self.name == "exponential":
-            s = np.expm1(self.rate * t) / np.expm1(self.rate * end)
-        else:  # gompertz: exp(-b exp(-c t)), b chosen so that the curve starts near its base
-            b = 5.0
-            g = np.exp(-b * np.exp(-self.rate * t))
-            s = (g - g[0]) / (g[-1] - g[0])
+        r = float(self.rate)
+        with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+            if self.name == "linear":
+                s = t / end
+            elif self.name == "sigmoid":
+                mid = end / 2 if self.midpoint is None else self.midpoint
+                s = _sigmoid_shape(r, frames, mid)
+            elif self.name == "exponential":
+                # expm1(r t) / expm1(r end), written with exp of non-positive numbers only
+                s = np.exp(r * (t - end)) * (np.expm1(-r * t) / np.expm1(-r * end))
+            else:  # gompertz exp(-b exp(-c t)), b chosen so that the curve starts near its base:
+                # (g_t - g_0) / (g_end - g_0) with g_t - g_0 = exp(-b) expm1(-b expm1(-c t))
+                b = 5.0
+                s = np.expm1(-b * np.expm1(-r * t)) / np.expm1(-b * np.expm1(-r * end))
+        self._check_shape(s, frames)
+        s[0], s[-1] = 0.0, 1.0
         return s
+
+    def _check_shape(self, s: np.ndarray, frames: int) -> None:
+        """Raise naming the field to change when ``s`` is not a usable normalised shape."""
+        ok = (bool(np.all(np.isfinite(s))) and abs(s[-1] - 1.0) < 1e-9 and s[0] == 0.0
+              and (self.name == "linear" or self.rate >= np.finfo(np.float64).tiny))  # subnormal: too few digits
+        if ok:
+            return
+        raise ValueError(f"rate: {self.rate:g} per frame is out of range for the {self.name} trajectory over "
+                         f"{frames} frames (its curve is flat or not finite in float64)")
 
     def sample(self, frames: int, rng: np.random.Generator) -> "TrajectoryDraw":
         """Draw the slope with ``rng`` and return the values z_t (mm) with the parameters."""

@@ -27,6 +27,7 @@ from ..core.series import Frame, Series
 from ..core.trajectory import TrajectoryDraw
 from .atomic import remove_stale_staging, staging_prefix
 from .nifti import Volume, open_series_writer
+from .resources import check_writable_folder
 
 IMAGE_SERIES = "image_series.nii.gz"
 MASK_SERIES = "mask_series.nii.gz"
@@ -175,7 +176,7 @@ def _contains_cwd(path: Path) -> bool:
 
 def check_output_dir(outdir: str | os.PathLike, overwrite: bool, overwrite_hint: str | None = None) -> Path:
     """Refuse an ``outdir`` that exists and is not an empty directory, unless ``overwrite``, or
-    whose nearest existing ancestor is a file. Missing parent folders are created when writing.
+    whose nearest existing ancestor is a file or not writable. Missing parent folders are created when writing.
 
     ``overwrite_hint`` names the caller's way to overwrite (``"--overwrite"``) for the message;
     callers without one leave it out. The current folder (or one holding it) and mount points are
@@ -209,6 +210,7 @@ def check_output_dir(outdir: str | os.PathLike, overwrite: bool, overwrite_hint:
             if not parent.is_dir():
                 raise NotADirectoryError(f"{parent} is not a directory")
             break
+    check_writable_folder(Path(os.path.abspath(outdir)).parent, str(outdir))  # staging is made beside outdir
     return outdir
 
 

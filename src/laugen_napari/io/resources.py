@@ -48,6 +48,32 @@ def existing_ancestor(path: str | os.PathLike) -> Path:
     return p
 
 
+def check_writable_folder(path: str | os.PathLike, what: str | None = None) -> Path:
+    """Refuse (one line) a ``path`` that cannot be created or written into: its nearest existing
+    ancestor must be a folder in which this process can create files. Returns that folder.
+
+    ``os.access`` is asked first; a real probe (a temporary folder made and removed at once) then
+    catches what it cannot tell: root on a read-only mount, ``/proc``, ``/sys``. ``what`` names
+    the path in the message (default: the path itself).
+    """
+    import errno
+    import tempfile
+
+    name = what or str(path)
+    folder = existing_ancestor(path)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{name}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{name}: the folder {folder} is not writable")
+    try:
+        probe = tempfile.mkdtemp(prefix=".laugen-write-probe-", dir=folder)
+    except OSError as exc:
+        why = " (read-only file system)" if exc.errno == errno.EROFS else ""
+        raise PermissionError(f"{name}: the folder {folder} is not writable{why}") from None
+    os.rmdir(probe)
+    return folder
+
+
 def free_disk(path: str | os.PathLike) -> int:
     """Free bytes on the file system that holds (or will hold) ``path``."""
     return int(shutil.disk_usage(existing_ancestor(path)).free)

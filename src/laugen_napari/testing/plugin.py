@@ -42,13 +42,32 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--laugen-device", default="cpu", help="torch device for the model under test (default cpu)")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse a bad ``--laugen-pairs`` folder once, at start-up (a usage error, no traceback),
+    rather than as the same error in every test that uses a LAUGEN fixture."""
+    folder = config.getoption("--laugen-pairs", default=None)
+    if not folder:
+        return
+    from ..io.pairs import find_pairs
+
+    try:
+        find_pairs(folder)  # lists the folder only: the files are read by the first test that needs them
+    except (OSError, ValueError) as exc:
+        raise pytest.UsageError(f"--laugen-pairs: {exc}") from None
+
+
 @pytest.fixture(scope="session")
 def laugen_sources(pytestconfig: pytest.Config):
     """The sources of the session's series (sample or ``--laugen-pairs``)."""
     from .cases import pair_sources, sample_source
 
     folder = pytestconfig.getoption("--laugen-pairs")
-    return pair_sources(folder) if folder else [sample_source()]
+    if not folder:
+        return [sample_source()]
+    try:
+        return pair_sources(folder)
+    except (OSError, ValueError) as exc:  # an unreadable pair: one line per test, not a traceback
+        pytest.fail(f"--laugen-pairs: {exc}", pytrace=False)
 
 
 @pytest.fixture(scope="session")

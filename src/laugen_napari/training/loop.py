@@ -183,13 +183,41 @@ def load_resumable(out: str | os.PathLike, warn: Callable[[str], None] | None = 
         return ckpt, prev
 
 
+def describe_differences(saved: dict, current: dict, limit: int = 3) -> str:
+    """``"key: saved vs current; ..."`` for the first ``limit`` differing keys (sorted), then
+    ``"and N more"``: a message line stays short however many settings differ."""
+    keys = sorted(set(saved) | set(current), key=str)
+    diff = [f"{k}: {saved.get(k)!r} vs {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
+    text = "; ".join(diff[:limit])
+    return text + (f"; and {len(diff) - limit} more" if len(diff) > limit else "")
+
+
 def check_config(saved: dict, current: dict, source: str = "the checkpoint") -> None:
     """Raise :class:`ValueError` naming the differing keys when two architectures differ."""
     if saved == current:
         return
-    keys = sorted(set(saved) | set(current), key=str)
-    diff = [f"{k}: {saved.get(k)!r} vs {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
-    raise ValueError(f"cannot resume: {source} has another architecture ({'; '.join(diff)})")
+    raise ValueError(f"cannot resume: {source} has another architecture ({describe_differences(saved, current)})")
+
+
+def check_run_folder(out: str | os.PathLike, resume: bool = False, resume_hint: str | None = None) -> Path:
+    """Refuse (one line, before any work) a run folder :func:`run_training` cannot use: a file, a
+    folder that cannot be created or written, an existing run (``last.pt``) without ``resume``, or
+    nothing to resume with it. ``resume_hint`` names the caller's way to resume (``"--resume"``)."""
+    from ..io.resources import check_writable_folder
+
+    out = Path(out)
+    if out.is_symlink() and not out.exists():
+        raise FileNotFoundError(f"{out} is a broken symbolic link (to {os.readlink(out)})")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} is a file, not a run folder; choose a folder")
+    check_writable_folder(out, str(out))
+    last = out / "last.pt"
+    if resume and not last.is_file():
+        raise FileNotFoundError(f"nothing to resume: no last.pt in {out}")
+    if not resume and last.exists():
+        how = f"resume it with {resume_hint}" if resume_hint else "resume it"
+        raise FileExistsError(f"{out} already holds a training run (last.pt); {how} or choose another folder")
+    return out
 
 
 def _better(value: float, best: float | None, mode: str) -> bool:
@@ -281,6 +309,7 @@ def run_training(
     step, epoch, best = 0, 0, None
     keep_until: int | None = None
     if out is not None:
+        check_run_folder(out, resume)
         out.mkdir(parents=True, exist_ok=True)
         last = out / "last.pt"
         if resume:

@@ -31,7 +31,7 @@ import torch
 from .. import metrics
 from ..models.simvp import CPU_DEFAULT, SimVP, SimVPConfig, count_parameters
 from .datasets import DataBundle, MixedSequences, Normalizer, build_data
-from .loop import Record, load_checkpoint, run_training
+from .loop import Record, describe_differences, load_checkpoint, run_training
 
 SCHEDULES = ("onecycle", "constant")
 
@@ -90,13 +90,7 @@ class SimVPTask:
         """Load the model weights of a pre-trained checkpoint (:func:`load_checkpoint`, weights only);
         its architecture must equal this task's (the number of target frames may differ). Returns
         the checkpoint's normalisation (``{"offset", "scale"}``) or ``{}``."""
-        ckpt = load_checkpoint(path)
-        saved = {k: v for k, v in ckpt["config"].items() if k != "target"}
-        mine = {k: v for k, v in self.config().items() if k != "target"}
-        if saved != mine:
-            diff = [f"{k}: {saved.get(k)!r} vs {mine.get(k)!r}" for k in sorted(set(saved) | set(mine), key=str)
-                    if saved.get(k) != mine.get(k)]
-            raise ValueError(f"cannot initialise from {path}: another architecture ({'; '.join(diff)})")
+        ckpt = read_init_checkpoint(path, self.config())
         state = ckpt["task"].get("model")
         if not isinstance(state, dict):
             raise ValueError(f"{path} holds no SimVP weights")
@@ -162,6 +156,43 @@ class SimVPTask:
 
     def config(self) -> dict:
         return {"model": "simvp", **self.model_config.to_dict(), "target": self.target}
+
+
+def checkpoint_kind(config: dict) -> str | None:
+    """The model a training checkpoint's recorded ``config`` belongs to: ``"simvp"``, a generator
+    (``vae``, ``hvae``, ``dhvae``, ``stylegan2``, ``ldm``), another task's name, or None."""
+    if config.get("model") is not None:
+        return str(config["model"])
+    task = config.get("task")
+    if task == "dhvae":
+        return str(config.get("kind") or "dhvae")
+    return None if task is None else str(task)
+
+
+def architecture(context: int, translator: str = "gsta", size: dict | None = None) -> dict:
+    """The architecture record (:meth:`SimVPTask.config` without ``target``) of the SimVP that
+    :func:`build_task` makes for ``context`` frames: known before any data are read."""
+    cfg = SimVPConfig(frames=int(context), channels=1, translator=translator, **{**CPU_DEFAULT, **(size or {})})
+    return {"model": "simvp", **cfg.to_dict()}
+
+
+def read_init_checkpoint(path: str | os.PathLike, expected: dict | None = None) -> dict:
+    """The checkpoint ``path`` to fine-tune from, refused in one line when it is not a SimVP one
+    (``"... is a vae checkpoint, not a SimVP one"``) or, given the ``expected`` architecture
+    (:func:`architecture` or :meth:`SimVPTask.config`), when its architecture differs (the first
+    differences named). ``target`` may differ."""
+    ckpt = load_checkpoint(path)
+    kind = checkpoint_kind(ckpt["config"])
+    if kind != "simvp":
+        raise ValueError(f"{path} is a {kind} checkpoint, not a SimVP one" if kind
+                         else f"{path} is not a SimVP checkpoint")
+    if expected is not None:
+        saved = {k: v for k, v in ckpt["config"].items() if k != "target"}
+        mine = {k: v for k, v in expected.items() if k != "target"}
+        if saved != mine:
+            raise ValueError(f"cannot initialise from {path}: another architecture "
+                             f"({describe_differences(saved, mine)})")
+    return ckpt
 
 
 def steps_per_epoch(dataset: MixedSequences, batch_size: int) -> int:
@@ -247,9 +278,10 @@ def train_simvp(bundle: DataBundle, out_dir: str | Path, *, epochs: int | None =
 
     Budget: ``epochs`` and/or ``steps`` (whichever ends first). ``init``: a checkpoint to fine-tune
     from (its weights and normalisation; ignored when resuming, the run's own last.pt is used)."""
+    if init is not None and not resume:  # refused before the (long) model build
+        ckpt = read_init_checkpoint(init, architecture(bundle.info["context"], translator, size))
+        adopt_normalizer(bundle, dict(ckpt["task"].get("normalizer") or {}))
     total = total_steps(bundle.train, batch_size, epochs, steps)
-    if init is not None and not resume:
-        adopt_normalizer(bundle, dict(load_checkpoint(init)["task"].get("normalizer") or {}))
     task = build_task(bundle, translator=translator, size=size, lr=lr, seed=seed, schedule=schedule, total_steps=total)
     if init is not None and not resume:
         task.init_from(init)
