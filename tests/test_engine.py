@@ -212,10 +212,7 @@ def test_bad_engine_input(sample_arrays):
         Augmenter(image, labels, (1, 0, 1))
     with pytest.raises(ValueError, match="does not match"):
         Augmenter(image[:10], labels, spacing)
-    bad = image.copy()
-    bad[0, 0, 0] = np.nan
-    with pytest.raises(ValueError, match="non-finite"):
-        Augmenter(bad, labels, spacing)
+    # a NaN or inf in the image is not an error: see test_nonfinite.py
 
 
 def test_iter_frames_streams_the_same_frames_in_fresh_arrays(sample_arrays, uniform):

@@ -26,7 +26,7 @@ from .device import resolve_device
 from .field import Kind, Uniform, UnitField, label_counts, selection_mask, unit_field
 from .quality import JacobianStats
 from .trajectory import CustomTrajectory, Trajectory, TrajectoryDraw
-from .warp import Warper
+from .warp import Warper, all_finite
 
 
 @dataclass
@@ -128,8 +128,7 @@ class Augmenter:
             labels = labels.astype(np.int32)
         if not np.issubdtype(image.dtype, np.number) or np.iscomplexobj(image):
             raise ValueError(f"the image must hold real numbers, got dtype {image.dtype}")
-        if np.issubdtype(image.dtype, np.floating) and not _all_finite(image):
-            raise ValueError("the image holds non-finite values (NaN or inf)")
+        finite = not np.issubdtype(image.dtype, np.floating) or all_finite(image)
         self.spacing = _validate_spacing(spacing)
         self.sigma_mm = float(sigma_mm)
         self.kind = kind or Uniform()
@@ -141,7 +140,7 @@ class Augmenter:
         mask = selection_mask(labels, selected, present=self.label_values)
         self.field: UnitField = self.kind.apply(unit_field(mask, self.spacing, self.sigma_mm, self.device))
         del mask
-        self.warper = Warper(self.field, image, work, label_interpolation)
+        self.warper = Warper(self.field, image, work, label_interpolation, finite=finite)
         self.jacobian = JacobianStats(self.field)
         self.labels_dtype = labels.dtype
         self._work_dtype = work.dtype
@@ -300,13 +299,6 @@ class _FramePool:
 
 # unsigned types torch cannot scatter into, computed in a wider signed type and cast back
 _TORCH_FRIENDLY = {np.uint16: np.int32, np.uint32: np.int64, np.uint64: np.int64}
-
-
-def _all_finite(image: np.ndarray, block: int = 1 << 22) -> bool:
-    """Whether a float array holds no NaN or inf, in blocks (no full-size temporary)."""
-    flat = image.reshape(-1)
-    return all(np.isfinite(flat[a : a + block].sum(dtype=np.float64)) or np.isfinite(flat[a : a + block]).all()
-               for a in range(0, flat.size, block))
 
 
 class _LabelCounter:

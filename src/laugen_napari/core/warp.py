@@ -7,6 +7,12 @@ trilinearly; label maps by one-hot linear interpolation + argmax (default) or ne
 samples outside the volume take the nearest edge value. The same field moves every channel and
 every label.
 
+Non-finite image voxels (a NaN background outside the brain, as some pipelines write it) are a
+region like any other, never a value to mix: a sample whose cell touches one takes the weighted
+mean of its finite corners when they carry more than half the trilinear weight, else the value of
+the heaviest non-finite corner. So a NaN background moves with the field and never spreads; every
+sample whose 8 corners are finite is the plain trilinear value.
+
 Cost (issue 13): a frame is one copy of the input (converted to float32 on the fly; the image is
 kept in its own dtype) plus, per moving voxel, one gather of the 8 corners of its interpolation
 cell, shared by the image and the labels. The moving voxels are in raster order (gathers and
@@ -38,6 +44,24 @@ _WIDEN = (np.uint16, np.uint32, np.uint64, np.bool_)
 _KEPT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16, torch.float32, torch.float64)
 CPU_BLOCK = 1 << 16  # moving voxels per block on CPU: the intermediates of a block stay in cache (L2/L3)
 MIXED = 255  # cell code of a cell whose 8 corners carry different labels
+
+
+def all_finite(image: np.ndarray | torch.Tensor, block: int = 1 << 22) -> bool:
+    """Whether an array holds no NaN or inf, in blocks (no full-size temporary)."""
+    if isinstance(image, torch.Tensor):
+        return bool(torch.isfinite(image).all()) if image.is_floating_point() else True
+    if not np.issubdtype(image.dtype, np.floating):
+        return True
+    flat = image.reshape(-1)
+    return all(np.isfinite(flat[a : a + block].sum(dtype=np.float64)) or np.isfinite(flat[a : a + block]).all()
+               for a in range(0, flat.size, block))
+
+
+def _corner_weights(frac: torch.Tensor) -> torch.Tensor:
+    """Trilinear weights (8, n) of the corners (k = 4 bz + 2 by + bx) for fractions (3, n)."""
+    z, y, x = frac
+    wz, wy, wx = torch.stack([1 - z, z]), torch.stack([1 - y, y]), torch.stack([1 - x, x])
+    return (wz.view(2, 1, 1, -1) * wy.view(1, 2, 1, -1) * wx.view(1, 1, 2, -1)).reshape(8, -1)
 
 
 def _as_channels(image: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -98,6 +122,7 @@ class Warper:
         image: np.ndarray | torch.Tensor,
         labels: np.ndarray | torch.Tensor | None = None,
         label_interpolation: str = "linear",
+        finite: bool | None = None,
     ):
         if label_interpolation not in ("linear", "nearest"):
             raise ValueError(f"label_interpolation must be 'linear' or 'nearest', got {label_interpolation!r}")
@@ -109,6 +134,7 @@ class Warper:
         self.field = field
         self.single_channel = len(image.shape) == 3
         self.image = img.to(device=dev).contiguous()
+        self._finite = all_finite(img) if finite is None else bool(finite)  # see the module's note
         self._flat_image = self.image.view(self.image.shape[0], -1)
         self.labels = None
         if labels is not None:
@@ -227,8 +253,28 @@ class Warper:
         """Trilinear samples (C, n) of the image at cells ``base`` (n,) with fractions (3, n)."""
         out = torch.empty((len(self._image_corners), base.shape[0]), dtype=torch.float32, device=base.device)
         for c, views in enumerate(self._image_corners):
-            out[c] = self._interpolate(self._gather(views, base).to(torch.float32), frac)
+            corners = self._gather(views, base).to(torch.float32)
+            out[c] = self._interpolate(corners, frac)
+            if not self._finite:
+                self._resample_nonfinite(out[c], corners, frac)
         return out
+
+    @staticmethod
+    def _resample_nonfinite(values: torch.Tensor, corners: torch.Tensor, frac: torch.Tensor) -> None:
+        """Redo, in ``values`` (n,), the samples whose corners (8, n) include a NaN or inf: the
+        weighted mean of the finite corners when they carry more than half the weight, else the
+        heaviest non-finite corner's value (see the module's note)."""
+        bad = ~torch.isfinite(corners)
+        rows = bad.any(0).nonzero().squeeze(1)
+        if not rows.numel():
+            return
+        c, b = corners.index_select(1, rows), bad.index_select(1, rows)
+        w = _corner_weights(frac.index_select(1, rows))
+        good_w = w.masked_fill(b, 0.0)
+        weight = good_w.sum(0)
+        mean = (good_w * c.masked_fill(b, 0.0)).sum(0) / weight.clamp_min(1e-30)
+        heaviest = w.masked_fill(~b, -1.0).argmax(0, keepdim=True)
+        values[rows] = torch.where(weight > 0.5, mean, c.gather(0, heaviest).squeeze(0))
 
     @staticmethod
     def _gather(views: list[torch.Tensor], base: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,105 @@
+"""A scan with a NaN background (some pipelines write NaN outside the brain) is used as it is: the
+background stays NaN in every frame and the structure moves exactly as in the scan with a finite
+background; next to a NaN the samples follow one documented rule (core/warp.py), checked here
+against an independent float64 implementation."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+
+from laugen_napari.cli import main as laugen
+from laugen_napari.core import Augmenter
+
+from .conftest import SAMPLE_IMAGE, SAMPLE_MASK
+
+
+def _nan_background(tmp_path):
+    img = nib.load(str(SAMPLE_IMAGE))
+    data = np.asarray(img.dataobj).astype(np.float32)
+    finite = data.copy()
+    data[data == 0] = np.nan  # everything outside the skull-stripped brain
+    header = img.header.copy()
+    header.set_data_dtype(np.float32)
+    for name, values in (("nan_t1.nii.gz", data), ("finite_t1.nii.gz", finite)):
+        nib.save(nib.Nifti1Image(values, img.affine, header), str(tmp_path / name))
+    return tmp_path / "nan_t1.nii.gz", tmp_path / "finite_t1.nii.gz"
+
+
+def test_a_nan_background_stays_nan_and_the_structure_moves_as_without_it(tmp_path, sample_arrays):
+    nan_path, finite_path = _nan_background(tmp_path)
+    args = ["--frames", "3", "--slope-range", "1.2", "1.2", "--seed", "1", "--device", "cpu", "-q"]
+    assert laugen(["generate", str(nan_path), str(SAMPLE_MASK), "-o", str(tmp_path / "nan"), *args]) == 0
+    assert laugen(["generate", str(finite_path), str(SAMPLE_MASK), "-o", str(tmp_path / "finite"), *args]) == 0
+    a = np.asarray(nib.load(str(tmp_path / "nan" / "image_series.nii.gz")).dataobj)
+    b = np.asarray(nib.load(str(tmp_path / "finite" / "image_series.nii.gz")).dataobj)
+    background = np.isnan(np.asarray(nib.load(str(nan_path)).dataobj))
+    assert background.sum() > 1_000_000
+    for t in range(3):
+        np.testing.assert_array_equal(np.isnan(a[..., t]), background)  # no NaN spreads, none disappears
+        np.testing.assert_array_equal(a[..., t][~background], b[..., t][~background])
+    assert np.abs(a[..., 2] - a[..., 0])[~background].max() > 10  # the structure really moved
+    for name in ("mask_series.nii.gz",):
+        assert np.array_equal(np.asarray(nib.load(str(tmp_path / "nan" / name)).dataobj),
+                              np.asarray(nib.load(str(tmp_path / "finite" / name)).dataobj))
+    # the library, directly: the same frames
+    image, labels, spacing = sample_arrays
+    nan_image = image.astype(np.float32)
+    nan_image[image == 0] = np.nan
+    frame = Augmenter(nan_image, labels, spacing, device="cpu").warper.image_frame(2.0).numpy()
+    assert np.array_equal(np.isnan(frame), image == 0)
+
+
+def _reference_sample(image: np.ndarray, pos: np.ndarray) -> float:
+    """The documented rule, one sample at a time in float64: plain trilinear when the 8 corners are
+    finite; else the finite corners' weighted mean when they weigh > 0.5, else the heaviest
+    non-finite corner."""
+    lo = np.minimum(np.floor(pos).astype(int), np.array(image.shape) - 2)
+    f = pos - lo
+    values, weights = [], []
+    for k in range(8):
+        b = ((k >> 2) & 1, (k >> 1) & 1, k & 1)
+        values.append(image[lo[0] + b[0], lo[1] + b[1], lo[2] + b[2]])
+        weights.append(np.prod([f[a] if b[a] else 1 - f[a] for a in range(3)]))
+    values, weights = np.array(values, np.float64), np.array(weights)
+    ok = np.isfinite(values)
+    if ok.all():
+        return float((values * weights).sum())
+    if weights[ok].sum() > 0.5:
+        return float((values[ok] * weights[ok]).sum() / weights[ok].sum())
+    return float(values[~ok][np.argmax(weights[~ok])])
+
+
+def test_samples_next_to_nan_follow_the_documented_rule():
+    """A sphere growing into a NaN slab: the slab's edge moves with the field, no NaN spreads, and
+    every moving voxel equals the rule computed independently in float64."""
+    shape = (22, 20, 20)
+    zz, yy, xx = np.indices(shape)
+    labels = (((zz - 11) ** 2 + (yy - 10) ** 2 + (xx - 10) ** 2) <= 25).astype(np.uint8)
+    rng = np.random.default_rng(3)
+    image = (100 + 50 * labels + rng.normal(0, 5, shape)).astype(np.float32)
+    image[:7] = np.nan
+    image[7, :3] = np.inf  # an inf as well
+    aug = Augmenter(image, labels, (1.0, 1.0, 1.0), sigma_mm=2.0, device="cpu")
+    z = 2.5
+    frame = aug.warper.image_frame(z).numpy()
+    field = aug.field.dense()  # (3, Z, Y, X) mm = voxels here
+    moving = np.argwhere(np.any(field != 0, axis=0))
+    assert len(moving) > 1000
+    checked_special = 0
+    for zyx in moving:
+        pos = zyx + z * field[(slice(None),) + tuple(zyx)]
+        pos = np.clip(pos, 0, np.array(shape) - 1)
+        want = _reference_sample(image, pos)
+        got = float(frame[tuple(zyx)])
+        if np.isfinite(want):
+            assert abs(got - want) <= 1e-3 * max(1.0, abs(want)), (zyx, got, want)
+        else:
+            assert got == want or (np.isnan(got) and np.isnan(want))
+        lo = np.minimum(np.floor(pos).astype(int), np.array(shape) - 2)
+        checked_special += not np.isfinite(image[lo[0]:lo[0] + 2, lo[1]:lo[1] + 2, lo[2]:lo[2] + 2]).all()
+    assert checked_special > 50  # the rule was exercised, not only the plain path
+    still = np.all(field == 0, axis=0)
+    np.testing.assert_array_equal(frame[still], image[still])  # voxels that do not move: the input, NaN included
+    grown = ~np.isfinite(frame)
+    assert grown.sum() < (~np.isfinite(image)).sum()  # the sphere grows into the slab: it shrinks, never spreads
