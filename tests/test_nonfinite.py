@@ -103,3 +103,34 @@ def test_samples_next_to_nan_follow_the_documented_rule():
     np.testing.assert_array_equal(frame[still], image[still])  # voxels that do not move: the input, NaN included
     grown = ~np.isfinite(frame)
     assert grown.sum() < (~np.isfinite(image)).sum()  # the sphere grows into the slab: it shrinks, never spreads
+
+
+def test_float_labels_within_rounding_of_whole_numbers_are_labels(tmp_path, sample_arrays, capsys):
+    """A mask stored as float with 0.9999 / 2.0001 (float32 storage, a scaling slope) is the label
+    map it means; values between labels (a linear resampling) are refused, saying how many and
+    what to do."""
+    from laugen_napari.core.field import integer_labels
+
+    img = nib.load(str(SAMPLE_MASK))
+    labels = np.asarray(img.dataobj)
+    noisy = labels.astype(np.float32) + np.where(labels > 0, -1e-4, 0).astype(np.float32)
+    np.testing.assert_array_equal(integer_labels(noisy), labels)
+    header = img.header.copy()
+    header.set_data_dtype(np.float32)
+    nib.save(nib.Nifti1Image(noisy, img.affine, header), str(tmp_path / "noisy_seg.nii.gz"))
+    args = ["--frames", "2", "--seed", "1", "--device", "cpu", "-q"]
+    assert laugen(["generate", str(SAMPLE_IMAGE), str(tmp_path / "noisy_seg.nii.gz"), "-o", str(tmp_path / "a"),
+                   *args]) == 0
+    assert laugen(["generate", str(SAMPLE_IMAGE), str(SAMPLE_MASK), "-o", str(tmp_path / "b"), *args]) == 0
+    for name in ("image_series.nii.gz", "mask_series.nii.gz"):
+        np.testing.assert_array_equal(np.asarray(nib.load(str(tmp_path / "a" / name)).dataobj),
+                                      np.asarray(nib.load(str(tmp_path / "b" / name)).dataobj))
+    half = labels.astype(np.float32)
+    half[tuple(np.argwhere(labels > 0)[:7].T)] = 0.5
+    nib.save(nib.Nifti1Image(half, img.affine, header), str(tmp_path / "half_seg.nii.gz"))
+    capsys.readouterr()
+    assert laugen(["generate", str(SAMPLE_IMAGE), str(tmp_path / "half_seg.nii.gz"), "-o", str(tmp_path / "c"),
+                   *args]) == 2
+    err = capsys.readouterr().err
+    assert "must hold integer values: 7 voxels are not whole numbers (e.g. 0.5)" in err and "nearest" in err
+    assert not (tmp_path / "c").exists()

@@ -254,5 +254,5 @@ def test_after_lazy_resampling(oblique_files):
     assert set(np.unique(out["label"].numpy())) == {0, 1, 2}
     with pytest.raises(RuntimeError) as info:
         Compose(steps, lazy=True)(_item(oblique_files))
-    assert "label: the label map holds non-integer values" in str(info.value.__cause__)
+    assert "label: the label map must hold integer values" in str(info.value.__cause__)
     assert "overrides={'label': {'mode': 'nearest'}}" in str(info.value.__cause__)

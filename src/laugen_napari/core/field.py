@@ -299,6 +299,31 @@ def label_counts(labels: np.ndarray) -> dict[int, int]:
     return {int(v): int(c) for v, c in zip(values, counts)}
 
 
+LABEL_ROUNDING = 1e-3
+"""Float label values this close to a whole number are that number (float32 storage, a scaling
+slope); anything farther is not a label (e.g. a map resampled with linear interpolation)."""
+
+
+def integer_labels(labels: np.ndarray, name: str = "the label map") -> np.ndarray:
+    """``labels`` as an integer array: integer maps as they are, float maps whose values are whole
+    numbers within :data:`LABEL_ROUNDING` rounded to int32. Raises ``ValueError`` (naming ``name``)
+    for NaN/inf or values between labels, with how many voxels and what to do."""
+    if np.issubdtype(labels.dtype, np.integer):
+        return labels
+    if labels.dtype == np.bool_:
+        return labels.astype(np.uint8)
+    if not np.issubdtype(labels.dtype, np.floating):
+        raise ValueError(f"{name} must hold integer values, got dtype {labels.dtype}")
+    rounded = np.rint(labels)
+    off = ~(np.abs(labels - rounded) <= LABEL_ROUNDING)  # NaN and inf included
+    bad = int(np.count_nonzero(off))
+    if bad:
+        example = labels[off].flat[0]
+        raise ValueError(f"{name} must hold integer values: {bad:,} voxels are not whole numbers (e.g. {example:g}); "
+                         "resample label maps with nearest-neighbour interpolation, or round them first")
+    return rounded.astype(np.int32)
+
+
 def label_values(labels: np.ndarray) -> list[int]:
     """The sorted non-zero values of an integer label map."""
     return [v for v in label_counts(labels) if v != 0]

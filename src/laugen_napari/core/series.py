@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .device import resolve_device
-from .field import Kind, Uniform, UnitField, label_counts, selection_mask, unit_field
+from .field import Kind, Uniform, UnitField, integer_labels, label_counts, selection_mask, unit_field
 from .quality import JacobianStats
 from .trajectory import CustomTrajectory, Trajectory, TrajectoryDraw
 from .warp import Warper, all_finite
@@ -122,10 +122,7 @@ class Augmenter:
             raise ValueError(f"the label map must be 3D (Z, Y, X), got shape {labels.shape}")
         if image.ndim not in (3, 4) or image.shape[-3:] != labels.shape:
             raise ValueError(f"image shape {image.shape} does not match the label map's {labels.shape}")
-        if not np.issubdtype(labels.dtype, np.integer):
-            if not np.all(np.mod(labels, 1) == 0):
-                raise ValueError("the label map must hold integer values")
-            labels = labels.astype(np.int32)
+        labels = integer_labels(labels)
         if not np.issubdtype(image.dtype, np.number) or np.iscomplexobj(image):
             raise ValueError(f"the image must hold real numbers, got dtype {image.dtype}")
         finite = not np.issubdtype(image.dtype, np.floating) or all_finite(image)

@@ -163,6 +163,7 @@ def read_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike, chann
     """
     import numpy as np
 
+    from ..core.field import integer_labels
     from .nifti import check_same_grid, load_volume
 
     image = load_volume(image_path, ndim=None if channels else 3)
@@ -171,8 +172,5 @@ def read_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike, chann
                          f"got {image.data.ndim}D")
     mask = load_volume(mask_path, ndim=3)
     check_same_grid(image, mask)
-    if not np.issubdtype(mask.data.dtype, np.integer):
-        if not np.all(np.isfinite(mask.data)) or not np.all(np.mod(mask.data, 1) == 0):
-            raise ValueError(f"{mask.path}: a label map must hold integer values")
-        mask.data = mask.data.astype(np.int32)
+    mask.data = integer_labels(mask.data, name=f"{mask.path}: the label map")
     return image, mask

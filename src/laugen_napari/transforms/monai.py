@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..core import Augmenter, Series, TrajectoryDraw, make_kind
+from ..core.field import integer_labels
 from ..settings import GenerationSettings, SettingsError, settings_from_args
 
 try:  # MONAI is an optional extra (`laugen-napari[transforms]`)
@@ -276,12 +277,13 @@ class LongitudinalAugment(*_MONAI_BASES):
             if lab.shape[0] != 1:
                 raise ValueError(f"the label map must be (1, *S) or (*S), got shape {lab.shape}")
             lab = lab[0]
-        if np.issubdtype(lab.dtype, np.floating) and not np.array_equal(lab, np.round(lab)):
-            raise ValueError(f"{label_key}: the label map holds non-integer values; resample label maps with "
-                             f"nearest-neighbour interpolation (in a lazy MONAI Compose: "
-                             f"overrides={{{label_key!r}: {{'mode': 'nearest'}}}})")
+        try:
+            whole = integer_labels(lab, name=f"{label_key}: the label map")
+        except ValueError as exc:
+            raise ValueError(f"{exc} (in a lazy MONAI Compose: overrides={{{label_key!r}: {{'mode': 'nearest'}}}})") \
+                from None
         meta = getattr(image, "meta", None) or {}
-        series = self.compute(img, lab, self._spacing(data, image), self._draw, getattr(image, "affine", None),
+        series = self.compute(img, whole, self._spacing(data, image), self._draw, getattr(image, "affine", None),
                               str(meta.get("space", "RAS")))
         out = dict(data)
         z = np.asarray(series.z_mm, dtype=np.float32)
