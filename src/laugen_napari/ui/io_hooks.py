@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..core.field import integer_labels
 from ..io.nifti import Volume, is_nifti, load_volume, save_volume
 from .layers import LayerDataTuple, volume_from_layer_data, volume_layer_data
 
@@ -56,7 +57,11 @@ def _integer_valued(data: np.ndarray) -> bool:
         return True
     if not np.issubdtype(data.dtype, np.floating):
         return False
-    return bool(np.all(np.isfinite(data)) and np.all(np.mod(data, 1) == 0))
+    try:  # whole numbers within the label rounding (0.9999 from float32 storage is 1)
+        integer_labels(data)
+    except ValueError:
+        return False
+    return True
 
 
 def distinct_values(data: np.ndarray, limit: int = MAX_LABELS) -> np.ndarray | None:
@@ -81,6 +86,7 @@ def looks_like_labels(data: np.ndarray, path: str | Path | None = None) -> bool:
         return False
     if path is not None and name_says_labels(path):
         return True
+    data = integer_labels(data)
     values = distinct_values(data, MAX_LABELS)
     if values is None:
         return False
@@ -96,6 +102,7 @@ def _labels_dtype(data: np.ndarray) -> np.ndarray:
         return data
     if data.dtype == np.bool_:
         return data.astype(np.uint8)
+    data = integer_labels(data)  # rounded, never truncated (0.9999 is label 1)
     lo, hi = (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
     for dtype in (np.uint8, np.int16, np.int32, np.int64):
         info = np.iinfo(dtype)

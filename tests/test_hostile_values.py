@@ -10,6 +10,7 @@ import numpy as np
 
 from laugen_napari.cli import main as laugen
 from laugen_napari.core import Augmenter
+from laugen_napari.io.nifti import load_volume
 
 from .conftest import SAMPLE_IMAGE, SAMPLE_MASK
 
@@ -134,3 +135,22 @@ def test_float_labels_within_rounding_of_whole_numbers_are_labels(tmp_path, samp
     err = capsys.readouterr().err
     assert "must hold integer values: 7 voxels are not whole numbers (e.g. 0.5)" in err and "nearest" in err
     assert not (tmp_path / "c").exists()
+
+
+def test_the_napari_reader_rounds_float_labels_and_never_truncates(tmp_path):
+    """A float mask holding 0.9999 and 2.0001 opens as Labels 1 and 2 (a cast would truncate 0.9999
+    to background), named or not; a fractional map stays an image."""
+    from laugen_napari.ui import io_hooks
+
+    img = nib.load(str(SAMPLE_MASK))
+    labels = np.asarray(img.dataobj)
+    noisy = labels.astype(np.float32) + np.where(labels == 1, -1e-4, np.where(labels == 2, 1e-4, 0)).astype(np.float32)
+    header = img.header.copy()
+    header.set_data_dtype(np.float32)
+    for name in ("noisy_seg.nii.gz", "noisy.nii.gz"):
+        nib.save(nib.Nifti1Image(noisy, img.affine, header), str(tmp_path / name))
+        data, _, kind = io_hooks.read_nifti(str(tmp_path / name))[0]
+        assert kind == "labels" and data.dtype.kind in "ui", name
+        np.testing.assert_array_equal(data, load_volume(SAMPLE_MASK).data)
+    nib.save(nib.Nifti1Image(noisy * np.float32(0.37), img.affine, header), str(tmp_path / "fraction_seg.nii.gz"))
+    assert io_hooks.read_nifti(str(tmp_path / "fraction_seg.nii.gz"))[0][2] == "image"
