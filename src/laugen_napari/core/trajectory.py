@@ -119,6 +119,7 @@ class Trajectory:
                 b = 5.0
                 s = np.expm1(-b * np.expm1(-r * t)) / np.expm1(-b * np.expm1(-r * end))
         self._check_shape(s, frames)
+        s = np.clip(s, 0.0, 1.0)  # rounding of large exponents can leave 1 + 1e-13: the curves are monotone
         s[0], s[-1] = 0.0, 1.0
         return s
 
