@@ -118,6 +118,12 @@ def run(args: argparse.Namespace) -> int:
         _check_inside(p, shape, "--points: click")
     for p in negatives:
         _check_inside(p, shape, "--negative-points: negative click")
+    negative_voxels = {tuple(int(round(v)) for v in p) for p in negatives}
+    for p in points:
+        voxel = tuple(int(round(v)) for v in p)
+        if voxel in negative_voxels:
+            raise ValueError(f"voxel {','.join(map(str, voxel))} is both in --points and in --negative-points; "
+                             "remove it from one of them")
     for a, b in boxes:
         _check_inside(a, shape, "--box: corner")
         _check_inside(b, shape, "--box: corner")
@@ -143,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     mask = segment(data, prompts, backend, axis=axis, index=index, window=window, spacing=volume.spacing)
     elapsed = time.perf_counter() - t0
+    if not mask.any():
+        raise ValueError(f"nothing found from these prompts (the mask is empty); {out_path} not written")
     dtype = np.uint8 if args.label <= 255 else np.uint16
     save_volume(out_path, mask.astype(dtype) * dtype(args.label), volume, dtype=dtype)
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0

@@ -51,6 +51,15 @@ def choose_axis(prompts: Prompts, default: int = 0) -> int:
     return default if default in flat else min(flat)
 
 
+def check_no_conflict(prompts: Prompts) -> None:
+    """Raise ``ValueError`` when one voxel is both a positive and a negative click (array indices)."""
+    negative = {tuple(int(v) for v in p) for p in prompts.negative}
+    for p in prompts.positive:
+        if tuple(int(v) for v in p) in negative:
+            raise ValueError(f"voxel {tuple(int(v) for v in p)} is both a positive and a negative click; "
+                             "remove one of them")
+
+
 def segment(volume: np.ndarray, prompts: Prompts, backend: Backend | None = None, *, axis: int = 0,
             index: int | None = None, window: Window | None = None, progress: ProgressFn | None = None,
             cancel: CancelFn | None = None, spacing: Sequence[float] | None = None) -> np.ndarray:
@@ -69,6 +78,7 @@ def segment(volume: np.ndarray, prompts: Prompts, backend: Backend | None = None
     prompts.check_inside(volume.shape)
     if prompts.is_empty:
         raise ValueError("give at least one positive click or a box")
+    check_no_conflict(prompts)
     backend = backend if backend is not None else RegionGrowingBackend()
     win = normalise_window(window, volume)
     extra = {}

@@ -43,7 +43,8 @@ class RegionGrowing:
     edge_sigma_mm: float = 1.0     # Gaussian smoothing before the gradient (mm)
     edge_drop: float = 0.6         # the sweep stops once the edge score falls below this fraction of the best
     past_best: float = 8.0         # ... or once the region holds this many times the best region's voxels
-    leak_ratio: float = 8.0        # region growing by more than this factor in one step = a leak
+    leak_ratio: float = 8.0        # region growing by more than this factor in one step = a leak ...
+    refine: int = 8                # ... unless it grows gradually over steps this many times finer
     min_leak_base: int = 27        # growth below this many voxels never counts as a leak
     max_fraction: float = 0.25     # a region larger than this fraction of the image is a leak
     crop_margin: int = 8           # voxels around the current region relabelled at each step
@@ -74,11 +75,16 @@ def _spacing(spacing: Sequence[float] | None, ndim: int) -> np.ndarray:
     return sp
 
 
+#: relative slack of the ball's edge: voxel sizes off by float rounding (1.0000001 mm read from a
+#: float32 header, the column norms of a rotated affine) must not drop the ball's rim
+BALL_SLACK = 1e-6
+
+
 def _ball_offsets(radius_mm: float, spacing: np.ndarray) -> np.ndarray:
-    """Integer offsets within ``radius_mm`` (physical distance) of the origin."""
-    reach = np.floor(radius_mm / spacing).astype(int)
+    """Integer offsets within ``radius_mm`` (physical distance, relative slack ``BALL_SLACK``) of the origin."""
+    reach = np.floor(radius_mm / spacing * (1.0 + BALL_SLACK)).astype(int)
     grid = np.indices(tuple(2 * r + 1 for r in reach)).reshape(len(reach), -1).T - reach
-    return grid[((grid * spacing) ** 2).sum(axis=1) <= radius_mm ** 2 + 1e-9]
+    return grid[((grid * spacing) ** 2).sum(axis=1) <= radius_mm ** 2 * (1.0 + BALL_SLACK) ** 2]
 
 
 def _clip_points(points: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -161,22 +167,39 @@ def grow_region(image: np.ndarray, seeds: np.ndarray, negatives: np.ndarray | No
         raise ValueError("region growing needs at least one positive click inside the image")
     report = GrowthReport()
 
+    # non-finite voxels (NaN, inf) are background: never in the region nor in any statistic
+    finite = np.isfinite(img)
+    all_finite = bool(finite.all())
+    if not all_finite:
+        seeds = seeds[finite[tuple(seeds.T)]]
+        if len(seeds) == 0:
+            raise ValueError("every positive click lies on a voxel without a finite intensity (NaN or inf)")
+    flat = img.ravel()[:: max(1, img.size // 1_000_000)]
+    if not all_finite:
+        flat = flat[np.isfinite(flat)]
+        flat = flat if flat.size else img[finite]
+    lo, hi = np.percentile(flat, [0.5, 99.5])
+    step = float(hi - lo) / cfg.steps if hi > lo else 1.0
+    if not all_finite:
+        img = np.where(finite, img, np.float32(lo))  # the dark end, for the distances and the edge map
+
     # intensity model from the clicked region (a ball in mm)
     offsets = _ball_offsets(cfg.stats_radius_mm, sp)
     around = _clip_points((seeds[:, None, :] + offsets[None]).reshape(-1, img.ndim), shape)
+    usable = finite[tuple(around.T)]
     if allowed is not None:
-        around = around[allowed[tuple(around.T)]] if allowed[tuple(around.T)].any() else seeds
+        usable &= allowed[tuple(around.T)]
+    around = around[usable] if usable.any() else seeds
     samples = img[tuple(around.T)]
     median = float(np.median(samples))
-    flat = img.ravel()[:: max(1, img.size // 1_000_000)]
-    lo, hi = np.percentile(flat, [0.5, 99.5])
-    step = float(hi - lo) / cfg.steps if hi > lo else 1.0
     spread = max(1.4826 * float(np.median(np.abs(samples - median))), step)
     report.median, report.spread = median, spread
 
     distance = np.abs(img - median)
     distance[tuple(seeds.T)] = 0.0  # a clicked voxel belongs to the region, whatever its noise
     blocked = np.zeros(shape, dtype=bool) if allowed is None else ~allowed
+    if not all_finite:
+        blocked = blocked | ~finite
     max_tol = float(max(distance.max(), spread))
     neg_set = negs[~blocked[tuple(negs.T)]] if len(negs) else negs
     edges = _EdgeMap(img, sp, cfg.edge_sigma_mm)
@@ -221,22 +244,32 @@ def grow_region(image: np.ndarray, seeds: np.ndarray, negatives: np.ndarray | No
     sizes, scores = [int(region.sum())], [best_score]
     best_size = sizes[0]
     report.stop = "tolerance covers the whole intensity range"
-    total = max(1, int(np.ceil((max_tol - tol) / step)))
+    tol0 = tol
+    total = max(1, int(np.ceil((max_tol - tol0) / step)))
     level = 0
     while tol < max_tol:
         check_cancel(cancel)
         level += 1
         if progress is not None:
-            progress(level, total, "region growing")
-        tol = tol + step
+            progress(min(total, max(1, int(np.ceil((tol - tol0) / step)))), total, "region growing")
         crop = _crop_around(region[crop], crop, shape, cfg.crop_margin, seeds)
-        nxt, crop = region_at(tol, crop)
-        size = int(nxt.sum())
+        # A leak crosses a bridge: at one tolerance the region suddenly takes in a neighbour. Filling
+        # a noisy structure from a small first region is gradual. A step that jumps is retried in
+        # halves; only a jump that remains at 1/refine of a step counts as a leak.
+        increment = step
+        while True:
+            nxt, next_crop = region_at(tol + increment, crop)
+            size = int(nxt.sum())
+            jump = sizes[-1] >= cfg.min_leak_base and size > cfg.leak_ratio * sizes[-1]
+            if not jump or increment <= step / cfg.refine * (1.0 + BALL_SLACK):
+                break
+            increment /= 2.0
+        tol, crop = tol + increment, next_crop
         sizes.append(size)
         if reaches_negative(nxt):
             report.stop = "reached a negative click"
             break
-        if sizes[-2] >= cfg.min_leak_base and size > cfg.leak_ratio * sizes[-2]:
+        if jump:
             report.stop = f"leak: size jumped {size / max(1, sizes[-2]):.1f}x"
             break
         if size > cfg.max_fraction * img.size:
@@ -262,6 +295,8 @@ def grow_region(image: np.ndarray, seeds: np.ndarray, negatives: np.ndarray | No
     best[box] = _fill_holes(best[box], fill_axis)
     if allowed is not None:
         best &= allowed
+    if not all_finite:
+        best &= finite
     if len(neg_set):
         best[tuple(neg_set.T)] = False
         best, _ = _component(best, seeds, whole, shape)

@@ -49,10 +49,18 @@ def slice_key(axis: int, index: int, ndim: int = 3) -> tuple:
 
 
 def default_window(volume: np.ndarray) -> Window:
-    """A robust intensity window: the 0.5th and 99.5th percentiles (image units)."""
+    """A robust intensity window: the 0.5th and 99.5th percentiles (image units) of the finite voxels
+    (NaN and inf are left out; an image without a finite voxel gets (0, 1))."""
     flat = np.asarray(volume).ravel()
     step = max(1, flat.size // 1_000_000)
-    lo, hi = np.percentile(flat[::step], [0.5, 99.5])
+    sub = flat[::step]
+    if not np.isfinite(sub).all():
+        sub = sub[np.isfinite(sub)]
+        flat = flat[np.isfinite(flat)]
+        if flat.size == 0:
+            return 0.0, 1.0
+        sub = sub if sub.size else flat
+    lo, hi = np.percentile(sub, [0.5, 99.5])
     if hi <= lo:
         lo, hi = float(flat.min()), float(flat.max())
         if hi <= lo:
@@ -71,9 +79,14 @@ def normalise_window(window: Sequence[float] | None, volume: np.ndarray) -> Wind
 
 
 def window_to_uint8(image: np.ndarray, window: Window) -> np.ndarray:
-    """Map intensities linearly so that window low → 0 and high → 255, clipped, as uint8."""
+    """Map intensities linearly so that window low → 0 and high → 255, clipped, as uint8; a
+    non-finite voxel (NaN, ±inf) has no intensity and maps to the window's low end (0)."""
     lo, hi = window
-    scaled = (np.asarray(image, dtype=np.float32) - lo) * (255.0 / (hi - lo))
+    image = np.asarray(image, dtype=np.float32)
+    finite = np.isfinite(image)
+    if not finite.all():
+        image = np.where(finite, image, np.float32(lo))
+    scaled = (image - lo) * (255.0 / (hi - lo))
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
