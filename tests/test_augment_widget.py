@@ -334,7 +334,7 @@ def test_keybindings_step_play_and_toggle_the_difference(dock, qtbot):
     assert viewer.layers[DIFF].visible != visible
     widget.toggle_play()
     assert widget.playing
-    qtbot.waitUntil(lambda: viewer.dims.current_step[0] >= 3, timeout=5000)
+    qtbot.waitUntil(lambda: viewer.dims.current_step[0] >= 3, timeout=20000)  # 2 ticks at 4 per second
     widget.toggle_play()
     assert not widget.playing
 
