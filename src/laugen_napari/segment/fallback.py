@@ -13,9 +13,15 @@ scans (pass the voxel ``spacing`` in mm, array order).
    gradients; one that has crossed a weak edge (partial volume, a thin septum, grey matter) runs
    through flat tissue, so its score falls. The sweep stops once the score has fallen below
    ``edge_drop`` times the best seen or the region has grown to ``past_best`` times the best one
-   (the strongest edge is behind), on a leak (the region jumps by ``leak_ratio`` in one step or
-   exceeds ``max_fraction`` of the image), or when it reaches a negative click. The region with
-   the best score wins; holes are filled.
+   (the strongest edge is behind), on a leak (the region exceeds ``max_fraction`` of the image, or
+   jumps by ``leak_ratio`` in one step and still does when that step is walked again in steps of
+   1/``refine``: filling a noisy structure from a small first region is gradual, crossing a bridge
+   is not), or when it reaches a negative click. The region with the best score wins; holes are
+   filled.
+
+The statistics ball keeps its rim when the spacing is off by float rounding (1.00000003 mm from a
+rotated affine). Non-finite voxels (NaN, inf) are background: never in the region, in the intensity
+model or in the percentiles, and the dark end of the range for the edge map.
 
 Negative clicks that already share the seeds' component at the tightest tolerance split it: only
 voxels closer (in mm) to a positive click than to a negative one are kept.
@@ -244,7 +250,7 @@ def grow_region(image: np.ndarray, seeds: np.ndarray, negatives: np.ndarray | No
     sizes, scores = [int(region.sum())], [best_score]
     best_size = sizes[0]
     report.stop = "tolerance covers the whole intensity range"
-    tol0 = tol
+    tol0, fine_until = tol, tol
     total = max(1, int(np.ceil((max_tol - tol0) / step)))
     level = 0
     while tol < max_tol:
@@ -254,16 +260,18 @@ def grow_region(image: np.ndarray, seeds: np.ndarray, negatives: np.ndarray | No
             progress(min(total, max(1, int(np.ceil((tol - tol0) / step)))), total, "region growing")
         crop = _crop_around(region[crop], crop, shape, cfg.crop_margin, seeds)
         # A leak crosses a bridge: at one tolerance the region suddenly takes in a neighbour. Filling
-        # a noisy structure from a small first region is gradual. A step that jumps is retried in
-        # halves; only a jump that remains at 1/refine of a step counts as a leak.
-        increment = step
-        while True:
+        # a noisy structure from a small first region is gradual. A step that jumps is walked again
+        # in steps of 1/refine; only a jump that remains at that scale counts as a leak.
+        fine = tol + step / cfg.refine < fine_until * (1.0 - BALL_SLACK)
+        increment = step / cfg.refine if fine else step
+        nxt, next_crop = region_at(tol + increment, crop)
+        size = int(nxt.sum())
+        jump = sizes[-1] >= cfg.min_leak_base and size > cfg.leak_ratio * sizes[-1]
+        if jump and not fine and cfg.refine > 1:
+            fine_until, increment = tol + step, step / cfg.refine
             nxt, next_crop = region_at(tol + increment, crop)
             size = int(nxt.sum())
-            jump = sizes[-1] >= cfg.min_leak_base and size > cfg.leak_ratio * sizes[-1]
-            if not jump or increment <= step / cfg.refine * (1.0 + BALL_SLACK):
-                break
-            increment /= 2.0
+            jump = size > cfg.leak_ratio * sizes[-1]
         tol, crop = tol + increment, next_crop
         sizes.append(size)
         if reaches_negative(nxt):
@@ -275,6 +283,9 @@ def grow_region(image: np.ndarray, seeds: np.ndarray, negatives: np.ndarray | No
         if size > cfg.max_fraction * img.size:
             report.stop = "region larger than the allowed fraction of the image"
             break
+        if size == sizes[-2]:  # nested regions of one size are the same region: nothing new to score
+            scores.append(scores[-1])
+            continue
         region = nxt
         if best_size >= cfg.min_leak_base and size > cfg.past_best * best_size:
             report.stop = f"region grew to {cfg.past_best:g}x the best one: the strongest edge is behind"
