@@ -257,3 +257,19 @@ def test_pytest_plugin_refuses_a_bad_pairs_folder_once_at_start_up(tmp_path, lay
     errors = [line for line in out.splitlines() if line.startswith("ERROR: ")]
     assert len(errors) == 1 and errors[0].startswith(f"ERROR: --laugen-pairs: {pairs}"), out
     assert "Traceback" not in out and "find_pairs" not in out and "passed" not in out
+
+
+def test_train_dock_plan_refuses_a_file_or_unwritable_run_folder(tmp_path):
+    """The train dock's plan (its Start button) says it on the viewer's thread, as a ValueError it
+    shows, instead of the child process failing later."""
+    from laugen_napari.training.plan import make_plan, model_choices
+
+    model = next(iter(model_choices()))
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for run_dir, message in ((afile, f"{afile} is a file, not a run folder; choose a folder"),
+                             (afile / "run", f"{afile / 'run'}: {afile} is a file, not a folder"),
+                             ("/proc/laugen-run", "/proc/laugen-run: the folder /proc is not writable")):
+        with pytest.raises(ValueError) as info:
+            make_plan({"model": model, "lr": 1e-3, "run_dir": str(run_dir)})
+        assert str(info.value) == message

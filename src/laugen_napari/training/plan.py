@@ -19,6 +19,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..io.resources import check_writable_folder
+
 #: SimVP variants: dock name -> translator
 SIMVP_MODELS = {"SimVP (gSTA)": "gsta", "SimVP (IncepU)": "incepu"}
 #: how registry names are shown (others are shown as registered)
@@ -133,6 +135,12 @@ def make_plan(values: dict, *, series: Any = None, image: Any = None, labels: An
         raise ValueError(f"{run_dir_p} already holds a run (last.pt): tick 'resume' or choose another run directory")
     if resume and not (run_dir_p / "last.pt").exists():
         raise ValueError(f"nothing to resume: no last.pt in {run_dir_p}")
+    if run_dir_p.exists() and not run_dir_p.is_dir():
+        raise ValueError(f"{run_dir_p} is a file, not a run folder; choose a folder")
+    try:  # a run folder that cannot be made or written is refused here, not in the child
+        check_writable_folder(run_dir_p, str(run_dir_p))
+    except OSError as exc:
+        raise ValueError(str(exc)) from None
     if (image is None) != (labels is None):
         raise ValueError("give both an image layer and a labels layer (or neither)")
     pairs = str(values.get("pairs") or "").strip()
