@@ -250,7 +250,7 @@ def grow_region(image: np.ndarray, seeds: np.ndarray, negatives: np.ndarray | No
     sizes, scores = [int(region.sum())], [best_score]
     best_size = sizes[0]
     report.stop = "tolerance covers the whole intensity range"
-    tol0, fine_until = tol, tol
+    tol0, fine_until, fine_step = tol, tol, step / max(1, int(cfg.refine))
     total = max(1, int(np.ceil((max_tol - tol0) / step)))
     level = 0
     while tol < max_tol:
@@ -262,13 +262,13 @@ def grow_region(image: np.ndarray, seeds: np.ndarray, negatives: np.ndarray | No
         # A leak crosses a bridge: at one tolerance the region suddenly takes in a neighbour. Filling
         # a noisy structure from a small first region is gradual. A step that jumps is walked again
         # in steps of 1/refine; only a jump that remains at that scale counts as a leak.
-        fine = tol + step / cfg.refine < fine_until * (1.0 - BALL_SLACK)
-        increment = step / cfg.refine if fine else step
+        fine = tol + fine_step < fine_until - 1e-6 * step
+        increment = fine_step if fine else step
         nxt, next_crop = region_at(tol + increment, crop)
         size = int(nxt.sum())
         jump = sizes[-1] >= cfg.min_leak_base and size > cfg.leak_ratio * sizes[-1]
-        if jump and not fine and cfg.refine > 1:
-            fine_until, increment = tol + step, step / cfg.refine
+        if jump and not fine and fine_step < step:
+            fine_until, increment = tol + step, fine_step
             nxt, next_crop = region_at(tol + increment, crop)
             size = int(nxt.sum())
             jump = size > cfg.leak_ratio * sizes[-1]
