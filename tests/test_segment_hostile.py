@@ -184,6 +184,7 @@ def test_the_sam_window_maps_non_finite_voxels_to_its_low_end(crop, with_nan):
     lo, hi = default_window(data)
     assert np.isfinite([lo, hi]).all() and lo < hi
     assert (lo, hi) == pytest.approx(tuple(np.percentile(data[finite], [0.5, 99.5])))
+    assert default_window(np.where(finite, np.float32(7.0), data)) == (7.0, 8.0)  # flat but for NaN / inf
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         image8 = window_to_uint8(data, (lo, hi))

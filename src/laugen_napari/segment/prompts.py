@@ -56,6 +56,7 @@ def default_window(volume: np.ndarray) -> Window:
     sub = flat[::step]
     if not np.isfinite(sub).all():
         sub = sub[np.isfinite(sub)]
+    if sub.size == 0 or not np.isfinite(flat).all():
         flat = flat[np.isfinite(flat)]
         if flat.size == 0:
             return 0.0, 1.0
