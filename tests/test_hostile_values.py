@@ -154,3 +154,21 @@ def test_the_napari_reader_rounds_float_labels_and_never_truncates(tmp_path):
         np.testing.assert_array_equal(data, load_volume(SAMPLE_MASK).data)
     nib.save(nib.Nifti1Image(noisy * np.float32(0.37), img.affine, header), str(tmp_path / "fraction_seg.nii.gz"))
     assert io_hooks.read_nifti(str(tmp_path / "fraction_seg.nii.gz"))[0][2] == "image"
+
+
+def test_the_library_and_the_export_dock_say_a_folder_is_not_writable(sample_pair, tmp_path):
+    """generate_to_directory (what the export dock calls) says that /proc is not writable, not that
+    it has no free space; a file in the way is named as such."""
+    import pytest
+
+    from laugen_napari.pipeline import generate_to_directory
+    from laugen_napari.settings import GenerationSettings
+
+    image, mask = sample_pair
+    options = GenerationSettings(frames=2, device="cpu")
+    with pytest.raises(Exception, match="not writable") as info:
+        generate_to_directory(image, mask, "/proc/laugen_out", options)
+    assert "free" not in str(info.value)
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(Exception, match="not a directory|is a file"):
+        generate_to_directory(image, mask, tmp_path / "a_file", options)

@@ -171,7 +171,7 @@ def generate_to_directory(
     series directories.
     """
     options.validate()
-    outdir = Path(outdir)
+    outdir = check_output_dir(outdir, overwrite)  # a file, a folder not writable: said before the space check
     check_resources(image, mask, outdir, options)
     geometry_notes = [w for w in (shear_warning(image),) if w]
     for note in geometry_notes:
