@@ -266,7 +266,7 @@ def test_paint_and_new_labels_reach_the_dock(dock, qtbot, sample_pair):
     new.data[80:90, 100:110, 90:100] = 1
     new.events.paint()
     new.data = new.data
-    qtbot.waitUntil(lambda: widget._label_values == [1] and _ready(widget) and widget._source[1] is new, timeout=30000)
+    qtbot.waitUntil(lambda: widget._label_values == [1] and _ready(widget) and widget._source[1] is new, timeout=60000)
     assert (np.asarray(viewer.layers[MASKS].data[0]) > 0).sum() == 1000
     widget.w["driving"].value = []
     assert "every non-zero label" in widget.w["hint"].value
