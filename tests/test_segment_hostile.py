@@ -156,7 +156,7 @@ def test_cli_segment_treats_nan_and_inf_as_background_without_warnings(crop, wit
 
 
 def test_nan_on_the_slice_path_and_a_click_on_a_nan_voxel(crop, with_nan):
-    path, bad, inside = with_nan
+    path, _, inside = with_nan
     volume = load_volume(path)
     data = np.asarray(volume.data, dtype=np.float32)
     finite = np.isfinite(data)
@@ -178,7 +178,7 @@ def test_nan_on_the_slice_path_and_a_click_on_a_nan_voxel(crop, with_nan):
 
 
 def test_the_sam_window_maps_non_finite_voxels_to_its_low_end(crop, with_nan):
-    path, bad, _ = with_nan
+    path, _, _ = with_nan
     data = np.asarray(load_volume(path).data, dtype=np.float32)
     finite = np.isfinite(data)
     lo, hi = default_window(data)
