@@ -273,3 +273,21 @@ def test_train_dock_plan_refuses_a_file_or_unwritable_run_folder(tmp_path):
         with pytest.raises(ValueError) as info:
             make_plan({"model": model, "lr": 1e-3, "run_dir": str(run_dir)})
         assert str(info.value) == message
+
+
+def test_an_interrupt_while_the_bar_first_draws_ends_its_line(monkeypatch, capsys, tmp_path):
+    """Ctrl-C inside tqdm's constructor (which prints the bar) leaves no bar to close: the line is
+    ended anyway, so 'laugen: interrupted' is a line of its own and nothing is written."""
+    import tqdm as tqdm_module
+
+    class InterruptedBar:
+        def __init__(self, **kwargs):
+            kwargs["file"].write("laugen generate:   0%|          | 0/2")
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(tqdm_module, "tqdm", InterruptedBar)
+    code = main(["generate", str(SAMPLE_IMAGE), str(SAMPLE_MASK), "-o", str(tmp_path / "out"), "--frames", "2"])
+    err = capsys.readouterr().err
+    assert code == 130
+    assert "\nlaugen: interrupted" in err and err.splitlines()[-1].startswith("laugen: interrupted"), err
+    assert not (tmp_path / "out").exists()

@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tqdm import tqdm
-
 from ..batch import DATASET_JSON, check_dataset_dir, run_dataset
 from ..io.pairs import read_manifest
 from ..settings import settings_from_args
+from .bars import progress_bar
 from .generate import add_generate_options
 
 _HELP = {
@@ -48,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--workers applies to the local cluster only; size a --scheduler cluster on its own")
     pairs = read_manifest(args.manifest)
     check_dataset_dir(args.out, args.overwrite, "--overwrite")  # refuse before the progress bar appears
-    bar = None if args.quiet else tqdm(total=len(pairs), unit="pair", desc="laugen dataset", file=sys.stderr)
+    bar = None if args.quiet else progress_bar(total=len(pairs), unit="pair", desc="laugen dataset")
 
     def say(message: str) -> None:
         (bar.write(message, file=sys.stderr) if bar is not None else print(message, file=sys.stderr))

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import sys
 
 from ..settings import add_settings_arguments
+from .bars import progress_bar
 from .train import add_data_arguments, add_model_arguments, data_kwargs, model_size
 
 
@@ -29,7 +29,6 @@ def _numbers(text: str, cast, name: str) -> list:
 
 def _run(args: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
 
     from ..training.experiments import run_sweep
 
@@ -49,7 +48,7 @@ def _run(args: argparse.Namespace) -> int:
         values = []
     runs = args.repeats * (4 if args.sweep == "pretrain" else len(values)) * (
         len(_numbers(args.mix, float, "--mix")) if args.sweep == "sizes" else 1)
-    bar = tqdm(total=runs, unit="run", file=sys.stderr)
+    bar = progress_bar(total=runs, unit="run")
 
     def progress(msg: str) -> None:
         bar.set_description(msg.split(":")[0])

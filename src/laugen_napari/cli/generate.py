@@ -8,11 +8,10 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
-from tqdm import tqdm
-
 from ..io.export import check_output_dir
 from ..pipeline import generate_from_files
 from ..settings import add_settings_arguments, settings_from_args
+from .bars import progress_bar
 
 
 def add_generate_options(parser: argparse.ArgumentParser, help_overrides: dict[str, str] | None = None) -> None:
@@ -49,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         if args.quiet:
             return
         if bar is None:  # only once the inputs and resources passed their checks
-            bar = tqdm(total=total, unit="frame", desc="laugen generate", file=sys.stderr, leave=False)
+            bar = progress_bar(total=total, unit="frame", desc="laugen generate", leave=False)
         bar.n = done
         bar.refresh()
 

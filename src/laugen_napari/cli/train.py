@@ -19,9 +19,11 @@ The semi-synthetic series' options (trajectory, slope range, labels, sigma, ...)
 from __future__ import annotations
 
 import argparse
-import sys
 import json
+import sys
 from pathlib import Path
+
+from .bars import progress_bar
 
 _TRAIN_ATTR = "_laugen_train_subparsers"
 
@@ -124,7 +126,6 @@ def model_size(args: argparse.Namespace) -> dict:
 
 def _run_simvp(args: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
 
     from ..training.datasets import build_data
     from ..training.loop import check_run_folder
@@ -146,7 +147,7 @@ def _run_simvp(args: argparse.Namespace) -> int:
           f"expected), {bundle.info['val_sequences']} {bundle.info['val_source']} validation sequences, "
           f"frames {bundle.info['frame_size']}; {total} steps, schedule {args.schedule}"
           + (f"; fine-tuning from {args.init}" if args.init else ""))
-    bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+    bar = progress_bar(total=total, unit="step", dynamic_ncols=True)
     first = True
     for rec in train_simvp(bundle, args.out, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
                            translator=args.translator, size=model_size(args), lr=args.lr, schedule=args.schedule,

@@ -15,6 +15,8 @@ import sys
 from contextlib import contextmanager
 from typing import Iterator
 
+from .bars import progress_bar
+
 
 def _train_group(subparsers):
     """The shared ``laugen train`` sub-subparsers (cli/train.py), or a local one while it is absent."""
@@ -100,7 +102,6 @@ def _notices_printed_here() -> Iterator[None]:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
 
     from ..training.generators import GENERATORS
     from ..training.loop import check_run_folder, run_training
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"laugen train {name}: notice: {msg}", file=sys.stderr)
     print(f"{name}: {sum(p.numel() for p in task.model.parameters()):,} parameters, {args.size}x{args.size}",
           file=sys.stderr)
-    bar = None if args.quiet else tqdm(total=args.steps, unit="step", file=sys.stderr)
+    bar = None if args.quiet else progress_bar(total=args.steps, unit="step")
     for rec in run_training(task, batches, **kw, warn=lambda m: print(f"laugen train {name}: warning: {m}", file=sys.stderr)):
         if rec.phase == "train" and bar is not None:
             bar.n = rec.step
