@@ -236,6 +236,11 @@ class SyntheticSource:
             raise ValueError(f"{self.name or 'source'}: image {self.image.shape} and mask {self.labels.shape} must be the same 3D shape")
         if not np.any(self.labels):
             raise ValueError(f"{self.name or 'source'}: the mask is empty")
+        spacing = tuple(float(v) for v in self.spacing)
+        if len(spacing) != 3 or not all(np.isfinite(v) and v > 0 for v in spacing):
+            # checked here: a bad spacing would otherwise make every series static (see _augmenter)
+            raise ValueError(f"{self.name or 'source'}: spacing must be three positive numbers in mm, got {spacing}")
+        self.spacing = spacing
 
     @classmethod
     def from_files(cls, image: str | Path, mask: str | Path) -> "SyntheticSource":

@@ -35,7 +35,7 @@ from ..core.preview import LazyDifference, PreviewModel, prepare_planes, preview
 from ..pipeline import build_augmenter
 from ..settings import GenerationSettings, SettingsError
 from . import load_settings, orientation, save_settings
-from .layers import cheap_to_read, geometry_of_layer, series_layer_kwargs, volume_reader
+from .layers import check_layers_on_one_grid, cheap_to_read, geometry_of_layer, series_layer_kwargs, volume_reader
 from .plots import SeriesCurvesPlot, render_curves
 from .settings_form import SettingsForm
 from .workers import WorkerSet
@@ -145,6 +145,8 @@ class AugmentWidget(QWidget):
         self._worker = None
         self._field_pending = False
         self._labels_version = 0
+        self._geometry_version = 0  # bumped when the image or labels layer's transform changes
+        self._placed_geometry = -1
         self._values_for, self._values = None, []  # (labels layer id, version) -> its non-zero values
         self._reading: dict[str, object] = {}  # what a worker is reading from a layer ("values", "centre") -> its key
         self._label_values: list[int] = []
@@ -284,7 +286,7 @@ class AugmentWidget(QWidget):
 
     def _input_layers(self, kind) -> list:
         return [layer for layer in self.viewer.layers if isinstance(layer, kind) and layer.ndim == 3
-                and layer.name not in OUTPUTS]
+                and not getattr(layer, "rgb", False) and layer.name not in OUTPUTS]
 
     def _reset_choices(self, *_) -> None:
         self.container.reset_choices()
@@ -442,12 +444,24 @@ class AugmentWidget(QWidget):
 
     # -- layers ---------------------------------------------------------------------------
     def _watch(self, layer) -> None:
-        if isinstance(layer, Labels) and id(layer) not in self._watched and layer.name not in OUTPUTS:
-            self._watched.add(id(layer))
+        if not isinstance(layer, (Image, Labels)) or id(layer) in self._watched or layer.name in OUTPUTS:
+            return
+        self._watched.add(id(layer))
+        if isinstance(layer, Labels):
             for name in ("paint", "data", "labels_update"):
                 emitter = getattr(layer.events, name, None)
                 if emitter is not None:
                     emitter.connect(self._labels_touched)
+        for name in ("scale", "translate", "rotate", "shear", "affine"):  # the voxel grid in the world moved
+            emitter = getattr(layer.events, name, None)
+            if emitter is not None:
+                emitter.connect(self._transform_touched)
+
+    def _transform_touched(self, event=None) -> None:
+        source = getattr(event, "source", None)
+        if source is not None and source in (self.w["image"].value, self.w["labels"].value):
+            self._geometry_version += 1
+            self._schedule_field()
 
     def _labels_touched(self, event=None) -> None:
         source = getattr(event, "source", None)
@@ -484,13 +498,16 @@ class AugmentWidget(QWidget):
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
         self.w["warning"].value = ""
+        self._dropped_why = why
         self._status(why)
 
     def _on_pair_changed(self, *_) -> None:
         image, labels = self.w["image"].value, self.w["labels"].value
         if image is None or labels is None:
-            self._status("pick an image and a labels layer (3D)")
+            why = getattr(self, "_dropped_why", "")
+            self._status(f"{why}; pick an image and a labels layer (3D)" if why else "pick an image and a labels layer (3D)")
             return
+        self._dropped_why = ""
         if tuple(image.data.shape) != tuple(labels.data.shape):
             self._report(ValueError(f"image {tuple(image.data.shape)} and labels {tuple(labels.data.shape)} "
                                     "differ in shape"))
@@ -670,10 +687,11 @@ class AugmentWidget(QWidget):
             self._report(exc)
             return
         self._last_error = ""
-        key = (id(image), id(labels), self._labels_version) + tuple(getattr(settings, n) for n in FIELD_SETTINGS)
+        key = (id(image), id(labels), self._labels_version, self._geometry_version) + tuple(getattr(settings, n) for n in FIELD_SETTINGS)
         if key == self._field_key and self.model is not None:
             return
         try:  # the layers' state and geometry here; their data are read on the worker
+            check_layers_on_one_grid(image, labels, viewer=self.viewer)
             read_image = volume_reader(image, viewer=self.viewer)
             read_mask = volume_reader(labels, reference=image, viewer=self.viewer)
         except ValueError as exc:
@@ -693,7 +711,7 @@ class AugmentWidget(QWidget):
         self._field_key = key
         same_pair = (self.model is not None and self._source is not None and self._source[0] is image
                      and self._source[1] is labels and self.model.spatial_shape == mask_vol.spatial_shape
-                     and SERIES in self.viewer.layers)
+                     and SERIES in self.viewer.layers and self._placed_geometry == key[3])
         frames_before = self.model.frames if same_pair else None
         if same_pair:
             self.model.set_augmenter(aug, image=image_vol.data, labels=mask_vol.data)
@@ -709,6 +727,7 @@ class AugmentWidget(QWidget):
             self._report(exc)
         if not same_pair:
             self._ensure_layers(image)
+            self._placed_geometry = key[3]  # the LAUGEN layers carry the image's transform of this version
         elif self.model.frames != frames_before:
             self._reshape_layers()
         self._status(self._ready_text(aug))

@@ -28,11 +28,10 @@ from qtpy.QtWidgets import QFrame, QMessageBox, QProgressBar, QScrollArea, QVBox
 
 from ..core.field import label_values
 from ..io.movie import movie_format, series_movie, write_movie
-from ..io.nifti import check_same_grid
 from ..pipeline import generate_to_directory
 from ..settings import GenerationSettings, setting_fields
 from . import load_settings, orientation, save_settings
-from .layers import PlaneOnScreen, cheap_to_read, geometry_of_layer, source_unchanged, volume_reader
+from .layers import PlaneOnScreen, check_layers_on_one_grid, cheap_to_read, source_unchanged, volume_reader
 from .settings_form import SettingsForm, settings_summary
 from .workers import ThreadWorker
 
@@ -321,13 +320,7 @@ class ExportWidget(QWidget):
             options = self.generate_options()
             options.validate()
             # the layers' geometry here (no data read); a lazy or large layer is read on the worker
-            image_geo = geometry_of_layer(image_layer, viewer=self.viewer)
-            mask_geo = geometry_of_layer(labels_layer, reference=image_geo, viewer=self.viewer)
-            try:
-                check_same_grid(image_geo, mask_geo)
-            except ValueError:
-                raise ValueError(f"{image_layer.name!r} {image_geo.spatial_shape} and {labels_layer.name!r} "
-                                 f"{mask_geo.spatial_shape} are not on the same grid (shape, scale, translate)") from None
+            image_geo, _ = check_layers_on_one_grid(image_layer, labels_layer, viewer=self.viewer)
             read_image = volume_reader(image_layer, viewer=self.viewer)
             read_mask = volume_reader(labels_layer, reference=image_geo, viewer=self.viewer)
             mask = None

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..io.nifti import Volume, load_volume, volume_from_array
+from ..io.nifti import Volume, check_same_grid, load_volume, volume_from_array
 
 LAUGEN_VOLUME = "laugen_volume"
 """Layer metadata key holding the geometry-only :class:`Volume`."""
@@ -164,10 +164,46 @@ def cheap_to_read(data: Any) -> bool:
 
 
 def _layer_array(data: Any) -> Any:
-    """Level 0 of a multiscale list, else the data themselves (not computed)."""
-    if isinstance(data, (list, tuple)) and data and hasattr(data[0], "shape"):
+    """Level 0 (the finest) of multiscale data (a list of arrays, or napari's MultiScaleData, whose
+    ``np.asarray`` would give the coarsest level), else the data themselves (not computed)."""
+    if isinstance(data, Sequence) and not isinstance(data, (str, bytes)) and len(data) and hasattr(data[0], "shape"):
         return data[0]
     return data
+
+
+def voxel_spacing_mm(layer: Any) -> tuple[float, float, float]:
+    """Voxel size (z, y, x) in mm of a layer's last three axes: the lengths of the columns of its
+    whole data-to-world matrix (extra affine · rotate · shear · scale), so an oblique, sheared or
+    flipped (negative scale) layer gives its true, positive spacing."""
+    t = layer_transform_kwargs(layer, leading=0)
+    linear = np.asarray(t["affine"])[:3, :3] @ t["rotate"] @ t["shear"] @ np.diag(t["scale"])
+    return tuple(float(v) for v in np.linalg.norm(linear, axis=0))
+
+
+def layer_input(layer: Any) -> Any:
+    """What a background job needs of a layer, taken on the viewer's thread without reading data:
+    ``data`` (level 0, not computed), ``scale`` (:func:`voxel_spacing_mm`) and ``name``."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(data=_layer_array(layer.data), scale=voxel_spacing_mm(layer), name=layer.name)
+
+
+def check_layers_on_one_grid(image: Any, labels: Any, viewer: Any = None) -> tuple[Volume, Volume]:
+    """The geometries of an image layer and of the labels layer that should lie on it (no data
+    read). Raises ``ValueError`` naming both layers unless they put every voxel at the same world
+    position: same shape and file geometry, and the same transform in the viewer (rotate, shear,
+    affine included)."""
+    image_geo = geometry_of_layer(image, viewer=viewer)
+    mask_geo = geometry_of_layer(labels, reference=image_geo, viewer=viewer)
+    try:
+        check_same_grid(image_geo, mask_geo)
+        a, b = layer_transform_kwargs(image, leading=0), layer_transform_kwargs(labels, leading=0)
+        if not all(np.allclose(a[k], b[k], rtol=_RTOL, atol=_ATOL_MM) for k in a):
+            raise ValueError("transforms differ")
+    except ValueError:
+        raise ValueError(f"{image.name!r} {image_geo.spatial_shape} and {labels.name!r} {mask_geo.spatial_shape} are "
+                         "not on the same grid (shape, scale, translate, rotation)") from None
+    return image_geo, mask_geo
 
 
 def _spatial(values: Sequence[float] | None, ndim: int, default: float) -> tuple[float, float, float]:
@@ -210,17 +246,22 @@ def layer_geometry(layer: Any) -> Volume:
     return ras_geometry(_spatial_shape(shape), scale, translate)
 
 
+def _check_positive_scale(scale: Sequence[float]) -> None:
+    if not all(float(v) > 0 for v in scale):
+        raise ValueError(f"a layer with scale {tuple(float(v) for v in scale)} (a flipped or collapsed axis) has no "
+                         "volume geometry; flip its data (numpy.flip) and give it a positive scale")
+
+
 def ras_geometry(shape: Sequence[int], scale: Sequence[float], translate: Sequence[float]) -> Volume:
     """The geometry-only Volume that :func:`~laugen_napari.io.nifti.volume_from_array` gives an
     array of spatial ``shape`` (Z, Y, X) with voxel size ``scale`` and origin ``translate`` (mm),
     without making an array of that shape (100 MB for a CT volume, on the viewer's thread)."""
     shape = tuple(int(n) for n in shape)
-    if all(float(v) > 0 for v in scale):  # RAS: the reorientation is the identity whatever the shape
-        small = volume_from_array(np.zeros((1, 1, 1), np.uint8), scale, translate)
-        small.header.set_data_shape(shape[::-1])
-        return Volume(np.broadcast_to(np.zeros((), np.uint8), shape), small.affine, small.file_affine, small.header,
-                      None)
-    return geometry_only(volume_from_array(np.zeros(shape, np.uint8), scale, translate))
+    _check_positive_scale(scale)
+    # RAS with a positive scale: the reorientation is the identity whatever the shape
+    small = volume_from_array(np.zeros((1, 1, 1), np.uint8), scale, translate)
+    small.header.set_data_shape(shape[::-1])
+    return Volume(np.broadcast_to(np.zeros((), np.uint8), shape), small.affine, small.file_affine, small.header, None)
 
 
 def _spatial_shape(shape: Sequence[int]) -> tuple[int, int, int]:
@@ -310,6 +351,7 @@ def _volume_from(arr: np.ndarray, meta: dict[str, Any], candidates: list[Volume]
             out = geometry.like(arr)
             out.path = geometry.path
             return out
+    _check_positive_scale(scale)
     return volume_from_array(arr, scale, translate)
 
 

@@ -37,6 +37,7 @@ from qtpy.QtWidgets import QHBoxLayout, QVBoxLayout, QWidget
 from ..training import plan as planning
 from ..training.plan import DHVAE_FAMILY, describe_end, describe_record, model_choices, tile  # noqa: F401 (tile: API)
 from . import load_settings, save_settings
+from .layers import layer_input
 from .mpl_dock import PanelPlot, narrow_combo, scroll_area
 from .workers import WorkerSet, activity
 
@@ -73,6 +74,11 @@ GENERATOR_PANELS = [
     ("samples", [("sample", "jsd", "mask JSD (bits)"), ("sample", "nonempty", "non-empty")], None, False),
 ]
 OTHER_PANELS = [("training", [], None, False)]  # lines appear as the records name them
+
+
+def _input(layer):
+    """The layer as the plan takes it (level 0 of multiscale data, the true voxel size), or None."""
+    return None if layer is None else layer_input(layer)
 
 
 class TrainPlot(PanelPlot):
@@ -320,7 +326,8 @@ class TrainWidget(QWidget):
         thread: cheap, no layer data read yet). Raises ValueError for missing or inconsistent input."""
         w = self.w
         return planning.make_plan(self.values(), series=w["series"].value if self.is_simvp else None,
-                                  image=w["image"].value, labels=w["labels"].value, choices=CHOICES)
+                                  image=_input(w["image"].value), labels=_input(w["labels"].value),
+                                  choices=CHOICES)
 
     def start(self, *_) -> None:
         """Start button: validate, then prepare the data and start the child off the GUI thread."""
