@@ -133,3 +133,52 @@ def test_rgb_layers_are_not_offered_and_a_removal_says_why(make_napari_viewer, c
     status = widget.w["status"].value
     assert "removed" in status and "pick an image and a labels layer" in status
     assert not any(isinstance(layer, Labels) for layer in viewer.layers)
+
+
+def _rotation(deg: float) -> np.ndarray:
+    """A turn about napari's world z axis (in the y-x plane)."""
+    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
+    return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+
+
+def test_a_rotation_set_in_the_viewer_is_written_as_an_oblique_affine(make_napari_viewer, crop, tmp_path):
+    """A layer turned by 30 degrees in napari (no file behind it), and an oblique file's layer the
+    user turned further: Save Layer writes the affine napari draws, so every voxel of the file lands
+    where the layer shows it. A turn of 60 degrees is refused in one line."""
+    import nibabel as nib
+
+    from laugen_napari.ui import io_hooks
+    from laugen_napari.ui.layers import _layer_meta
+
+    image, _, spacing = crop
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(image, name="t1", scale=spacing, translate=(5.0, -3.0, 2.0), rotate=_rotation(30),
+                             contrast_limits=(0, 255))
+    meta = _layer_meta(layer)
+    out = io_hooks.write_image(str(tmp_path / "turned.nii.gz"), image, meta)[0]
+    written = nib.load(out)
+    data = np.asarray(written.dataobj)
+    rng = np.random.default_rng(0)
+    for ijk in rng.integers(0, np.array(written.shape), size=(50, 3)):
+        xyz = (written.affine @ [*ijk, 1.0])[:3]
+        zyx = np.rint(layer.world_to_data(xyz[::-1])).astype(int)
+        assert data[tuple(ijk)] == image[tuple(zyx)]
+    # the reader gives it back on the same place
+    back = viewer.add_layer(napari_layer(io_hooks.read_nifti(out)[0]))
+    for zyx in [(0, 0, 0), (10, 20, 30), tuple(n - 1 for n in image.shape)]:
+        np.testing.assert_allclose(back.data_to_world(zyx), layer.data_to_world(zyx), atol=1e-4)
+    # a file layer turned further by the user: the turn the viewer shows is what is written
+    back.rotate = _rotation(30) @ _rotation(10)
+    out2 = io_hooks.write_image(str(tmp_path / "turned_more.nii.gz"), image, _layer_meta(back))[0]
+    again = viewer.add_layer(napari_layer(io_hooks.read_nifti(out2)[0]))
+    np.testing.assert_allclose(again.data_to_world((10, 20, 30)), back.data_to_world((10, 20, 30)), atol=1e-4)
+    layer.rotate = _rotation(60)
+    with pytest.raises(ValueError, match="45 degrees"):
+        io_hooks.write_image(str(tmp_path / "no.nii.gz"), image, _layer_meta(layer))
+    assert not (tmp_path / "no.nii.gz").exists()
+
+
+def napari_layer(layer_data):
+    from napari.layers import Layer
+
+    return Layer.create(*layer_data)

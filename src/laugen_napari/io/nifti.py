@@ -356,6 +356,27 @@ def series_nbytes(reference: Volume, frames: int, dtype: np.dtype | type,
     return 352 + int(np.prod(shape, dtype=np.int64)) * int(frames) * _output_dtype(dtype).itemsize
 
 
+def geometry_from_affine(shape: Sequence[int], affine: np.ndarray) -> Volume:
+    """The geometry-only Volume (zero-strided data, no memory) of an array of spatial ``shape``
+    (Z, Y, X) that ``affine`` (4x4, array z, y, x -> world RAS mm) places, written with file axes
+    (I, J, K) = (X, Y, Z) and that affine (oblique or sheared as given). Raises ``ValueError`` unless
+    the array is in the closest-RAS order every Volume holds: no axis flipped, none turned by 45
+    degrees or more, none collapsed."""
+    shape = tuple(int(n) for n in shape)
+    affine = np.asarray(affine, dtype=np.float64)
+    file_affine = affine[:, [2, 1, 0, 3]]
+    zooms = np.linalg.norm(file_affine[:3, :3], axis=0)
+    if not np.all(np.isfinite(file_affine)) or not np.all(zooms > 0) or \
+            abs(np.linalg.det(file_affine[:3, :3])) < 1e-9 * float(np.prod(zooms)) or \
+            not np.array_equal(ornt.io_orientation(file_affine), [[0, 1], [1, 1], [2, 1]]):
+        raise ValueError("its voxel axes are flipped, collapsed or turned by 45 degrees or more")
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape[::-1])
+    header.set_zooms(tuple(float(v) for v in zooms))
+    header.set_xyzt_units("mm", "sec")
+    return Volume(np.broadcast_to(np.zeros((), np.uint8), shape), affine.copy(), file_affine, header, None)
+
+
 def volume_from_array(data: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
                       origin: Sequence[float] = (0.0, 0.0, 0.0)) -> Volume:
     """A RAS+ :class:`Volume` for an array (…, Z, Y, X) with ``spacing`` and ``origin`` (z, y, x) in mm."""

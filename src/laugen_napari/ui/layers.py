@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..io.nifti import Volume, check_same_grid, load_volume, volume_from_array
+from ..io.nifti import Volume, check_same_grid, geometry_from_affine, load_volume
 
 LAUGEN_VOLUME = "laugen_volume"
 """Layer metadata key holding the geometry-only :class:`Volume`."""
@@ -206,17 +206,36 @@ def check_layers_on_one_grid(image: Any, labels: Any, viewer: Any = None) -> tup
     return image_geo, mask_geo
 
 
-def _spatial(values: Sequence[float] | None, ndim: int, default: float) -> tuple[float, float, float]:
-    vals = [default] * ndim if values is None else [float(v) for v in values]
-    vals = vals[-3:]
-    return tuple([default] * (3 - len(vals)) + vals)
+def _meta_matrix(meta: dict[str, Any], ndim: int) -> np.ndarray:
+    """The 4x4 data-to-world matrix (napari's world: z, y, x mm) of the last three axes of a layer
+    described by its state ``meta`` (``scale``, ``translate`` and, when set, ``rotate``, ``shear``,
+    ``affine``): what napari draws, so a transform set in the viewer is part of the geometry."""
+    from types import SimpleNamespace
+
+    affine = meta.get("affine")
+    matrix = getattr(affine, "affine_matrix", affine)
+    state = SimpleNamespace(
+        ndim=ndim, scale=meta.get("scale") or (1.0,) * ndim, translate=meta.get("translate") or (0.0,) * ndim,
+        rotate=np.eye(ndim) if meta.get("rotate") is None else meta["rotate"],
+        shear=np.zeros(ndim * (ndim - 1) // 2) if meta.get("shear") is None else meta["shear"],
+        affine=SimpleNamespace(affine_matrix=np.eye(ndim + 1) if matrix is None else matrix))
+    t = layer_transform_kwargs(state, leading=0)
+    k = len(t["scale"])
+    linear = np.asarray(t["affine"])[:k, :k] @ np.asarray(t["rotate"]) @ np.asarray(t["shear"]) @ np.diag(t["scale"])
+    offset = np.asarray(t["affine"])[:k, :k] @ np.asarray(t["translate"]) + np.asarray(t["affine"])[:k, -1]
+    out = np.eye(4)
+    out[3 - k : 3, 3 - k : 3], out[3 - k : 3, 3] = linear, offset  # a 2D layer is one plane at z = 0
+    return out
 
 
-def _geometry_fits(geometry: Volume, shape: Sequence[int], scale: Sequence[float], translate: Sequence[float]) -> bool:
+def _geometry_fits(geometry: Volume, shape: Sequence[int], matrix: np.ndarray) -> bool:
+    """Whether ``geometry`` puts data of ``shape`` where the data-to-world ``matrix`` (z, y, x
+    world) puts them: same spatial shape, same voxel axes, same origin."""
+    world_xyz = matrix[:3][::-1]  # rows world x, y, z; columns array z, y, x
     return (
         tuple(int(n) for n in shape[-3:]) == geometry.spatial_shape
-        and np.allclose(scale, geometry.spacing, rtol=_RTOL, atol=_ATOL_MM)
-        and np.allclose(translate, geometry.origin, rtol=_RTOL, atol=_ATOL_MM)
+        and np.allclose(world_xyz[:, :3], geometry.affine[:3, :3], rtol=_RTOL, atol=_ATOL_MM)
+        and np.allclose(world_xyz[:, 3], geometry.affine[:3, 3], rtol=_RTOL, atol=_ATOL_MM)
     )
 
 
@@ -225,43 +244,51 @@ def _meta_geometry(metadata: dict | None) -> Volume | None:
     return geometry if isinstance(geometry, Volume) else None
 
 
-def _layer_state(layer: Any) -> tuple[tuple[int, ...], tuple[float, float, float], tuple[float, float, float], dict]:
+def _layer_state(layer: Any) -> tuple[tuple[int, ...], np.ndarray, dict]:
     data = _layer_array(layer.data)
     shape = tuple(int(n) for n in data.shape)
     if getattr(layer, "rgb", False):
         shape = shape[:-1]
-    ndim = len(shape)
-    return shape, _spatial(layer.scale, ndim, 1.0), _spatial(layer.translate, ndim, 0.0), dict(layer.metadata or {})
+    return shape, _meta_matrix(_layer_meta(layer), len(shape)), dict(layer.metadata or {})
 
 
 def layer_geometry(layer: Any) -> Volume:
     """The geometry of one layer alone: its metadata geometry when it still fits, else a RAS
     geometry from its scale and translate."""
-    shape, scale, translate, metadata = _layer_state(layer)
+    shape, matrix, metadata = _layer_state(layer)
     if len(shape) < 2:
         raise ValueError(f"layer {layer.name!r} has {len(shape)} axis; a volume needs (Z, Y, X)")
     geometry = _meta_geometry(metadata)
-    if geometry is not None and _geometry_fits(geometry, _spatial_shape(shape), scale, translate):
+    if geometry is not None and _geometry_fits(geometry, _spatial_shape(shape), matrix):
         return geometry
-    return ras_geometry(_spatial_shape(shape), scale, translate)
+    return matrix_geometry(_spatial_shape(shape), matrix)
 
 
-def _check_positive_scale(scale: Sequence[float]) -> None:
-    if not all(float(v) > 0 for v in scale):
-        raise ValueError(f"a layer with scale {tuple(float(v) for v in scale)} (a flipped or collapsed axis) has no "
-                         "volume geometry; flip its data (numpy.flip) and give it a positive scale")
+def matrix_geometry(shape: Sequence[int], matrix: np.ndarray) -> Volume:
+    """The geometry-only Volume of data of spatial ``shape`` (Z, Y, X) that napari draws with the
+    data-to-world ``matrix`` (4x4, world z, y, x in mm): no array of that shape is made (100 MB
+    for a CT volume, on the viewer's thread). Its file axes are the array's (X, Y, Z); a rotation
+    or shear set in the viewer becomes an oblique affine. Raises ``ValueError`` when the matrix
+    flips an axis, turns one by 45 degrees or more, or collapses one (see
+    :func:`~laugen_napari.io.nifti.geometry_from_affine`): a one-line refusal beats a misplaced file."""
+    affine = np.eye(4)
+    affine[:3] = np.asarray(matrix, dtype=np.float64)[:3][::-1]  # rows world x, y, z; columns array z, y, x
+    try:
+        return geometry_from_affine(shape, affine)
+    except ValueError as exc:
+        scale = tuple(round(float(v), 6) for v in np.diag(np.asarray(matrix)[:3, :3]))
+        raise ValueError(f"a layer with scale {scale} mm whose voxel axes are not the world's up to a turn below 45 "
+                         f"degrees ({exc}) has no volume geometry; flip its data (numpy.flip) and give it a positive "
+                         "scale") from None
 
 
 def ras_geometry(shape: Sequence[int], scale: Sequence[float], translate: Sequence[float]) -> Volume:
     """The geometry-only Volume that :func:`~laugen_napari.io.nifti.volume_from_array` gives an
     array of spatial ``shape`` (Z, Y, X) with voxel size ``scale`` and origin ``translate`` (mm),
-    without making an array of that shape (100 MB for a CT volume, on the viewer's thread)."""
-    shape = tuple(int(n) for n in shape)
-    _check_positive_scale(scale)
-    # RAS with a positive scale: the reorientation is the identity whatever the shape
-    small = volume_from_array(np.zeros((1, 1, 1), np.uint8), scale, translate)
-    small.header.set_data_shape(shape[::-1])
-    return Volume(np.broadcast_to(np.zeros((), np.uint8), shape), small.affine, small.file_affine, small.header, None)
+    without making an array of that shape."""
+    matrix = np.eye(4)
+    matrix[:3, :3], matrix[:3, 3] = np.diag([float(v) for v in scale]), [float(v) for v in translate]
+    return matrix_geometry(shape, matrix)
 
 
 def _spatial_shape(shape: Sequence[int]) -> tuple[int, int, int]:
@@ -269,25 +296,23 @@ def _spatial_shape(shape: Sequence[int]) -> tuple[int, int, int]:
     return (1,) * (3 - len(shape[-3:])) + shape[-3:]
 
 
-def find_reference_layer(shape: Sequence[int], scale: Sequence[float], translate: Sequence[float],
-                         layers: Iterable[Any], exclude: Any = None) -> Any | None:
+def find_reference_layer(shape: Sequence[int], matrix: np.ndarray, layers: Iterable[Any],
+                         exclude: Any = None) -> Any | None:
     """The first layer in ``layers`` (Image layers first) that carries a geometry fitting the
-    spatial ``shape``, ``scale`` and ``translate`` (the last three axes) — the image a layer drawn
+    spatial ``shape`` and data-to-world ``matrix`` (the last three axes) — the image a layer drawn
     from scratch was drawn on."""
     candidates = [lay for lay in layers if lay is not exclude]
     candidates.sort(key=lambda lay: "Image" not in {c.__name__ for c in type(lay).__mro__})  # stable: images first
     target = _spatial_shape(shape)
-    sc = _spatial(scale, len(shape), 1.0)
-    tr = _spatial(translate, len(shape), 0.0)
     for lay in candidates:
         try:
             geometry = _meta_geometry(lay.metadata)
-            lshape, lscale, ltrans, _ = _layer_state(lay)
-        except Exception:
+            lshape, lmatrix, _ = _layer_state(lay)
+        except Exception:  # noqa: BLE001 - any layer napari holds may be odd: it is just not the reference
             continue
-        if geometry is None or not _geometry_fits(geometry, _spatial_shape(lshape), lscale, ltrans):
+        if geometry is None or not _geometry_fits(geometry, _spatial_shape(lshape), lmatrix):
             continue
-        if _geometry_fits(geometry, target, sc, tr):
+        if _geometry_fits(geometry, target, matrix):
             return lay
     return None
 
@@ -323,9 +348,7 @@ def _geometry_candidates(shape: Sequence[int], meta: dict[str, Any], reference: 
                          layers: Iterable[Any] | None) -> list[Volume]:
     """The geometries to try, in order, for data of ``shape`` (see :func:`volume_from_layer_data`);
     reads layer state only, never layer data."""
-    ndim = len(shape)
-    scale = _spatial(meta.get("scale"), ndim, 1.0)
-    translate = _spatial(meta.get("translate"), ndim, 0.0)
+    matrix = _meta_matrix(meta, len(shape))
     candidates: list[Volume] = []
     own = _meta_geometry(meta.get("metadata"))
     if own is not None:
@@ -335,30 +358,29 @@ def _geometry_candidates(shape: Sequence[int], meta: dict[str, Any], reference: 
     elif reference is not None:
         candidates.append(layer_geometry(reference))
     if layers is not None:
-        found = find_reference_layer(shape, scale, translate, layers)
+        found = find_reference_layer(shape, matrix, layers)
         if found is not None:
             candidates.append(_meta_geometry(found.metadata))
     return candidates
 
 
 def _volume_from(arr: np.ndarray, meta: dict[str, Any], candidates: list[Volume]) -> Volume:
+    matrix = _meta_matrix(meta, arr.ndim)
     arr = arr[None] if arr.ndim == 2 else arr
-    ndim = arr.ndim
-    scale = _spatial(meta.get("scale"), ndim, 1.0)
-    translate = _spatial(meta.get("translate"), ndim, 0.0)
     for geometry in candidates:
-        if _geometry_fits(geometry, arr.shape, scale, translate):
+        if _geometry_fits(geometry, arr.shape, matrix):
             out = geometry.like(arr)
             out.path = geometry.path
             return out
-    _check_positive_scale(scale)
-    return volume_from_array(arr, scale, translate)
+    return matrix_geometry(arr.shape[-3:], matrix).like(arr)
 
 
 def _layer_meta(layer: Any) -> dict[str, Any]:
-    """The layer state a writer receives (``scale``, ``translate``, ``metadata``, ``rgb``)."""
-    return {"scale": tuple(layer.scale), "translate": tuple(layer.translate), "metadata": dict(layer.metadata or {}),
-            "rgb": bool(getattr(layer, "rgb", False))}
+    """The layer state a writer receives (``scale``, ``translate``, ``rotate``, ``shear``, ``affine``,
+    ``metadata``, ``rgb``)."""
+    return {"scale": tuple(layer.scale), "translate": tuple(layer.translate), "rotate": np.asarray(layer.rotate),
+            "shear": np.asarray(layer.shear), "affine": np.asarray(layer.affine.affine_matrix),
+            "metadata": dict(layer.metadata or {}), "rgb": bool(getattr(layer, "rgb", False))}
 
 
 def _other_layers(layer: Any, viewer: Any) -> list[Any] | None:
@@ -388,13 +410,13 @@ def geometry_of_layer(layer: Any, reference: Any = None, viewer: Any = None) -> 
     geometry-only Volume, from the layer's state alone: its data are never read (for a voxel index
     on the viewer's thread, e.g. a click, whatever the size or laziness of the layer)."""
     meta = _layer_meta(layer)
-    shape = _image_shape(_layer_array(layer.data).shape, meta)
-    scale = _spatial(meta["scale"], len(shape), 1.0)
-    translate = _spatial(meta["translate"], len(shape), 0.0)
+    data_shape = _layer_array(layer.data).shape
+    shape = _image_shape(data_shape, meta)
+    matrix = _meta_matrix(meta, len(data_shape) - (1 if meta["rgb"] else 0))
     for geometry in _geometry_candidates(shape, meta, reference, _other_layers(layer, viewer)):
-        if _geometry_fits(geometry, shape, scale, translate):
+        if _geometry_fits(geometry, shape, matrix):
             return geometry_only(geometry)
-    return ras_geometry(_spatial_shape(shape), scale, translate)
+    return matrix_geometry(_spatial_shape(shape), matrix)
 
 
 def source_unchanged(volume: Volume) -> bool:
