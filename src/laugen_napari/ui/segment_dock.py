@@ -1,14 +1,15 @@
 """The "LAUGEN segment" dock: clicks and boxes → a mask painted into a Labels layer.
 
 Thin: it turns layers into :class:`~laugen_napari.segment.Prompts` (world → data coordinates, so
-layers with any scale/translate land on the right voxel), runs a backend from
+layers with any transform land on the right voxel), runs a backend from
 :mod:`laugen_napari.segment` in a napari thread worker (progress, cancel) and paints the result
-with ``Labels.data_setitem`` in one step, so the layer's own undo reverts it, then emits the
-layer's ``data`` event so other docks (the augment dock's driving labels) update at once. The
-target defaults to a new Labels layer on the image's grid, made only when there is something to
-paint: the shipped mask is never overwritten by accident. The Labels layer is only written after
-a successful run: a failure or a cancel leaves it as it was. Progress shows in the dock and in
-napari's activity dock (updated on the GUI thread).
+in one step of the layer's undo history, then emits the layer's ``data`` event so other docks
+(the augment dock's driving labels) update at once. The target defaults to a new Labels layer on
+the image's grid (its whole transform, rotation and shear included, and its file geometry), made
+only when there is something to paint: the shipped mask is never overwritten by accident. The
+Labels layer is only written after a successful run: a failure or a cancel leaves it as it was; a
+target it cannot paint (lazy, read-only, a label value its type cannot hold) is refused before
+the run. Progress shows in the dock and in napari's activity dock (updated on the GUI thread).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from qtpy.QtWidgets import (
 
 from ..segment import Prompts, RegionGrowingBackend, SegmentationCancelled, segment
 from . import load_settings, save_settings
-from .layers import layer_transform_kwargs
+from .layers import LAUGEN_VOLUME, layer_transform_kwargs, series_layer_kwargs
 from .mpl_dock import narrow_combo, scroll_area
 from .workers import ThreadWorker, activity
 
@@ -60,6 +61,57 @@ def voxel_spacing_mm(layer: Any) -> tuple[float, float, float]:
     t = layer_transform_kwargs(layer, leading=0)
     linear = np.asarray(t["affine"])[:3, :3] @ t["rotate"] @ t["shear"] @ np.diag(t["scale"])
     return tuple(float(v) for v in np.linalg.norm(linear, axis=0))
+
+
+def placement_kwargs(image: Any, with_file_geometry: bool = False) -> dict[str, Any]:
+    """Layer keyword arguments that put a new layer of ``image``'s shape exactly on ``image``: its
+    whole data-to-world transform (scale, translate, rotate, shear, extra affine), so the oblique
+    rotation the reader puts in ``rotate`` is kept; leading (time) axes keep the image's own scale
+    and translate. ``with_file_geometry``: also the image's file geometry in the metadata, so that
+    saving the new layer writes the image's affine and header (when the image has one)."""
+    leading = max(int(image.ndim) - 3, 0)
+    kwargs = layer_transform_kwargs(image, leading)
+    if with_file_geometry and LAUGEN_VOLUME in (image.metadata or {}):  # an image read from a file
+        try:
+            kwargs = series_layer_kwargs(image, leading)
+        except ValueError:  # no volume geometry (e.g. a flipped axis): the placement alone
+            pass
+    if leading:
+        kwargs["scale"] = tuple(float(v) for v in image.scale[:leading]) + tuple(kwargs["scale"][leading:])
+        kwargs["translate"] = tuple(float(v) for v in image.translate[:leading]) + tuple(kwargs["translate"][leading:])
+    return kwargs
+
+
+def label_values_fit(dtype: Any, value: int) -> str | None:
+    """None when label ``value`` fits a Labels array of ``dtype``, else the range that does
+    (e.g. "1..255" for uint8)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "b":
+        return None if value in (0, 1) else "1"
+    if dtype.kind not in "ui":
+        return None  # napari keeps Labels integer; anything else is left to the paint's own check
+    info = np.iinfo(dtype)
+    return None if info.min <= value <= info.max else f"1..{info.max}"
+
+
+def _paint_undoably(labels: Any, target: np.ndarray, value: int) -> None:
+    """Set ``value`` where ``target`` is set in the in-memory array of ``labels``, as one step of
+    the layer's undo history, then redraw the layer.
+
+    Not ``Labels.data_setitem``: on a layer rotated or sheared out of the plane on screen (an
+    oblique file) napari's slice there is not the plane it updates, and since the slice of a numpy
+    layer is a view of its data, it wrote the label into voxels outside ``target`` or raised an
+    IndexError (napari 0.9.2). The history atom is the one ``data_setitem`` records (indices, old
+    values, new value), which napari's undo and redo replay by plain assignment."""
+    data = labels.data
+    value = data.dtype.type(value)  # OverflowError here, before anything is written, if it does not fit
+    indices = np.nonzero(target & (data != value))
+    if not indices[0].size:
+        return
+    labels._save_history((indices, np.array(data[indices], copy=True), value))
+    data[indices] = value
+    labels.refresh()
+
 
 class SegmentWidget(QWidget):
     """Dock widget: pick image, prompt layers, target labels; segment a slice or the whole volume."""
@@ -260,14 +312,11 @@ class SegmentWidget(QWidget):
         self.backend_label.setText("backend: " + self.backend_description())
 
     # -- layers ----------------------------------------------------------------------------------
-    def _geometry(self, image: Any) -> dict[str, Any]:
-        """The image's placement in the world (scale, translate and its full affine: rotation, shear)."""
-        return {"scale": image.scale, "translate": image.translate, "affine": image.affine.affine_matrix}
-
     def add_prompt_layers(self) -> tuple[Any, Any]:
-        """Add a Points layer for clicks and a Shapes layer for boxes with the image's geometry."""
+        """Add a Points layer for clicks and a Shapes layer for boxes with the image's geometry, so
+        their data coordinates are the image's voxel indices (clicks still go through world)."""
         image = self._layer(self.image_combo)
-        geo = self._geometry(image) if image is not None else {}
+        geo = placement_kwargs(image) if image is not None else {}
         ndim = image.ndim if image is not None else 3
         points = self.viewer.add_points(np.zeros((0, ndim)), name="segment clicks", ndim=ndim, size=3,
                                         features={"positive": np.zeros(0, dtype=bool)},
@@ -291,7 +340,7 @@ class SegmentWidget(QWidget):
 
     def _new_labels(self, image: Any) -> Any:
         labels = self.viewer.add_labels(np.zeros(image.data.shape, dtype=np.uint16), name=NEW_LABELS_NAME,
-                                        **self._geometry(image))
+                                        **placement_kwargs(image, with_file_geometry=True))
         self.labels_combo.setCurrentText(labels.name)
         return labels
 
@@ -381,10 +430,23 @@ class SegmentWidget(QWidget):
         if image.ndim != 3 or getattr(image, "rgb", False):
             self._error(f"segmentation needs a 3D grey-level image; {image.name} has {image.ndim} dimensions")
             return None
+        if labels is not None and not isinstance(labels.data, np.ndarray):
+            self._error(f"the Labels layer {labels.name} is not an array in memory ({type(labels.data).__name__}; "
+                        f"napari cannot paint into it either): pick another target or 'new layer'")
+            return None
+        if labels is not None and not labels.data.flags.writeable:
+            self._error(f"the Labels layer {labels.name} is read-only: pick another target or 'new layer'")
+            return None
         if labels is not None and tuple(labels.data.shape) != tuple(image.data.shape):
             self._error(f"the Labels layer {labels.name} {labels.data.shape} does not match the image "
                         f"{image.name} {image.data.shape}")
             return None
+        if labels is not None:
+            fits = label_values_fit(labels.data.dtype, int(self.label_value.value()))
+            if fits is not None:
+                self._error(f"label value {int(self.label_value.value())} does not fit the {labels.data.dtype} Labels "
+                            f"layer {labels.name}: use {fits}, or 'new layer'")
+                return None
         try:
             prompts = self.collect_prompts(image)
             prompts.check_inside(image.data.shape)
@@ -471,10 +533,31 @@ class SegmentWidget(QWidget):
 
     def _paint(self, labels: Any, mask: np.ndarray, value: int, image: Any = None) -> None:
         """Write ``value`` where ``mask`` is set, as one undoable step of the Labels layer (a new
-        layer on ``image``'s grid when ``labels`` is None), then emit the layer's data event."""
+        layer on ``image``'s grid when ``labels`` is None), then emit the layer's data event. A
+        failure to paint is reported in one line (status and notification): the layer is left as it
+        was and a new layer made for this run is removed."""
+        before = list(self.viewer.layers)
+        try:
+            painted = self._paint_into(labels, mask, value, image)
+        except Exception as exc:  # noqa: BLE001 - a slot: nothing may escape into Qt's event loop
+            for layer in list(self.viewer.layers):
+                if layer not in before:  # the new layer of this run, half made
+                    self.viewer.layers.remove(layer)
+            name = f"the Labels layer {labels.name}" if labels is not None else "a new Labels layer"
+            self._error(f"painting into {name} failed, nothing painted: {type(exc).__name__}: {exc}")
+            return
+        if painted is None:
+            return
+        labels, count = painted
+        self._succeeded = True
+        self.status.setText(f"painted {count} voxels with label {value} ({self.backend_description()})")
+        labels.events.data(value=labels.data)  # listeners (the augment dock) see the new labels now
+
+    def _paint_into(self, labels: Any, mask: np.ndarray, value: int, image: Any) -> tuple[Any, int] | None:
+        """The painting itself: (the layer painted, voxels painted), or None when nothing was."""
         if labels is not None and labels not in self.viewer.layers:
             self._error("the target Labels layer was removed; nothing painted")
-            return
+            return None
         target = mask
         if labels is not None and not self.overwrite_check.isChecked():
             current = np.asarray(labels.data)
@@ -482,16 +565,14 @@ class SegmentWidget(QWidget):
         if not target.any():
             self.status.setText("nothing found from these prompts; the Labels layer is unchanged")
             self._warn("the segmentation is empty; nothing painted")
-            return
+            return None
         if labels is None:
             if image is None or image not in self.viewer.layers:
                 self._error("the image was removed; nothing painted")
-                return
+                return None
             labels = self._new_labels(image)
-        labels.data_setitem(np.nonzero(target), value)
-        labels.events.data(value=labels.data)  # listeners (the augment dock) see the new labels now
-        self._succeeded = True
-        self.status.setText(f"painted {int(target.sum())} voxels with label {value} ({self.backend_description()})")
+        _paint_undoably(labels, target, value)
+        return labels, int(target.sum())
 
     # -- notifications ----------------------------------------------------------------------------
     def _error(self, message: str) -> None:
