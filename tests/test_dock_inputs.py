@@ -182,3 +182,29 @@ def napari_layer(layer_data):
     from napari.layers import Layer
 
     return Layer.create(*layer_data)
+
+
+def test_removing_the_augment_dock_stops_it(make_napari_viewer, crop, qtbot):
+    """napari's remove_dock_widget takes the panel out of its dock without closing it: the panel
+    then stops following the viewer (no field on paint, no keys, no longer the viewer's panel);
+    its LAUGEN layers stay."""
+    from laugen_napari.ui.augment_widget import augment_panel
+
+    image, labels, spacing = crop
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="t1", scale=spacing, contrast_limits=(0, 255))
+    seg = viewer.add_labels(labels, name="seg", scale=spacing)
+    widget = AugmentWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="LAUGEN augment")
+    qtbot.waitUntil(lambda: _ready(widget) and SERIES in viewer.layers, timeout=60000)
+    assert augment_panel(viewer) is widget
+    keys = set(map(str, viewer.keymap))
+    viewer.window.remove_dock_widget(widget)
+    assert widget._closed and augment_panel(viewer) is None
+    assert len(set(map(str, viewer.keymap))) < len(keys)  # the dock's keys are released
+    old, version = widget.model.augmenter, widget._labels_version
+    seg.data[0, 0, 0] = 9
+    seg.events.data(value=seg.data, action="changed", data_indices=(), vertex_indices=())
+    qtbot.wait(800)
+    assert widget._labels_version == version and widget.model.augmenter is old and not widget.busy
+    assert SERIES in viewer.layers and np.asarray(viewer.layers[SERIES].data[0]).shape == image.shape

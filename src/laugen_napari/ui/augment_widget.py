@@ -26,7 +26,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, S
 from napari.layers import Image, Labels
 from napari.utils.colormaps import Colormap
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import QFileDialog, QFrame, QProgressBar, QScrollArea, QVBoxLayout, QWidget
 
 from ..core import Augmenter, series_seed  # noqa: F401 (Augmenter: scripts used to time the field here)
@@ -59,6 +59,8 @@ KEYBINDINGS = {
     "Shift-Left": "previous frame",
     "Alt-D": "show / hide the difference overlay",
 }
+KEYS = ("Alt-P", "Shift-Right", "Shift-Left", "Alt-D")
+"""The viewer keys the augment dock binds: play, next frame, previous frame, difference overlay."""
 _PANELS: "weakref.WeakValueDictionary[int, AugmentWidget]" = weakref.WeakValueDictionary()
 
 
@@ -167,12 +169,17 @@ class AugmentWidget(QWidget):
         self._play_timer = QTimer(self, interval=int(1000 / PLAY_FPS))
         self._play_timer.timeout.connect(self._play_tick)
         self._curves_pending = False
-        napari_viewer.layers.events.inserted.connect(self._on_layer_inserted)
-        napari_viewer.layers.events.removed.connect(self._on_layer_removed)
-        napari_viewer.dims.events.ndisplay.connect(self._on_ndisplay)
-        napari_viewer.dims.events.current_step.connect(self._on_step)
-        napari_viewer.dims.events.order.connect(self._on_order)
-        orientation.camera(napari_viewer).events.orientation.connect(lambda *_: self.letters.update())
+        self._connections = [
+            (napari_viewer.layers.events.inserted, self._on_layer_inserted),
+            (napari_viewer.layers.events.removed, self._on_layer_removed),
+            (napari_viewer.dims.events.ndisplay, self._on_ndisplay),
+            (napari_viewer.dims.events.current_step, self._on_step),
+            (napari_viewer.dims.events.order, self._on_order),
+            (orientation.camera(napari_viewer).events.orientation, self._on_camera_orientation),
+        ]
+        for emitter, callback in self._connections:
+            emitter.connect(callback)
+        self._docked = False
         self.letters = orientation.OrientationLetters(napari_viewer)
         for layer in napari_viewer.layers:
             self._watch(layer)
@@ -213,12 +220,45 @@ class AugmentWidget(QWidget):
         self._workers.wait_idle(timeout_ms)
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        self.shut_down()
+        super().closeEvent(event)
+
+    def event(self, event) -> bool:  # noqa: D102 (Qt)
+        if event.type() == QEvent.ParentChange:
+            # napari's remove_dock_widget takes the panel out of its dock without closing it
+            if self.parent() is not None:
+                self._docked = True
+            elif self._docked:
+                self.shut_down()
+        return super().event(event)
+
+    def shut_down(self) -> None:
+        """Stop following the viewer (the dock was closed or removed): timers stopped, settings
+        remembered, workers finished and their results dropped, viewer events and keys released.
+        The LAUGEN layers stay as they are."""
+        if self._closed:
+            return
         for timer in (self._play_timer, self._warm_timer, self._field_timer, self._curves_timer, self._labels_timer):
             timer.stop()
         self.remember_settings()
         self.wait_idle()
         self._closed = True
-        super().closeEvent(event)
+        for emitter, callback in self._connections:
+            emitter.disconnect(callback)
+        for layer in self.viewer.layers:
+            for name in ("paint", "data", "labels_update", "scale", "translate", "rotate", "shear", "affine"):
+                emitter = getattr(layer.events, name, None)
+                if emitter is not None:
+                    emitter.disconnect(self._labels_touched)
+                    emitter.disconnect(self._transform_touched)
+        self._watched.clear()
+        for key in KEYS:
+            self.viewer.bind_key(key, None)  # unbind
+        if _PANELS.get(_viewer_id(self.viewer)) is self:
+            del _PANELS[_viewer_id(self.viewer)]
+
+    def _on_camera_orientation(self, *_) -> None:
+        self.letters.update()
 
     # -- construction ---------------------------------------------------------------------
     def _build(self) -> None:
@@ -294,8 +334,8 @@ class AugmentWidget(QWidget):
 
     # -- keybindings ------------------------------------------------------------------------
     def _bind_keys(self) -> None:
-        actions = {"Alt-P": self.toggle_play, "Shift-Right": lambda: self.step_frame(1),
-                   "Shift-Left": lambda: self.step_frame(-1), "Alt-D": self.toggle_difference}
+        actions = dict(zip(KEYS, (self.toggle_play, lambda: self.step_frame(1), lambda: self.step_frame(-1),
+                                  self.toggle_difference)))
         for key, action in actions.items():
             self.viewer.bind_key(key, lambda _viewer, action=action: action(), overwrite=True)
 
