@@ -239,3 +239,31 @@ def test_cli_an_empty_result_is_one_error_line_and_no_file(tmp_path, capsys, emp
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("laugen segment: error: nothing found") and len(err) == 2, err  # backend line + error
     assert not out.exists() and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_a_backend_mask_of_the_wrong_shape_is_refused():
+    """A backend (a user's own, or a broken checkpoint) that returns a mask of another shape is an
+    error naming both shapes: broadcasting would paint it in the wrong place."""
+    import numpy as np
+
+    from laugen_napari.segment.api import segment
+    from laugen_napari.segment.prompts import Prompts
+
+    class Wrong:
+        name = "wrong"
+
+        def describe(self):
+            return "wrong"
+
+        def segment_slice(self, volume, axis, index, prompts, window=None, cancel=None):
+            return np.ones((1, volume.shape[2]), bool)  # broadcasts into the slice: silently wrong
+
+        def segment_volume(self, volume, axis, prompts, window=None, progress=None, cancel=None):
+            return np.ones(volume.shape[1:], bool)
+
+    vol = np.random.default_rng(0).random((6, 8, 10)).astype(np.float32)
+    prompts = Prompts.create(positive=[[3, 4, 5]])
+    with pytest.raises(ValueError, match=r"wrong backend returned a mask of shape \(1, 10\), expected \(8, 10\)"):
+        segment(vol, prompts, Wrong(), axis=0, index=3)
+    with pytest.raises(ValueError, match=r"expected \(6, 8, 10\)"):
+        segment(vol, prompts, Wrong(), axis=0)

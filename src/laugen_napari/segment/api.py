@@ -9,7 +9,7 @@ A backend whose ``uses_spacing`` is true also receives ``spacing=`` (voxel size 
 from __future__ import annotations
 
 import os
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
@@ -89,12 +89,23 @@ def segment(volume: np.ndarray, prompts: Prompts, backend: Backend | None = None
         if getattr(backend, "uses_spacing", False):
             extra["spacing"] = tuple(float(v) for v in sp)
     if index is None:
-        return np.asarray(backend.segment_volume(volume, axis, prompts, win, progress, cancel, **extra), dtype=bool)
+        mask = np.asarray(backend.segment_volume(volume, axis, prompts, win, progress, cancel, **extra), dtype=bool)
+        _check_shape(backend, mask, volume.shape)
+        return mask
     if not 0 <= index < volume.shape[axis]:
         raise ValueError(f"slice {index} lies outside the {volume.shape[axis]} slices along axis {axis}")
     out = np.zeros(volume.shape, dtype=bool)
-    out[slice_key(axis, index)] = backend.segment_slice(volume, axis, index, prompts.on_slice(axis, index), win, cancel,
-                                                            **extra)
+    plane = np.asarray(backend.segment_slice(volume, axis, index, prompts.on_slice(axis, index), win, cancel, **extra),
+                       dtype=bool)
+    _check_shape(backend, plane, out[slice_key(axis, index)].shape)
+    out[slice_key(axis, index)] = plane
     if progress is not None:
         progress(1, 1, "done")
     return out
+
+
+def _check_shape(backend: Any, mask: np.ndarray, shape: tuple[int, ...]) -> None:
+    """A backend's mask must have the shape asked for: a wrong one would paint in the wrong place."""
+    if mask.shape != tuple(shape):
+        name = getattr(backend, "name", type(backend).__name__)
+        raise ValueError(f"the {name} backend returned a mask of shape {mask.shape}, expected {tuple(shape)}")

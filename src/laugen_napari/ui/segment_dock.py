@@ -40,7 +40,7 @@ from qtpy.QtWidgets import (
 
 from ..segment import Prompts, RegionGrowingBackend, SegmentationCancelled, segment
 from . import load_settings, save_settings
-from .layers import LAUGEN_VOLUME, layer_transform_kwargs, series_layer_kwargs
+from .layers import LAUGEN_VOLUME, layer_transform_kwargs, series_layer_kwargs, voxel_spacing_mm
 from .mpl_dock import narrow_combo, scroll_area
 from .workers import ThreadWorker, activity
 
@@ -52,15 +52,6 @@ NEW_LABELS = "(new layer on the image's grid)"
 NEW_LABELS_NAME = "segmentation"
 SETTINGS_NAME = "segment_dock"
 
-
-
-def voxel_spacing_mm(layer: Any) -> tuple[float, float, float]:
-    """Voxel size (z, y, x) in mm of a 3D layer: the lengths of the columns of its whole
-    data-to-world matrix (extra affine · rotate · shear · scale), so an oblique or sheared layer
-    gives its true spacing."""
-    t = layer_transform_kwargs(layer, leading=0)
-    linear = np.asarray(t["affine"])[:3, :3] @ t["rotate"] @ t["shear"] @ np.diag(t["scale"])
-    return tuple(float(v) for v in np.linalg.norm(linear, axis=0))
 
 
 def placement_kwargs(image: Any, with_file_geometry: bool = False) -> dict[str, Any]:
