@@ -99,7 +99,11 @@ def _paint_undoably(labels: Any, target: np.ndarray, value: int) -> None:
     indices = np.nonzero(target & (data != value))
     if not indices[0].size:
         return
-    labels._save_history((indices, np.array(data[indices], copy=True), value))
+    save_history = getattr(labels, "_save_history", None)  # private in napari: fall back if it moves
+    if save_history is None:
+        labels.data_setitem(indices, value)
+        return
+    save_history((indices, np.array(data[indices], copy=True), value))
     data[indices] = value
     labels.refresh()
 
