@@ -49,7 +49,7 @@ contributions:
   sample_data:
     - command: laugen-napari.sample_data
       key: mni152
-      display_name: MNI152 T1 + lateral ventricles (LAUGEN)
+      display_name: MNI152 T1 + lateral ventricles
   widgets:
     - command: laugen-napari.export_widget
       display_name: LAUGEN export

@@ -25,7 +25,7 @@ def register(subparsers) -> None:
         s.add_argument("--checkpoint", required=True, metavar="C", help=f"last.pt or best.pt of `laugen train {spec.name}`")
         s.add_argument("-n", type=int, required=True, metavar="N", help="number of pairs (volumes with --volumes) to write")
         s.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output folder (created; must be empty)")
-        s.add_argument("--min-mask-voxels", type=int, default=10, metavar="K", help="drop masks smaller than K pixels (default: %(default)s)")
+        s.add_argument("--min-mask-voxels", type=int, default=10, metavar="K", help="drop masks smaller than K pixels; empty masks are always dropped (default: %(default)s)")
         s.add_argument("--max-tries", type=int, default=20, help="draw at most this many times N samples (default: %(default)s)")
         s.add_argument("--pixel-mm", type=float, default=1.0, help="pixel size written into the NIfTI files in mm (default: %(default)s)")
         s.add_argument("--seed", type=int, default=0, help="sampling seed (also the series seed)")
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
             sampler = lambda k, g: model.sample(k, generator=g, condition=torch.tensor(cond))  # noqa: E731
         images, masks, dropped = sample_pairs(model, args.n, args.min_mask_voxels, args.seed, args.max_tries, sampler)
         if len(images) == 0:
-            raise ValueError(f"no sample had a mask of >= {args.min_mask_voxels} pixels in {args.max_tries} rounds; "
+            raise ValueError(f"no sample had a mask of >= {max(1, args.min_mask_voxels)} pixels in {args.max_tries} rounds; "
                              "lower --min-mask-voxels or train longer")
         # one slice as a Z = 1 volume; several modalities as a 4D (C, 1, S, S) file
         arrays = [(img[0][None] if len(img) == 1 else img[:, None], msk[None]) for img, msk in zip(images, masks)]
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         (tmp / "samples.json").write_text(json.dumps(meta, indent=2) + "\n")
     if len(records) < args.n:
         print(f"laugen sample: warning: only {len(records)} of {args.n} samples had a mask of >= "
-              f"{args.min_mask_voxels} pixels", file=sys.stderr)
+              f"{max(1, args.min_mask_voxels)} pixels", file=sys.stderr)
     print(f"{len(records)} {'volumes' if getattr(args, 'volumes', False) else 'pairs'} in {out} "
           f"({dropped} dropped for small masks)")
     return 0

@@ -54,7 +54,7 @@ def assert_monotone(measure: Sequence[float], z_mm: Sequence[float], *, toleranc
 
 
 def assert_correlates(measure: Sequence[float], truth: Sequence[float], *, min_r: float = 0.9,
-                      what: str = "measurement", truth_name: str = "true volume") -> float:
+                      what: str = "measurement", truth_name: str = "truth") -> float:
     """Pearson r between a model's ``measure`` and the ``truth`` is at least ``min_r``; returns r.
     A constant measure (no change at all) fails: r is undefined."""
     m, t = _vec(measure, what), _vec(truth, truth_name)

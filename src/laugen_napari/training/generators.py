@@ -129,7 +129,8 @@ def split_pairs(x: torch.Tensor | np.ndarray, image_channels: int) -> tuple[np.n
 
 
 def sample_nonempty(model, n: int, min_mask_pixels: int = 10, seed: int = 0, max_tries: int = 20, sampler=None):
-    """Draw until ``n`` pairs whose masks have >= ``min_mask_pixels`` structure pixels (or
+    """Draw until ``n`` pairs whose masks have >= ``min_mask_pixels`` structure pixels, and at least
+    one (an empty mask is never a pair: the series and the segmentation need a structure) (or
     ``max_tries`` rounds of n). ``sampler(n, generator)`` defaults to ``model.sample``.
 
     Returns (images (M, C_img, S, S) float32 in [0, 1], label maps (M, S, S) uint8, number dropped), M <= n.
