@@ -148,6 +148,7 @@ class AugmentWidget(QWidget):
         self._field_pending = False
         self._labels_version = 0
         self._geometry_version = 0  # bumped when the image or labels layer's transform changes
+        self._dropped_why = ""  # why the LAUGEN layers were last removed, kept until a pair is chosen
         self._placed_geometry = -1
         self._values_for, self._values = None, []  # (labels layer id, version) -> its non-zero values
         self._reading: dict[str, object] = {}  # what a worker is reading from a layer ("values", "centre") -> its key
@@ -544,7 +545,7 @@ class AugmentWidget(QWidget):
     def _on_pair_changed(self, *_) -> None:
         image, labels = self.w["image"].value, self.w["labels"].value
         if image is None or labels is None:
-            why = getattr(self, "_dropped_why", "")
+            why = self._dropped_why
             self._status(f"{why}; pick an image and a labels layer (3D)" if why else "pick an image and a labels layer (3D)")
             return
         self._dropped_why = ""

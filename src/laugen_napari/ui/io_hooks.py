@@ -52,16 +52,17 @@ def name_says_labels(path: str | Path) -> bool:
     return bool(_LABEL_WORDS.search(file_stem(path).lower()))
 
 
-def _integer_valued(data: np.ndarray) -> bool:
+def _as_integer_labels(data: np.ndarray) -> np.ndarray | None:
+    """``data`` as integer label values (float whole numbers within the label rounding, 0.9999
+    from float32 storage being 1, are rounded), or None when it holds other values."""
     if np.issubdtype(data.dtype, np.integer) or data.dtype == np.bool_:
-        return True
+        return data
     if not np.issubdtype(data.dtype, np.floating):
-        return False
-    try:  # whole numbers within the label rounding (0.9999 from float32 storage is 1)
-        integer_labels(data)
+        return None
+    try:
+        return integer_labels(data)
     except ValueError:
-        return False
-    return True
+        return None
 
 
 def distinct_values(data: np.ndarray, limit: int = MAX_LABELS) -> np.ndarray | None:
@@ -82,11 +83,11 @@ def distinct_values(data: np.ndarray, limit: int = MAX_LABELS) -> np.ndarray | N
 
 def looks_like_labels(data: np.ndarray, path: str | Path | None = None) -> bool:
     """The reader's Labels rule (see the module docstring)."""
-    if data.size == 0 or not _integer_valued(data):
+    data = _as_integer_labels(data) if data.size else None
+    if data is None:
         return False
     if path is not None and name_says_labels(path):
         return True
-    data = integer_labels(data)
     values = distinct_values(data, MAX_LABELS)
     if values is None:
         return False

@@ -175,9 +175,8 @@ def voxel_spacing_mm(layer: Any) -> tuple[float, float, float]:
     """Voxel size (z, y, x) in mm of a layer's last three axes: the lengths of the columns of its
     whole data-to-world matrix (extra affine · rotate · shear · scale), so an oblique, sheared or
     flipped (negative scale) layer gives its true, positive spacing."""
-    t = layer_transform_kwargs(layer, leading=0)
-    linear = np.asarray(t["affine"])[:3, :3] @ t["rotate"] @ t["shear"] @ np.diag(t["scale"])
-    return tuple(float(v) for v in np.linalg.norm(linear, axis=0))
+    matrix = _meta_matrix(_layer_meta(layer), int(layer.ndim))
+    return tuple(float(v) for v in np.linalg.norm(matrix[:3, :3], axis=0))
 
 
 def layer_input(layer: Any) -> Any:
@@ -191,15 +190,12 @@ def layer_input(layer: Any) -> Any:
 def check_layers_on_one_grid(image: Any, labels: Any, viewer: Any = None) -> tuple[Volume, Volume]:
     """The geometries of an image layer and of the labels layer that should lie on it (no data
     read). Raises ``ValueError`` naming both layers unless they put every voxel at the same world
-    position: same shape and file geometry, and the same transform in the viewer (rotate, shear,
-    affine included)."""
+    position: each geometry is the whole transform napari draws (rotate, shear and affine
+    included, see :func:`geometry_of_layer`), so the same shape and array affine is the same grid."""
     image_geo = geometry_of_layer(image, viewer=viewer)
     mask_geo = geometry_of_layer(labels, reference=image_geo, viewer=viewer)
     try:
         check_same_grid(image_geo, mask_geo)
-        a, b = layer_transform_kwargs(image, leading=0), layer_transform_kwargs(labels, leading=0)
-        if not all(np.allclose(a[k], b[k], rtol=_RTOL, atol=_ATOL_MM) for k in a):
-            raise ValueError("transforms differ")
     except ValueError:
         raise ValueError(f"{image.name!r} {image_geo.spatial_shape} and {labels.name!r} {mask_geo.spatial_shape} are "
                          "not on the same grid (shape, scale, translate, rotation)") from None
