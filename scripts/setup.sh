@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Set up laugen-napari on a fresh Debian/Ubuntu machine: system libraries for napari under Xvfb,
-# a virtual environment in .venv, torch + torchvision, and the package with all extras.
+# a C compiler for the engine's compiled kernels (optional at run time: without one the engine
+# runs its torch code, slower), a virtual environment in .venv, torch + torchvision, and the package with all extras.
 # Idempotent: re-running only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SYSTEM_PACKAGES=(xvfb xauth libgl1 libegl1 libgl1-mesa-dri libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4
   libxcb-keysyms1 libxcb-shape0 libxcb-xinerama0 libxcb-randr0 libxcb-render-util0 libxcb-image0 libdbus-1-3
-  libfontconfig1)
+  libfontconfig1 gcc libc6-dev)
 if command -v apt-get >/dev/null 2>&1; then
   missing=()
   for p in "${SYSTEM_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

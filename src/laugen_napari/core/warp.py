@@ -30,12 +30,16 @@ sampling position of the frame lies inside the volume, and row subsets use ``ind
 
 from __future__ import annotations
 
+import ctypes
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from . import native
 from .field import UnitField, shared_tensor as _shared
 
 
@@ -97,6 +101,49 @@ def _moving_voxels(mask: torch.Tensor, use_numpy: bool | None = None,
     row = torch.repeat_interleave(torch.arange(d * h, device=mask.device), per_row)
     z = torch.repeat_interleave(torch.arange(d, device=mask.device), per_row.view(d, h).sum(1))
     return flat, z, row - z * h, flat - row * w
+
+
+# dtype codes of core/native/warp.c
+_NATIVE_IMAGE = {torch.uint8: 0, torch.int8: 1, torch.int16: 2, torch.int32: 3, torch.int64: 4, torch.float32: 5,
+                 torch.float64: 6}
+_NATIVE_LABELS = {torch.uint8: 0, torch.int8: 1, torch.int16: 2, torch.int32: 3, torch.int64: 4}
+NATIVE_SPLIT = 1 << 17  # moving voxels per thread, at least, when the compiled loop runs on several threads
+_pool: tuple[int, ThreadPoolExecutor] | None = None  # (process id, pool): a forked child makes its own
+
+
+class _WarpArgs(ctypes.Structure):
+    """The argument block of ``laugen_warp`` (core/native/warp.c), field for field."""
+
+    _fields_ = [
+        ("image", ctypes.c_void_p), ("image_dtype", ctypes.c_int32), ("channels", ctypes.c_int32),
+        ("image_out", ctypes.c_void_p), ("labels", ctypes.c_void_p), ("label_dtype", ctypes.c_int32),
+        ("nearest", ctypes.c_int32), ("codes", ctypes.c_void_p), ("moving_out", ctypes.c_void_p),
+        ("labels_out", ctypes.c_void_p), ("pos", ctypes.c_void_p), ("disp", ctypes.c_void_p),
+        ("flat_index", ctypes.c_void_p), ("n_moving", ctypes.c_int64), ("shape", ctypes.c_int64 * 3),
+        ("z", ctypes.c_float), ("inside", ctypes.c_int32),
+    ]
+
+
+def _threads_for(n: int) -> int:
+    return max(1, min(torch.get_num_threads(), n // NATIVE_SPLIT))
+
+
+def _run_native(lib, args: _WarpArgs, n: int) -> None:
+    """``laugen_warp`` over the moving voxels 0..n-1, split over torch's thread count (the call
+    releases the GIL; the threads write disjoint voxels)."""
+    global _pool
+    threads = _threads_for(n)
+    ref = ctypes.byref(args)
+    if threads == 1:
+        if lib.laugen_warp(ref, 0, n) != 0:
+            raise RuntimeError("the compiled warp refused its arguments")
+        return
+    if _pool is None or _pool[0] != os.getpid() or _pool[1]._max_workers < threads:
+        _pool = (os.getpid(), ThreadPoolExecutor(max_workers=threads, thread_name_prefix="laugen-warp"))
+    bounds = [n * k // threads for k in range(threads + 1)]
+    results = list(_pool[1].map(lambda k: lib.laugen_warp(ref, bounds[k], bounds[k + 1]), range(threads)))
+    if any(results):
+        raise RuntimeError("the compiled warp refused its arguments")
 
 
 class Warper:
@@ -187,6 +234,11 @@ class Warper:
         else:
             self._reach = [0.0, 0.0, 0.0]
         self._plane_order: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        # the compiled loop (core/native) applies to a finite CPU image of a dtype it knows and
+        # integer labels; everything else runs the torch code below
+        self._native_ok = (dev.type == "cpu" and self._finite and self.image.dtype in _NATIVE_IMAGE
+                           and (self.labels is None or self.labels.dtype in _NATIVE_LABELS)
+                           and self._disp_rows.dtype == torch.float32 and self.n_moving > 0)
 
     @property
     def n_moving(self) -> int:
@@ -203,6 +255,37 @@ class Warper:
     def _blocks(self):
         n, b = self.n_moving, self._block
         return [slice(a, min(n, a + b)) for a in range(0, n, b)] if n else []
+
+    # -- the compiled loop ---------------------------------------------------------------------
+    def _native(self):
+        """The compiled warp (built on first use) when it applies to this warper, else None."""
+        return native.library() if self._native_ok else None
+
+    def _native_warp(self, lib, z_mm: float, image_out: torch.Tensor | None = None,
+                     moving: torch.Tensor | None = None, labels_out: torch.Tensor | None = None) -> None:
+        """Warp every moving voxel for magnitude ``z_mm`` in one compiled pass: the image into
+        ``image_out`` (float32, the image's (C, Z, Y, X) shape, contiguous), the labels into
+        ``moving`` (P,) and/or ``labels_out`` (the label map's shape), whichever are given."""
+        a = _WarpArgs()
+        if image_out is not None:
+            a.image, a.image_dtype = self.image.data_ptr(), _NATIVE_IMAGE[self.image.dtype]
+            a.channels, a.image_out = int(self.image.shape[0]), image_out.data_ptr()
+        if moving is not None or labels_out is not None:
+            a.labels, a.label_dtype = self.labels.data_ptr(), _NATIVE_LABELS[self.labels.dtype]
+            a.nearest = int(self.label_interpolation == "nearest")
+            if self._ensure_codes(z_mm):
+                a.codes = self._codes.data_ptr()
+            a.moving_out = moving.data_ptr() if moving is not None else None
+            a.labels_out = labels_out.data_ptr() if labels_out is not None else None
+        a.pos, a.disp = self._positions_rows.data_ptr(), self._disp_rows.data_ptr()
+        a.flat_index, a.n_moving = self.flat_index.data_ptr(), self.n_moving
+        a.shape[:] = [int(n) for n in self.field.shape]
+        a.z, a.inside = float(z_mm), int(self._inside(z_mm))
+        _run_native(lib, a, self.n_moving)
+
+    @staticmethod
+    def _native_target(t: torch.Tensor, dtype: torch.dtype) -> bool:
+        return t.dtype == dtype and t.is_contiguous() and t.device.type == "cpu"
 
     # -- sampling at the moving voxels -------------------------------------------------------
     def _coords(self, z_mm: float, rows: torch.Tensor | slice | None = None) -> torch.Tensor:
@@ -447,7 +530,11 @@ class Warper:
             lab = self.labels.clone() if labels_out is None else labels_out.copy_(self.labels)
             moving = self.labels.view(-1).index_select(0, self.flat_index) if z_mm == 0.0 else \
                 torch.empty_like(self.flat_index, dtype=self.labels.dtype)
-        if z_mm != 0.0:
+        lib = self._native() if z_mm != 0.0 else None
+        if lib is not None and self._native_target(img, torch.float32) and \
+                (lab is None or self._native_target(lab, self.labels.dtype)):
+            self._native_warp(lib, z_mm, img, moving, lab)
+        elif z_mm != 0.0:
             flat_img = img.view(img.shape[0], -1)
             pending = []
             codes = lab is not None and self._ensure_codes(z_mm)
@@ -471,7 +558,10 @@ class Warper:
         ``out``, if given, is a float32 tensor of that shape on the warper's device to fill.
         """
         img = self._float_out(out)
-        if z_mm != 0.0:
+        lib = self._native() if z_mm != 0.0 else None
+        if lib is not None and self._native_target(img, torch.float32):
+            self._native_warp(lib, z_mm, image_out=img)
+        elif z_mm != 0.0:
             flat = img.view(img.shape[0], -1)
             inside = self._inside(z_mm)
             for rows in self._blocks():
@@ -501,6 +591,10 @@ class Warper:
         if z_mm == 0.0:
             return self.moving_values(self.labels)
         out = torch.empty_like(self.flat_index, dtype=self.labels.dtype)
+        lib = self._native()
+        if lib is not None:
+            self._native_warp(lib, z_mm, moving=out)
+            return out
         pending = []
         codes = self._ensure_codes(z_mm)
         inside = self._inside(z_mm)

@@ -1,0 +1,284 @@
+/* The warp of the moving voxels as one compiled pass (see core/warp.py for the rules it follows).
+ *
+ * For every moving voxel i: the sampling position pos_i + z * disp_i (voxels), its interpolation
+ * cell (clamped to the volume unless every position of the frame is known to lie inside), the
+ * trilinear image value of every channel, and the label (cell code, two-label vote, scored vote or
+ * nearest neighbour), written at flat_index[i] of the output volumes. The torch code in
+ * core/warp.py computes the same numbers with one vector operation per step over blocks of 2^16
+ * voxels; here a chunk of CHUNK voxels goes through all steps while it is in the L1 cache.
+ *
+ * A chunk is done in phases so that the arithmetic vectorises: the cells (positions, floors,
+ * fractions and lerp weights) in one loop, the corners gathered into 8 rows, the lerps in one
+ * loop over the rows, then the scatter. Float arithmetic follows torch's vectorised CPU kernels:
+ * positions as fma(disp, z, pos) (torch.add with alpha), lerp as fma(coeff, end - start, base)
+ * (torch.lerp), so the results equal the torch path's; compiled with -ffp-contract=off, the only
+ * fused operations are these. Images with a non-finite voxel, and float16 images, stay on the
+ * torch path.
+ */
+#include <math.h>
+#include <stdint.h>
+
+enum { DT_U8 = 0, DT_I8 = 1, DT_I16 = 2, DT_I32 = 3, DT_I64 = 4, DT_F32 = 5, DT_F64 = 6 };
+#define MIXED 255
+#define CHUNK 512 /* voxels per chunk: its rows (about 60 bytes a voxel) stay in the L1 cache */
+
+typedef struct {
+    const void *image;          /* (channels, N) in image_dtype, contiguous; NULL: no image */
+    int32_t image_dtype;
+    int32_t channels;
+    float *image_out;           /* (channels, N) float32 */
+    const void *labels;         /* (N,) in label_dtype; NULL: no labels */
+    int32_t label_dtype;
+    int32_t nearest;            /* 1: nearest-neighbour labels, 0: one-hot linear + argmax */
+    const uint8_t *codes;       /* (N,) cell codes (uint8 labels, linear) or NULL */
+    void *moving_out;           /* (P,) label_dtype or NULL */
+    void *labels_out;           /* (N,) label_dtype or NULL */
+    const float *pos;           /* (3, P) rows: z, y, x voxel index */
+    const float *disp;          /* (3, P) rows: displacement in voxels per mm of z */
+    const int64_t *flat_index;  /* (P,) */
+    int64_t n_moving;           /* P: the row length of pos and disp */
+    int64_t shape[3];
+    float z;
+    int32_t inside;             /* 1: every position lies in [0, n - 2] on every axis: no clamping */
+} WarpArgs;
+
+static inline float fma3(float a, float b, float c) {
+#ifdef __FMA__
+    return __builtin_fmaf(a, b, c);
+#else
+    return fmaf(a, b, c);
+#endif
+}
+
+/* torch's vectorised lerp, with its weight split into coeff (w or w - 1) and the side the base is
+ * taken from (start when |w| < 0.5, else end) */
+static inline float lerp(float a, float b, float coeff, int from_a) {
+    return fma3(coeff, b - a, from_a ? a : b);
+}
+
+typedef struct {
+    int64_t stride[3];
+    int64_t offset[8];  /* flat offset of corner k = 4 bz + 2 by + bx */
+    float max_coord[3];
+    float max_cell[3];
+    int64_t n;          /* voxels per channel */
+} Grid;
+
+static void make_grid(const WarpArgs *a, Grid *g) {
+    g->stride[0] = a->shape[1] * a->shape[2];
+    g->stride[1] = a->shape[2];
+    g->stride[2] = 1;
+    g->n = a->shape[0] * a->shape[1] * a->shape[2];
+    int64_t step[3];
+    for (int d = 0; d < 3; d++) {
+        step[d] = a->shape[d] > 1 ? g->stride[d] : 0;
+        g->max_coord[d] = (float)(a->shape[d] - 1);
+        g->max_cell[d] = (float)(a->shape[d] > 2 ? a->shape[d] - 2 : 0);
+    }
+    for (int k = 0; k < 8; k++)
+        g->offset[k] = ((k >> 2) & 1) * step[0] + ((k >> 1) & 1) * step[1] + (k & 1) * step[2];
+}
+
+/* The cells of one chunk: lower corner's flat index, fractions, lerp coefficients and sides. */
+typedef struct {
+    int64_t base[CHUNK];
+    float f[3][CHUNK];
+    float coeff[3][CHUNK];
+    int32_t from_a[3][CHUNK];
+    float v[8][CHUNK];       /* corner values of one channel, as float32 */
+    float out[CHUNK];
+} Chunk;
+
+static void chunk_cells(const WarpArgs *a, const Grid *g, int64_t s, int m, Chunk *c) {
+    const int64_t P = a->n_moving;
+    const float z = a->z;
+    int32_t lo[3][CHUNK];
+    for (int d = 0; d < 3; d++) {
+        const float *restrict pos = a->pos + d * P + s, *restrict disp = a->disp + d * P + s;
+        float *restrict f = c->f[d], *restrict coeff = c->coeff[d];
+        int32_t *restrict from_a = c->from_a[d], *restrict low = lo[d];
+        const float top = g->max_coord[d], cell = g->max_cell[d];
+        if (a->inside) {
+            for (int j = 0; j < m; j++) {
+                float v = fma3(disp[j], z, pos[j]);
+                float l = floorf(v);
+                f[j] = v - l;
+                low[j] = (int32_t)l;
+            }
+        } else {
+            for (int j = 0; j < m; j++) {
+                float v = fma3(disp[j], z, pos[j]);
+                v = v < 0.0f ? 0.0f : v;
+                v = v > top ? top : v;
+                float l = floorf(v);
+                l = l > cell ? cell : l;
+                f[j] = v - l;
+                low[j] = (int32_t)l;
+            }
+        }
+        for (int j = 0; j < m; j++) {
+            int small = fabsf(f[j]) < 0.5f;
+            from_a[j] = small;
+            coeff[j] = small ? f[j] : f[j] - 1.0f;
+        }
+    }
+    for (int j = 0; j < m; j++)
+        c->base[j] = (int64_t)lo[2][j] + (int64_t)lo[0][j] * g->stride[0] + (int64_t)lo[1][j] * g->stride[1];
+}
+
+static void chunk_interpolate(Chunk *c, int m) {
+    const float *restrict cz = c->coeff[0], *restrict cy = c->coeff[1], *restrict cx = c->coeff[2];
+    const int32_t *restrict az = c->from_a[0], *restrict ay = c->from_a[1], *restrict ax = c->from_a[2];
+    float *restrict out = c->out;
+    for (int j = 0; j < m; j++) {
+        float x0 = lerp(c->v[0][j], c->v[1][j], cx[j], ax[j]), x1 = lerp(c->v[2][j], c->v[3][j], cx[j], ax[j]);
+        float x2 = lerp(c->v[4][j], c->v[5][j], cx[j], ax[j]), x3 = lerp(c->v[6][j], c->v[7][j], cx[j], ax[j]);
+        float y0 = lerp(x0, x1, cy[j], ay[j]), y1 = lerp(x2, x3, cy[j], ay[j]);
+        out[j] = lerp(y0, y1, cz[j], az[j]);
+    }
+}
+
+/* ---- image: the corner gather, one function per dtype ------------------------------------ */
+#define IMAGE_GATHER(NAME, T)                                                                    \
+    static void NAME(const void *image, const Grid *g, const Chunk *c, int m, float v[8][CHUNK]) { \
+        const T *restrict img = (const T *)image;                                                \
+        for (int k = 0; k < 8; k++) {                                                            \
+            const T *restrict src = img + g->offset[k];                                          \
+            float *restrict row = v[k];                                                          \
+            for (int j = 0; j < m; j++) row[j] = (float)src[c->base[j]];                         \
+        }                                                                                        \
+    }
+IMAGE_GATHER(gather_u8, uint8_t)
+IMAGE_GATHER(gather_i8, int8_t)
+IMAGE_GATHER(gather_i16, int16_t)
+IMAGE_GATHER(gather_i32, int32_t)
+IMAGE_GATHER(gather_i64, int64_t)
+IMAGE_GATHER(gather_f32, float)
+IMAGE_GATHER(gather_f64, double)
+
+typedef void (*Gather)(const void *, const Grid *, const Chunk *, int, float[8][CHUNK]);
+static const Gather GATHERS[] = {gather_u8, gather_i8, gather_i16, gather_i32, gather_i64, gather_f32, gather_f64};
+static const int64_t ITEMSIZE[] = {1, 1, 2, 4, 8, 4, 8};
+
+static void chunk_image(const WarpArgs *a, const Grid *g, Chunk *c, int64_t s, int m) {
+    const int64_t *restrict at = a->flat_index + s;
+    for (int ch = 0; ch < a->channels; ch++) {
+        const char *image = (const char *)a->image + ch * g->n * ITEMSIZE[a->image_dtype];
+        GATHERS[a->image_dtype](image, g, c, m, c->v);
+        chunk_interpolate(c, m);
+        float *restrict dst = a->image_out + ch * g->n;
+        for (int j = 0; j < m; j++) dst[at[j]] = c->out[j];
+    }
+}
+
+/* ---- labels ------------------------------------------------------------------------------ */
+static inline float indicator_sum(const int64_t L[8], int64_t label, const float f[3]) {
+    float v[8], coeff[3];
+    int from_a[3];
+    for (int k = 0; k < 8; k++) v[k] = L[k] == label ? 1.0f : 0.0f;
+    for (int d = 0; d < 3; d++) {
+        from_a[d] = fabsf(f[d]) < 0.5f;
+        coeff[d] = from_a[d] ? f[d] : f[d] - 1.0f;
+    }
+    float x0 = lerp(v[0], v[1], coeff[2], from_a[2]), x1 = lerp(v[2], v[3], coeff[2], from_a[2]);
+    float x2 = lerp(v[4], v[5], coeff[2], from_a[2]), x3 = lerp(v[6], v[7], coeff[2], from_a[2]);
+    float y0 = lerp(x0, x1, coeff[1], from_a[1]), y1 = lerp(x2, x3, coeff[1], from_a[1]);
+    return lerp(y0, y1, coeff[0], from_a[0]);
+}
+
+/* The corner label with the largest summed trilinear weight; the first corner wins ties (as
+ * Warper._vote: two interpolations for a two-label cell, every corner scored otherwise). */
+static int64_t vote(const int64_t L[8], const float f[3]) {
+    int64_t first = L[0], high = L[0], low = L[0];
+    for (int k = 1; k < 8; k++) {
+        high = L[k] > high ? L[k] : high;
+        low = L[k] < low ? L[k] : low;
+    }
+    int64_t other = high != first ? high : low;
+    int many = 0;
+    for (int k = 0; k < 8; k++) many |= L[k] != first && L[k] != other;
+    if (!many) {
+        float s_first = indicator_sum(L, first, f), s_other = indicator_sum(L, other, f);
+        return s_other > s_first ? other : first;
+    }
+    float wz[2] = {1.0f - f[0], f[0]}, wy[2] = {1.0f - f[1], f[1]}, wx[2] = {1.0f - f[2], f[2]};
+    float w[8];
+    for (int k = 0; k < 8; k++) w[k] = (wz[(k >> 2) & 1] * wy[(k >> 1) & 1]) * wx[k & 1];
+    int best = 0;
+    float best_score = -1.0f;
+    for (int i = 0; i < 8; i++) {
+        float s = 0.0f;
+        for (int j = 0; j < 8; j++) s += L[j] == L[i] ? w[j] : 0.0f;
+        if (s > best_score) { best_score = s; best = i; }
+    }
+    return L[best];
+}
+
+#define LABEL_KERNEL(NAME, T)                                                                    \
+    static void NAME(const WarpArgs *a, const Grid *g, const Chunk *c, int64_t s, int m) {       \
+        const T *restrict lab = (const T *)a->labels;                                            \
+        T *restrict moving = a->moving_out ? (T *)a->moving_out + s : 0;                         \
+        T *restrict out = (T *)a->labels_out;                                                    \
+        const uint8_t *restrict codes = a->codes;                                                \
+        const int64_t *restrict at = a->flat_index + s;                                          \
+        const int64_t P = a->n_moving;                                                           \
+        for (int j = 0; j < m; j++) {                                                            \
+            int64_t value;                                                                       \
+            if (a->nearest) {                                                                    \
+                int64_t idx = 0;                                                                 \
+                for (int d = 0; d < 3; d++) {                                                    \
+                    float r = floorf(fma3(a->disp[d * P + s + j], a->z, a->pos[d * P + s + j]) + 0.5f); \
+                    r = r < 0.0f ? 0.0f : r;                                                     \
+                    r = r > g->max_coord[d] ? g->max_coord[d] : r;                               \
+                    idx += (int64_t)r * g->stride[d];                                            \
+                }                                                                                \
+                value = (int64_t)lab[idx];                                                       \
+            } else {                                                                             \
+                const int64_t base = c->base[j];                                                 \
+                int code = codes ? codes[base] : MIXED;                                          \
+                if (code != MIXED) {                                                             \
+                    value = code;                                                                \
+                } else {                                                                         \
+                    int64_t L[8];                                                                \
+                    int same = 1;                                                                \
+                    for (int k = 0; k < 8; k++) {                                                \
+                        L[k] = (int64_t)lab[base + g->offset[k]];                                \
+                        same &= L[k] == L[0];                                                    \
+                    }                                                                            \
+                    float f[3] = {c->f[0][j], c->f[1][j], c->f[2][j]};                           \
+                    value = same ? L[0] : vote(L, f);                                            \
+                }                                                                                \
+            }                                                                                    \
+            if (moving) moving[j] = (T)value;                                                    \
+            if (out) out[at[j]] = (T)value;                                                      \
+        }                                                                                        \
+    }
+LABEL_KERNEL(labels_u8, uint8_t)
+LABEL_KERNEL(labels_i8, int8_t)
+LABEL_KERNEL(labels_i16, int16_t)
+LABEL_KERNEL(labels_i32, int32_t)
+LABEL_KERNEL(labels_i64, int64_t)
+
+typedef void (*LabelKernel)(const WarpArgs *, const Grid *, const Chunk *, int64_t, int);
+static const LabelKernel LABELS[] = {labels_u8, labels_i8, labels_i16, labels_i32, labels_i64};
+
+/* Warp the moving voxels start..stop-1. Returns 0, or -1 for an unsupported dtype or range. */
+int laugen_warp(const WarpArgs *a, int64_t start, int64_t stop) {
+    if (a->image && (a->image_dtype < 0 || a->image_dtype > DT_F64 || !a->image_out || a->channels < 1)) return -1;
+    if (a->labels && (a->label_dtype < 0 || a->label_dtype > DT_I64 || (a->codes && a->label_dtype != DT_U8)))
+        return -1;
+    if (start < 0 || stop > a->n_moving || start > stop) return -1;
+    Grid g;
+    make_grid(a, &g);
+    Chunk c; /* about 40 kB, on this thread's stack */
+    for (int64_t s = start; s < stop; s += CHUNK) {
+        int m = (int)(s + CHUNK < stop ? CHUNK : stop - s);
+        chunk_cells(a, &g, s, m, &c);
+        if (a->image) chunk_image(a, &g, &c, s, m);
+        if (a->labels) LABELS[a->label_dtype](a, &g, &c, s, m);
+    }
+    return 0;
+}
+
+/* The version of this interface (the Python side checks it). */
+int laugen_warp_abi(void) { return 1; }
