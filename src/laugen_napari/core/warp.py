@@ -118,9 +118,9 @@ class _WarpArgs(ctypes.Structure):
         ("image", ctypes.c_void_p), ("image_dtype", ctypes.c_int32), ("channels", ctypes.c_int32),
         ("image_out", ctypes.c_void_p), ("labels", ctypes.c_void_p), ("label_dtype", ctypes.c_int32),
         ("nearest", ctypes.c_int32), ("codes", ctypes.c_void_p), ("moving_out", ctypes.c_void_p),
-        ("labels_out", ctypes.c_void_p), ("pos", ctypes.c_void_p), ("disp", ctypes.c_void_p),
-        ("flat_index", ctypes.c_void_p), ("n_moving", ctypes.c_int64), ("shape", ctypes.c_int64 * 3),
-        ("z", ctypes.c_float), ("inside", ctypes.c_int32),
+        ("labels_out", ctypes.c_void_p), ("disp", ctypes.c_void_p), ("n_moving", ctypes.c_int64),
+        ("run_start", ctypes.c_void_p), ("run_flat", ctypes.c_void_p), ("run_zyx", ctypes.c_void_p),
+        ("n_runs", ctypes.c_int64), ("shape", ctypes.c_int64 * 3), ("z", ctypes.c_float), ("inside", ctypes.c_int32),
     ]
 
 
@@ -239,6 +239,7 @@ class Warper:
         self._native_ok = (dev.type == "cpu" and self._finite and self.image.dtype in _NATIVE_IMAGE
                            and (self.labels is None or self.labels.dtype in _NATIVE_LABELS)
                            and self._disp_rows.dtype == torch.float32 and self.n_moving > 0)
+        self._run_arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # see _runs
 
     @property
     def n_moving(self) -> int:
@@ -277,11 +278,28 @@ class Warper:
                 a.codes = self._codes.data_ptr()
             a.moving_out = moving.data_ptr() if moving is not None else None
             a.labels_out = labels_out.data_ptr() if labels_out is not None else None
-        a.pos, a.disp = self._positions_rows.data_ptr(), self._disp_rows.data_ptr()
-        a.flat_index, a.n_moving = self.flat_index.data_ptr(), self.n_moving
+        runs = self._runs()
+        a.disp, a.n_moving = self._disp_rows.data_ptr(), self.n_moving
+        a.run_start, a.run_flat, a.run_zyx = (r.ctypes.data for r in runs)
+        a.n_runs = len(runs[1])
         a.shape[:] = [int(n) for n in self.field.shape]
         a.z, a.inside = float(z_mm), int(self._inside(z_mm))
         _run_native(lib, a, self.n_moving)
+
+    def _runs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The moving voxels as runs along X (made once): (first voxel of each run, then P) int64,
+        flat index of each run's first voxel int64, and its (z, y, x) (n_runs, 3) int32. A run
+        ends where the next moving voxel is not the next voxel of the same row."""
+        if self._run_arrays is None:
+            flat = self.flat_index.numpy()
+            breaks = np.empty(flat.shape[0], bool)
+            breaks[0] = True
+            np.not_equal(np.diff(flat), 1, out=breaks[1:])
+            breaks |= self._positions_rows[2].numpy() == 0  # the next voxel of the row before is in another row
+            first = np.flatnonzero(breaks)
+            zyx = np.ascontiguousarray(self._positions_rows.numpy()[:, first].T, dtype=np.int32)
+            self._run_arrays = (np.append(first, flat.shape[0]).astype(np.int64), np.ascontiguousarray(flat[first]), zyx)
+        return self._run_arrays
 
     @staticmethod
     def _native_target(t: torch.Tensor, dtype: torch.dtype) -> bool:

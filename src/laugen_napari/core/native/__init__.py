@@ -25,7 +25,7 @@ import threading
 from pathlib import Path
 
 SOURCES = ("warp.c",)
-ABI = 1  # laugen_warp_abi() of the sources in this folder
+ABI = 2  # laugen_warp_abi() of the sources in this folder
 _FLAG_SETS = (
     ["-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-ffp-contract=off"],
     ["-O3", "-fPIC", "-shared", "-std=c11", "-ffp-contract=off"],

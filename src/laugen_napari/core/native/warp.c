@@ -10,7 +10,7 @@
  * A chunk is done in phases so that the arithmetic vectorises: the cells (positions, floors,
  * fractions and lerp weights) in one loop, the corners gathered into 8 rows, the lerps in one
  * loop over the rows, then the scatter. Float arithmetic follows torch's vectorised CPU kernels:
- * positions as fma(disp, z, pos) (torch.add with alpha), lerp as fma(coeff, end - start, base)
+ * positions as fma(disp, z, p) (torch.add with alpha), lerp as fma(coeff, end - start, base)
  * (torch.lerp), so the results equal the torch path's; compiled with -ffp-contract=off, the only
  * fused operations are these. Images with a non-finite voxel, and float16 images, stay on the
  * torch path.
@@ -33,10 +33,16 @@ typedef struct {
     const uint8_t *codes;       /* (N,) cell codes (uint8 labels, linear) or NULL */
     void *moving_out;           /* (P,) label_dtype or NULL */
     void *labels_out;           /* (N,) label_dtype or NULL */
-    const float *pos;           /* (3, P) rows: z, y, x voxel index */
     const float *disp;          /* (3, P) rows: displacement in voxels per mm of z */
-    const int64_t *flat_index;  /* (P,) */
-    int64_t n_moving;           /* P: the row length of pos and disp */
+    int64_t n_moving;           /* P: the row length of disp */
+    /* the moving voxels as runs along X (raster order): run r holds the voxels run_start[r] ..
+     * run_start[r + 1] - 1, the first at flat index run_flat[r] and (z, y, x) run_zyx[3 r ..];
+     * run_start has n_runs + 1 entries, the last P (positions and flat indices need no memory
+     * traffic of their own: a voxel costs the 12 bytes of its displacement) */
+    const int64_t *run_start;
+    const int64_t *run_flat;
+    const int32_t *run_zyx;
+    int64_t n_runs;
     int64_t shape[3];
     float z;
     int32_t inside;             /* 1: every position lies in [0, n - 2] on every axis: no clamping */
@@ -81,6 +87,7 @@ static void make_grid(const WarpArgs *a, Grid *g) {
 
 /* The cells of one chunk: lower corner's flat index, fractions, lerp coefficients and sides. */
 typedef struct {
+    int64_t at[CHUNK];       /* flat index of each voxel */
     int64_t base[CHUNK];
     float f[3][CHUNK];
     float coeff[3][CHUNK];
@@ -89,25 +96,55 @@ typedef struct {
     float out[CHUNK];
 } Chunk;
 
-static void chunk_cells(const WarpArgs *a, const Grid *g, int64_t s, int m, Chunk *c) {
+/* The first run holding voxel i (binary search: runs are sorted by their first voxel). */
+static int64_t run_of(const WarpArgs *a, int64_t i) {
+    int64_t lo = 0, hi = a->n_runs - 1;
+    while (lo < hi) {
+        int64_t mid = (lo + hi + 1) / 2;
+        if (a->run_start[mid] <= i) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+}
+
+static void chunk_cells(const WarpArgs *a, const Grid *g, int64_t s, int m, int64_t *run, Chunk *c) {
     const int64_t P = a->n_moving;
     const float z = a->z;
+    float pos[3][CHUNK];
     int32_t lo[3][CHUNK];
+    int64_t r = *run;
+    for (int j = 0; j < m;) {  /* run by run: each piece is a loop without branches */
+        while (a->run_start[r + 1] <= s + j) r++;
+        const int64_t k0 = s + j - a->run_start[r], left = a->run_start[r + 1] - (s + j);
+        const int n = (int)(left < m - j ? left : m - j);
+        const float pz = (float)a->run_zyx[3 * r], py = (float)a->run_zyx[3 * r + 1];
+        const int32_t x0 = a->run_zyx[3 * r + 2] + (int32_t)k0;
+        const int64_t f0 = a->run_flat[r] + k0;
+        int64_t *restrict at = c->at + j;
+        float *restrict qz = pos[0] + j, *restrict qy = pos[1] + j, *restrict qx = pos[2] + j;
+        for (int q = 0; q < n; q++) {
+            at[q] = f0 + q;
+            qz[q] = pz;
+            qy[q] = py;
+            qx[q] = (float)(x0 + q);
+        }
+        j += n;
+    }
+    *run = r;
     for (int d = 0; d < 3; d++) {
-        const float *restrict pos = a->pos + d * P + s, *restrict disp = a->disp + d * P + s;
+        const float *restrict p = pos[d], *restrict disp = a->disp + d * P + s;
         float *restrict f = c->f[d], *restrict coeff = c->coeff[d];
         int32_t *restrict from_a = c->from_a[d], *restrict low = lo[d];
         const float top = g->max_coord[d], cell = g->max_cell[d];
         if (a->inside) {
             for (int j = 0; j < m; j++) {
-                float v = fma3(disp[j], z, pos[j]);
+                float v = fma3(disp[j], z, p[j]);
                 float l = floorf(v);
                 f[j] = v - l;
                 low[j] = (int32_t)l;
             }
         } else {
             for (int j = 0; j < m; j++) {
-                float v = fma3(disp[j], z, pos[j]);
+                float v = fma3(disp[j], z, p[j]);
                 v = v < 0.0f ? 0.0f : v;
                 v = v > top ? top : v;
                 float l = floorf(v);
@@ -161,7 +198,7 @@ static const Gather GATHERS[] = {gather_u8, gather_i8, gather_i16, gather_i32, g
 static const int64_t ITEMSIZE[] = {1, 1, 2, 4, 8, 4, 8};
 
 static void chunk_image(const WarpArgs *a, const Grid *g, Chunk *c, int64_t s, int m) {
-    const int64_t *restrict at = a->flat_index + s;
+    const int64_t *restrict at = c->at;
     for (int ch = 0; ch < a->channels; ch++) {
         const char *image = (const char *)a->image + ch * g->n * ITEMSIZE[a->image_dtype];
         GATHERS[a->image_dtype](image, g, c, m, c->v);
@@ -220,14 +257,16 @@ static int64_t vote(const int64_t L[8], const float f[3]) {
         T *restrict moving = a->moving_out ? (T *)a->moving_out + s : 0;                         \
         T *restrict out = (T *)a->labels_out;                                                    \
         const uint8_t *restrict codes = a->codes;                                                \
-        const int64_t *restrict at = a->flat_index + s;                                          \
+        const int64_t *restrict at = c->at;                                                      \
         const int64_t P = a->n_moving;                                                           \
         for (int j = 0; j < m; j++) {                                                            \
             int64_t value;                                                                       \
             if (a->nearest) {                                                                    \
-                int64_t idx = 0;                                                                 \
+                int64_t idx = 0, rest = at[j];                                                   \
                 for (int d = 0; d < 3; d++) {                                                    \
-                    float r = floorf(fma3(a->disp[d * P + s + j], a->z, a->pos[d * P + s + j]) + 0.5f); \
+                    const int64_t q = rest / g->stride[d];                                       \
+                    rest -= q * g->stride[d];                                                    \
+                    float r = floorf(fma3(a->disp[d * P + s + j], a->z, (float)q) + 0.5f);       \
                     r = r < 0.0f ? 0.0f : r;                                                     \
                     r = r > g->max_coord[d] ? g->max_coord[d] : r;                               \
                     idx += (int64_t)r * g->stride[d];                                            \
@@ -267,13 +306,17 @@ int laugen_warp(const WarpArgs *a, int64_t start, int64_t stop) {
     if (a->image && (a->image_dtype < 0 || a->image_dtype > DT_F64 || !a->image_out || a->channels < 1)) return -1;
     if (a->labels && (a->label_dtype < 0 || a->label_dtype > DT_I64 || (a->codes && a->label_dtype != DT_U8)))
         return -1;
-    if (start < 0 || stop > a->n_moving || start > stop) return -1;
+    if (start < 0 || stop > a->n_moving || start > stop || a->n_runs < 1 || a->run_start[0] != 0 ||
+        a->run_start[a->n_runs] != a->n_moving)
+        return -1;
+    if (start == stop) return 0;
     Grid g;
     make_grid(a, &g);
-    Chunk c; /* about 40 kB, on this thread's stack */
+    Chunk c; /* about 50 kB, on this thread's stack */
+    int64_t run = run_of(a, start);
     for (int64_t s = start; s < stop; s += CHUNK) {
         int m = (int)(s + CHUNK < stop ? CHUNK : stop - s);
-        chunk_cells(a, &g, s, m, &c);
+        chunk_cells(a, &g, s, m, &run, &c);
         if (a->image) chunk_image(a, &g, &c, s, m);
         if (a->labels) LABELS[a->label_dtype](a, &g, &c, s, m);
     }
@@ -281,4 +324,4 @@ int laugen_warp(const WarpArgs *a, int64_t start, int64_t stop) {
 }
 
 /* The version of this interface (the Python side checks it). */
-int laugen_warp_abi(void) { return 1; }
+int laugen_warp_abi(void) { return 2; }
