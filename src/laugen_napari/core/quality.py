@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .field import UnitField, derivative
+from .field import UnitField, _empty, derivative, z_derivative
 
 
 def label_volumes_ml(labels: np.ndarray | torch.Tensor, spacing: Sequence[float], values: Sequence[int]) -> dict[int, float]:
@@ -15,23 +15,6 @@ def label_volumes_ml(labels: np.ndarray | torch.Tensor, spacing: Sequence[float]
     lab = torch.as_tensor(labels)
     voxel_ml = float(np.prod(spacing)) / 1000.0
     return {int(v): float(torch.count_nonzero(lab == int(v))) * voxel_ml for v in values}
-
-
-def _z_derivative(volume: torch.Tensor, z0: int, z1: int, h: float) -> torch.Tensor:
-    """Planes ``z0:z1`` of :func:`~laugen_napari.core.field.derivative` of ``volume`` (D, H, W) along Z,
-    reading the planes next to the slab from ``volume`` (central inside, one-sided at the ends)."""
-    depth = volume.shape[0]
-    out = volume.new_empty((z1 - z0,) + tuple(volume.shape[1:]))
-    if depth < 2:
-        return out.zero_()
-    a, b = max(z0, 1), min(z1, depth - 1)  # planes with a neighbour on both sides
-    if b > a:
-        torch.sub(volume[a + 1 : b + 1], volume[a - 1 : b - 1], out=out[a - z0 : b - z0]).div_(2.0 * h)
-    if z0 == 0:
-        torch.sub(volume[1], volume[0], out=out[0]).div_(h)
-    if z1 == depth:
-        torch.sub(volume[depth - 1], volume[depth - 2], out=out[depth - 1 - z0]).div_(h)
-    return out
 
 
 class JacobianStats:
@@ -47,31 +30,41 @@ class JacobianStats:
         # nine derivative arrays and the products stay in cache; the Z derivative of a slab reads
         # the planes next to it straight from the field (no halo copies)
         mm = field.mm
-        depth, plane = mm.shape[1], int(mm[0, 0].numel())
+        depth, height, width = (int(n) for n in mm.shape[1:])
         if slab is None:
-            slab = max(1, (1 << 17) // max(1, plane))
-        hz = float(field.spacing[0])
+            slab = max(1, (1 << 17) // max(1, height * width))
+        hz, hy, hx = (float(h) for h in field.spacing)
         # dF/dx is zero but next to the field's support: per slab only the box of the support in
         # its planes and the planes next to it, grown by 2 voxels (at the box's edge the one-sided
         # difference then reads zeros as the central one would), is computed
         support = field.moving()
         if support.device.type == "cpu":
             m = support.numpy()
-            rows, cols = np.count_nonzero(m, axis=2) > 0, m.any(axis=1)  # (D, H), (D, W)
+            rows, cols = m.any(axis=2), m.any(axis=1)  # (D, H), (D, W)
         else:
             rows, cols = support.any(2).cpu().numpy(), support.any(1).cpu().numpy()
-        height, width = mm.shape[2], mm.shape[3]
-        parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        boxes = []
         for z0 in range(0, depth, slab):
             z1 = min(depth, z0 + slab)
             ys = np.flatnonzero(rows[max(0, z0 - 1) : z1 + 1].any(0))
             xs = np.flatnonzero(cols[max(0, z0 - 1) : z1 + 1].any(0))
-            if not ys.size:
-                continue
-            box = mm[:, :, max(0, int(ys[0]) - 2) : min(height, int(ys[-1]) + 3),
-                     max(0, int(xs[0]) - 2) : min(width, int(xs[-1]) + 3)]
-            g = [[_z_derivative(box[i], z0, z1, hz)] + [derivative(box[i, z0:z1], axis, field.spacing[axis])
-                                                       for axis in (1, 2)] for i in range(3)]  # g[comp][axis]
+            if ys.size:
+                boxes.append((z0, z1, slice(max(0, int(ys[0]) - 2), min(height, int(ys[-1]) + 3)),
+                              slice(max(0, int(xs[0]) - 2), min(width, int(xs[-1]) + 3))))
+        sizes = [(z1 - z0) * (y.stop - y.start) * (x.stop - x.start) for z0, z1, y, x in boxes]
+        # the kept coefficients go straight into one buffer, at most every voxel of the boxes (the
+        # part never written is never touched, so it takes no memory)
+        coef = _empty((3, sum(sizes)), mm.dtype, mm.device)
+        grads = mm.new_empty(9 * max(sizes, default=0))
+        at = 0
+        for (z0, z1, ys, xs), n in zip(boxes, sizes):
+            box = mm[:, :, ys, xs]
+            g9 = grads[: 9 * n].view((3, 3, z1 - z0, ys.stop - ys.start, xs.stop - xs.start))  # [axis][comp]
+            for i in range(3):
+                z_derivative(box[i], z0, z1, hz, out=g9[0, i])
+            derivative(box[:, z0:z1], 2, hy, out=g9[1])  # Y of the three components at once
+            derivative(box[:, z0:z1], 3, hx, out=g9[2])
+            g = [[g9[a, i] for a in range(3)] for i in range(3)]  # g[comp][axis]
             c1 = g[0][0] + g[1][1] + g[2][2]
             m0 = (g[1][1] * g[2][2]).sub_(g[1][2] * g[2][1])
             m1 = (g[0][0] * g[2][2]).sub_(g[0][2] * g[2][0])
@@ -83,11 +76,13 @@ class JacobianStats:
             keep |= c2 != 0
             keep |= c3 != 0
             idx = torch.nonzero(keep.view(-1)).squeeze(1)
-            parts.append(tuple(c.view(-1).index_select(0, idx) for c in (c1, c2, c3)))
+            k = int(idx.numel())
+            for row, c in zip(coef, (c1, c2, c3)):
+                torch.index_select(c.view(-1), 0, idx, out=row[at : at + k])
+            at += k
         self.n_total = int(np.prod(field.shape))
         self.n_roi = int(mm[0].numel())
-        empty = mm.new_zeros(0)
-        self.c1, self.c2, self.c3 = (torch.cat([p[k] for p in parts]) if parts else empty for k in range(3))
+        self.c1, self.c2, self.c3 = coef[0, :at], coef[1, :at], coef[2, :at]
 
     def determinant(self, z_mm: float) -> torch.Tensor:
         """Determinant for magnitude ``z_mm`` at every voxel where the field varies (flattened);
