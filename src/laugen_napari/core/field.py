@@ -211,16 +211,28 @@ def gaussian_blur(volume: torch.Tensor, sigma_vox: Sequence[float], truncate: fl
 
 
 def _blur_box(values: torch.Tensor, shape: Sequence[int], first: Sequence[int], sigma_vox: Sequence[float],
-              truncate: float, mode: str) -> torch.Tensor:
+              truncate: float, mode: str, scratch: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`gaussian_blur` of a volume of ``shape`` that is zero outside the box holding ``values``
     (its first voxel at index ``first``): a contiguous (Z, Y, X) tensor of ``shape``.
 
     Pass 1 reads the box only, pass 2 the box's X columns (all else is zero after pass 1); the
-    passes' outputs are (Y, X of the box, Z), (X of the box, Z, Y) and (Z, Y, X)."""
+    passes' outputs are (Y, X of the box, Z), (X of the box, Z, Y) and (Z, Y, X). ``scratch``: a
+    flat tensor of at least :func:`_blur_scratch` elements that holds the first two passes' outputs
+    (fresh memory otherwise); ``values`` may lie in it after those."""
     out = values.contiguous()  # one copy of a strided box, rather than one per block
+    offset = 0
     for axis, s in enumerate(sigma_vox):
-        out = _blur_pass(out, int(shape[axis]), int(first[axis]), gaussian_kernel(float(s), truncate), mode)
+        size = int(np.prod(out.shape[1:])) * int(shape[axis])
+        into = scratch[offset : offset + size] if scratch is not None and axis < 2 else None
+        out = _blur_pass(out, int(shape[axis]), int(first[axis]), gaussian_kernel(float(s), truncate), mode, into)
+        offset = size if offset == 0 else 0  # pass 2 writes after pass 1's output, pass 3 elsewhere
     return out
+
+
+def _blur_sizes(box: Sequence[int], shape: Sequence[int]) -> tuple[int, int]:
+    """The element counts of the first two passes' outputs in :func:`_blur_box` for a box of
+    ``box`` voxels in a volume of ``shape``."""
+    return box[1] * box[2] * shape[0], box[2] * shape[0] * shape[1]
 
 
 def _empty(shape: Sequence[int], dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -232,14 +244,16 @@ def _empty(shape: Sequence[int], dtype: torch.dtype = torch.float32, device: tor
     return torch.from_numpy(np.empty(tuple(shape), torch.empty(0, dtype=dtype).numpy().dtype))
 
 
-def _blur_pass(x: torch.Tensor, n: int, first: int, k: np.ndarray, mode: str) -> torch.Tensor:
+def _blur_pass(x: torch.Tensor, n: int, first: int, k: np.ndarray, mode: str,
+               into: torch.Tensor | None = None) -> torch.Tensor:
     """Blur along axis 0 of the contiguous ``x``, which holds inputs ``first .. first + len(x)`` of
     an axis of length ``n`` (the other inputs are zero), into all ``n`` outputs, put last:
-    (rest..., n). Each block's matrix product is written into its columns of the output."""
+    (rest..., n), in the memory of ``into`` (a flat tensor of that size) when given. Each block's
+    matrix product is written into its columns of the output."""
     r = k.size // 2
     m = x.shape[0]
     rest = tuple(x.shape[1:])
-    out = _empty(rest + (n,), x.dtype, x.device)
+    out = _empty(rest + (n,), x.dtype, x.device) if into is None else into.view(rest + (n,))
     rows = x.reshape(m, -1)  # (inputs, rest): a block's inputs are consecutive rows
     cols = out.view(-1, n)  # (rest, outputs)
     step = n if n <= 2 * BLUR_BLOCK else BLUR_BLOCK
@@ -442,13 +456,25 @@ def unit_field(
     # edge plane the central difference of the continued structure, as it is everywhere else
     ext = [(int(n > 1 and a == 0), int(n > 1 and b == n)) for a, b, n in zip(lo, hi, mask.shape)]
     shape = tuple(r.stop - r.start + e0 + e1 for r, (e0, e1) in zip(roi, ext))  # the ROI with the continuation
-    values = mask[tuple(slice(a, b) for a, b in zip(lo, hi))].astype(np.float32)  # the box: all else is 0
-    if any(e0 or e1 for e0, e1 in ext):
-        values = np.pad(values, ext, mode="edge")
+    box = tuple(b - a + e0 + e1 for a, b, (e0, e1) in zip(lo, hi, ext))  # the structure's box, continued
     first = [a - r.start for a, r in zip(lo, roi)]  # the box in the extended ROI (a cut box starts at 0)
-    blurred = _blur_box(torch.from_numpy(values).to(dev), shape, first, sigma_vox, TRUNCATE, "nearest")
-    del values
-    return _unit_from_blurred(blurred, tuple(mask.shape), spacing, roi, ext)
+    # one buffer holds, in turn, the box as float and the blur's first two passes, the lengths of
+    # the gradient, then the field: fresh memory is touched once (its first touch is the set-up's
+    # largest cost), not once per intermediate
+    volume = math.prod(r.stop - r.start for r in roi)
+    pass1, pass2 = _blur_sizes(box, shape)
+    arena = _empty((max(3 * volume, pass1 + max(pass2, math.prod(box))),), torch.float32, dev)
+    values = arena[pass1 : pass1 + math.prod(box)].view(box)  # after pass 1's output: read while it is written
+    inner = tuple(slice(e0, n - e1) for n, (e0, e1) in zip(box, ext))
+    values[inner].copy_(shared_tensor(mask[tuple(slice(a, b) for a, b in zip(lo, hi))]))  # 0 and 1
+    for axis, (e0, e1) in enumerate(ext):  # the continuation: the edge plane repeated (np.pad's "edge")
+        n = box[axis]
+        if e0:
+            values.narrow(axis, 0, 1).copy_(values.narrow(axis, 1, 1))
+        if e1:
+            values.narrow(axis, n - 1, 1).copy_(values.narrow(axis, n - 2, 1))
+    blurred = _blur_box(values, shape, first, sigma_vox, TRUNCATE, "nearest", scratch=arena)
+    return _unit_from_blurred(blurred, tuple(mask.shape), spacing, roi, ext, arena)
 
 
 def _slab_gradient(blurred: torch.Tensor, z0: int, z1: int, spacing: Spacing, ext: Sequence[tuple[int, int]],
@@ -464,20 +490,24 @@ def _slab_gradient(blurred: torch.Tensor, z0: int, z1: int, spacing: Spacing, ex
 
 
 def _unit_from_blurred(blurred: torch.Tensor, full: tuple[int, int, int], spacing: Spacing,
-                       roi: tuple[slice, slice, slice], ext: Sequence[tuple[int, int]]) -> UnitField:
+                       roi: tuple[slice, slice, slice], ext: Sequence[tuple[int, int]],
+                       arena: torch.Tensor | None = None) -> UnitField:
     """The unit field from the blurred mask over ``roi`` (extended by the ``ext`` planes, which the
     field does not hold): ``UnitField(full, spacing, roi, G).normalised()`` for ``G`` the gradient
     of ``blurred`` without the ``ext`` planes, the same numbers without ``G`` in memory.
 
     Two passes over slabs of Z planes whose gradient stays in cache: the first keeps the lengths
     (for the largest one and the support), the second computes the gradient again and writes it,
-    scaled, straight into the field of the support's box."""
+    scaled, straight into the field of the support's box. ``arena``: a flat tensor of at least
+    three times the ROI's voxels, not ``blurred``'s memory, that holds the lengths and then the
+    field (fresh memory otherwise)."""
     (z_lo, z_hi) = ext[0]
     depth = blurred.shape[0] - z_lo - z_hi
     plane = int(blurred.shape[1] * blurred.shape[2])
     slab = max(1, (1 << 17) // max(1, plane))
     buf = blurred.new_empty(3 * min(slab, depth) * plane)
-    norm = _empty((depth,) + tuple(s.stop - s.start for s in roi[1:]), blurred.dtype, blurred.device)
+    dims = (depth,) + tuple(s.stop - s.start for s in roi[1:])
+    norm = _empty(dims, blurred.dtype, blurred.device) if arena is None else arena[: math.prod(dims)].view(dims)
     peak = 0.0
     for z0 in range(0, depth, slab):
         z1 = min(depth, z0 + slab)
@@ -497,7 +527,8 @@ def _unit_from_blurred(blurred: torch.Tensor, full: tuple[int, int, int], spacin
     inner = tuple(slice(a, b) for a, b in zip(lo, hi))
     box = tuple(slice(r.start + s.start, r.start + s.stop) for r, s in zip(roi, inner))
     keep = keep[inner]
-    mm = _empty((3,) + tuple(keep.shape), blurred.dtype, blurred.device)
+    dims = (3,) + tuple(keep.shape)
+    mm = _empty(dims, blurred.dtype, blurred.device) if arena is None else arena[: math.prod(dims)].view(dims)
     for z0 in range(lo[0], hi[0], slab):
         z1 = min(hi[0], z0 + slab)
         g = _slab_gradient(blurred, z0 + z_lo, z1 + z_lo, spacing, ext, buf)[:, :, inner[1], inner[2]]
