@@ -444,6 +444,13 @@ class Warper:
         if self._codes is None:  # lazily zeroed pages: only the box is ever touched
             self._codes = torch.from_numpy(np.zeros(self.labels.numel(), np.uint8))
         lab = self.labels
+        lib = self._native()
+        if lib is not None:  # one compiled pass over the box
+            box = [np.asarray(v, np.int64) for v in (lab.shape, lo, hi)]
+            if lib.laugen_cell_codes(lab.data_ptr(), self._codes.data_ptr(), *(b.ctypes.data for b in box)) != 0:
+                raise RuntimeError(f"cell codes: box {lo}..{hi} outside the volume {tuple(lab.shape)}")
+            self._codes_box = (lo, hi)
+            return True
         size = [b - a + 1 for a, b in zip(lo, hi)]
         first = lab[lo[0] : lo[0] + size[0], lo[1] : lo[1] + size[1], lo[2] : lo[2] + size[2]]
         same = torch.ones_like(first, dtype=torch.bool)

@@ -25,7 +25,7 @@ import threading
 from pathlib import Path
 
 SOURCES = ("warp.c",)
-ABI = 2  # laugen_warp_abi() of the sources in this folder
+ABI = 4  # laugen_warp_abi() of the sources in this folder
 _FLAG_SETS = (
     ["-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-ffp-contract=off"],
     ["-O3", "-fPIC", "-shared", "-std=c11", "-ffp-contract=off"],
@@ -104,6 +104,11 @@ def _load(path: Path) -> ctypes.CDLL:
         raise RuntimeError(f"{path} has another interface version")
     lib.laugen_warp.restype = ctypes.c_int
     lib.laugen_warp.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+    lib.laugen_cell_codes.restype = ctypes.c_int
+    lib.laugen_cell_codes.argtypes = [ctypes.c_void_p] * 5
+    lib.laugen_det_summary.restype = None
+    lib.laugen_det_summary.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_float, ctypes.c_void_p,
+                                                               ctypes.c_void_p]
     return lib
 
 
@@ -166,3 +171,18 @@ def status() -> str:
     """One line: whether the compiled kernels are in use, and where from or why not."""
     library()
     return _state["why"]
+
+
+def det_summary(c1, c2, c3, z_mm: float) -> tuple[float, int] | None:
+    """(lowest d, count of d <= -1) of d = ((c3 z + c2) z + c1) z over three contiguous float32
+    CPU tensors of one length, in one compiled pass; None when the library is not in use (the
+    caller then computes it in torch: the same numbers)."""
+    lib = library()
+    if lib is None or not all(t.dtype == c1.dtype and t.is_contiguous() and t.device.type == "cpu" for t in (c1, c2, c3)):
+        return None
+    if str(c1.dtype) != "torch.float32" or not (c1.numel() == c2.numel() == c3.numel()):
+        return None
+    low, folded = ctypes.c_float(), ctypes.c_int64()
+    lib.laugen_det_summary(c1.data_ptr(), c2.data_ptr(), c3.data_ptr(), c1.numel(), float(z_mm), ctypes.byref(low),
+                           ctypes.byref(folded))
+    return float(low.value), int(folded.value)

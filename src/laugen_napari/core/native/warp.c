@@ -334,5 +334,51 @@ int laugen_warp(const WarpArgs *a, int64_t start, int64_t stop) {
     return 0;
 }
 
+/* Cell codes of the cells whose lower corner lies in the box lo..hi (inclusive, hi <= n - 2 on
+ * every axis of more than one voxel): the label when the cell's 8 corners agree, else MIXED
+ * (as Warper._ensure_codes). ``lab`` and ``codes`` are (Z, Y, X) uint8 volumes of ``shape``.
+ * Returns 0, or -1 for a box outside the volume. */
+int laugen_cell_codes(const uint8_t *lab, uint8_t *codes, const int64_t *shape, const int64_t *lo, const int64_t *hi) {
+    int64_t step[3], stride[3] = {shape[1] * shape[2], shape[2], 1};
+    for (int d = 0; d < 3; d++) {
+        if (lo[d] < 0 || hi[d] < lo[d] || hi[d] >= shape[d] || (shape[d] > 1 && hi[d] > shape[d] - 2)) return -1;
+        step[d] = shape[d] > 1 ? stride[d] : 0;
+    }
+    const int64_t o[8] = {0, step[2], step[1], step[1] + step[2], step[0], step[0] + step[2], step[0] + step[1],
+                          step[0] + step[1] + step[2]};
+    for (int64_t z = lo[0]; z <= hi[0]; z++)
+        for (int64_t y = lo[1]; y <= hi[1]; y++) {
+            const int64_t row = z * stride[0] + y * stride[1];
+            const uint8_t *restrict p = lab + row;
+            uint8_t *restrict q = codes + row;
+            for (int64_t x = lo[2]; x <= hi[2]; x++) {
+                const uint8_t a = p[x];
+                const int same = (p[x + o[1]] == a) & (p[x + o[2]] == a) & (p[x + o[3]] == a) & (p[x + o[4]] == a) &
+                                 (p[x + o[5]] == a) & (p[x + o[6]] == a) & (p[x + o[7]] == a);
+                q[x] = same ? a : MIXED;
+            }
+        }
+    return 0;
+}
+
+/* Lowest value and count of values <= -1 of d = ((c3 z + c2) z + c1) z over n voxels (float32,
+ * each operation rounded as torch's mul/add would: JacobianStats.summary in one pass). */
+void laugen_det_summary(const float *c1, const float *c2, const float *c3, int64_t n, float z, float *low,
+                        int64_t *folded) {
+    float m = INFINITY;
+    int64_t count = 0;
+    for (int64_t i = 0; i < n; i++) {
+        float d = c3[i] * z;
+        d = d + c2[i];
+        d = d * z;
+        d = d + c1[i];
+        d = d * z;
+        m = d < m ? d : m;
+        count += d <= -1.0f;
+    }
+    *low = m;
+    *folded = count;
+}
+
 /* The version of this interface (the Python side checks it). */
-int laugen_warp_abi(void) { return 2; }
+int laugen_warp_abi(void) { return 4; }
