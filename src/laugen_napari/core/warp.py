@@ -21,8 +21,15 @@ coordinates as (3, n) and corners as (8, n) rows, so that every intermediate sta
 every operation is vectorised. A label cell whose 8 corners agree is looked up as one byte (its
 code); only the few mixed cells near a boundary vote, once per frame.
 
-Measured on one CPU core (bench/scale.py), a moving voxel costs about 20 ns per frame, whatever
-the volume's size: the corners are gathered by ``index_select`` on 8 shifted views of the flat
+On CPU the whole pass runs as one compiled loop when a C compiler is at hand (:mod:`.native`,
+``core/native/warp.c``): per moving voxel its cell, the image's 8 corners, the trilinear value and
+the label, in chunks that stay in the L1 cache, with the same float operations as the torch code
+(the frames are bit-identical on the shipped sample). It takes about 7 ns per moving voxel-frame at
+1 mm and 9.5 ns on a CT-sized volume, against 15-17 ns for the torch code below, which stays the
+reference and the path for GPUs, float16 and non-finite images and machines without a compiler.
+
+Measured on one CPU core (bench/scale.py), the torch code costs about 20 ns per moving voxel and
+frame, whatever the volume's size: the corners are gathered by ``index_select`` on 8 shifted views of the flat
 volume (3x faster than ``take`` with an (8, n) index), the cell needs no clamping when every
 sampling position of the frame lies inside the volume, and row subsets use ``index_select`` and
 ``count_nonzero`` (indexing ``[:, rows]`` and a bool ``sum()`` are several times slower in torch).
