@@ -661,7 +661,9 @@ class Warper:
     def index_planes(self) -> None:
         """Build the plane lookups (once; call it from a worker thread): the moving voxels'
         positions, their Z keys and their order along Y and X, so that a preview plane along any
-        axis costs only its own moving voxels."""
+        axis costs only its own moving voxels; and the compiled loop, built here on its first use
+        (seconds, once per machine), not on the viewer's thread."""
+        self._native()
         if 0 not in self._plane_order:
             self._plane_order[0] = (self.positions[:, 0].contiguous(), None)
         for axis in (1, 2):
