@@ -26,7 +26,7 @@ from .device import resolve_device
 from .field import Kind, Uniform, UnitField, integer_labels, label_counts, selection_mask, unit_field
 from .quality import JacobianStats
 from .trajectory import CustomTrajectory, Trajectory, TrajectoryDraw
-from .warp import Warper, all_finite
+from .warp import Warper, all_finite, native_byte_order
 
 
 @dataclass
@@ -116,8 +116,8 @@ class Augmenter:
         device: str | torch.device | None = "auto",
         label_interpolation: str = "linear",
     ):
-        image = np.asarray(image)
-        labels = np.asarray(labels)
+        image = native_byte_order(np.asarray(image))
+        labels = native_byte_order(np.asarray(labels))
         if labels.ndim != 3:
             raise ValueError(f"the label map must be 3D (Z, Y, X), got shape {labels.shape}")
         if image.ndim not in (3, 4) or image.shape[-3:] != labels.shape:

@@ -68,6 +68,12 @@ def all_finite(image: np.ndarray | torch.Tensor, block: int = 1 << 22) -> bool:
                for a in range(0, flat.size, block))
 
 
+def native_byte_order(array: np.ndarray) -> np.ndarray:
+    """``array`` itself, or a copy in this machine's byte order when it is stored in the other one
+    (a big-endian file read on a little-endian machine): torch takes native byte order only."""
+    return array if array.dtype.byteorder in "=|" else array.astype(array.dtype.newbyteorder("="))
+
+
 def _corner_weights(frac: torch.Tensor) -> torch.Tensor:
     """Trilinear weights (8, n) of the corners (k = 4 bz + 2 by + bx) for fractions (3, n)."""
     z, y, x = frac
@@ -76,6 +82,8 @@ def _corner_weights(frac: torch.Tensor) -> torch.Tensor:
 
 
 def _as_channels(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    if isinstance(image, np.ndarray):
+        image = native_byte_order(image)
     t = _shared(image) if not isinstance(image, np.ndarray) or image.dtype.type not in _WIDEN else \
         torch.as_tensor(image.astype(np.float32))
     if t.dtype not in _KEPT_DTYPES:
@@ -192,7 +200,7 @@ class Warper:
         self._flat_image = self.image.view(self.image.shape[0], -1)
         self.labels = None
         if labels is not None:
-            lab = _shared(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
+            lab = _shared(native_byte_order(np.asarray(labels)) if not isinstance(labels, torch.Tensor) else labels)
             if tuple(lab.shape) != tuple(field.shape):
                 raise ValueError(f"label map shape {tuple(lab.shape)} differs from the field's {field.shape}")
             self.labels = lab.to(dev).contiguous()

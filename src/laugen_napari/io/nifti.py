@@ -201,6 +201,8 @@ def load_volume(path: str | os.PathLike, ndim: int | None = None) -> Volume:
     except Exception as exc:
         raise ValueError(f"{p}: the voxel data cannot be read ({' '.join(str(exc).split()) or type(exc).__name__})"
                          ) from exc
+    if data.dtype.byteorder not in "=|":  # a big-endian file: torch takes native byte order only
+        data = data.astype(data.dtype.newbyteorder("="))
     arr, affine = _reorient(data, img.affine)
     return Volume(arr, affine, img.affine.copy(), img.header.copy(), p)
 
