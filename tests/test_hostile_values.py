@@ -206,3 +206,36 @@ def test_big_endian_files_and_arrays_give_the_same_series(tmp_path, sample_array
                         device="cpu").warper.warp(1.5)
     assert np.array_equal(native[0].numpy(), swapped[0].numpy())
     assert np.array_equal(native[1].numpy(), swapped[1].numpy())
+
+
+def test_a_header_in_microns_or_metres_gives_spacing_in_mm(tmp_path):
+    """NIfTI affines are in the header's spatial unit: a file declaring microns (microscopy tools)
+    or metres holds the same 1 mm grid as the mm file, and gives the same series."""
+    img, seg = nib.load(str(SAMPLE_IMAGE)), nib.load(str(SAMPLE_MASK))
+    box = (slice(55, 135), slice(60, 150), slice(45, 125))
+    data, labels = np.asarray(img.dataobj)[box], np.asarray(seg.dataobj)[box]
+    paths = {}
+    for unit, scale in (("mm", 1.0), ("micron", 1000.0), ("meter", 0.001)):
+        affine = img.affine.copy()
+        affine[:3, :] *= scale
+        for name, array in (("img", data), ("seg", labels)):
+            out = nib.Nifti1Image(array, affine)
+            out.header.set_xyzt_units(unit, "sec")
+            paths[unit, name] = tmp_path / f"{name}_{unit}.nii.gz"
+            out.to_filename(str(paths[unit, name]))
+    reference = load_volume(paths["mm", "img"])
+    for unit in ("micron", "meter"):
+        vol = load_volume(paths[unit, "img"])
+        np.testing.assert_allclose(vol.spacing, reference.spacing, rtol=1e-6)  # the header stores float32
+        np.testing.assert_allclose(vol.affine, reference.affine, rtol=1e-6, atol=1e-4)
+    args = ["--frames", "3", "--slope-range", "1", "1", "--seed", "2", "--device", "cpu", "-q"]
+    series = {}
+    for unit in ("mm", "micron"):
+        out = tmp_path / f"out_{unit}"
+        assert laugen(["generate", str(paths[unit, "img"]), str(paths[unit, "seg"]), "-o", str(out), *args]) == 0
+        written = nib.load(str(out / "image_series.nii.gz"))
+        assert written.header.get_xyzt_units()[0] == unit  # written in the file's own unit
+        np.testing.assert_allclose(written.affine, nib.load(str(paths[unit, "img"])).affine)
+        series[unit] = np.asarray(written.dataobj)
+    assert np.array_equal(series["mm"], series["micron"])
+    assert not np.array_equal(series["mm"][..., 0], series["mm"][..., 2])

@@ -203,8 +203,23 @@ def load_volume(path: str | os.PathLike, ndim: int | None = None) -> Volume:
                          ) from exc
     if data.dtype.byteorder not in "=|":  # a big-endian file: torch takes native byte order only
         data = data.astype(data.dtype.newbyteorder("="))
-    arr, affine = _reorient(data, img.affine)
+    arr, affine = _reorient(data, _affine_in_mm(img))
     return Volume(arr, affine, img.affine.copy(), img.header.copy(), p)
+
+
+MM_PER_UNIT = {"meter": 1000.0, "mm": 1.0, "micron": 0.001, "unknown": 1.0}
+"""Millimetres per spatial unit a NIfTI header may declare (``unknown``, the code 0 many tools
+write, is taken as mm, as those tools mean it)."""
+
+
+def _affine_in_mm(img) -> np.ndarray:
+    """The image's affine in mm: a header that declares metres or microns has its affine (and
+    voxel sizes) in that unit. The file's own affine is kept as it is for writing: written headers
+    keep the unit too."""
+    unit = img.header.get_xyzt_units()[0] if hasattr(img.header, "get_xyzt_units") else "unknown"
+    affine = np.array(img.affine, dtype=np.float64)
+    affine[:3, :] *= MM_PER_UNIT.get(unit, 1.0)
+    return affine
 
 
 def check_same_grid(image: Volume, labels: Volume) -> None:
