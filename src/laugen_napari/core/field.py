@@ -164,6 +164,7 @@ def gaussian_kernel(sigma_vox: float, truncate: float = TRUNCATE) -> np.ndarray:
 
 
 BLUR_BLOCK = 48  # output voxels per block of the blur's band matrices (cost per voxel: block + kernel)
+BLUR_CHUNK = 2048  # lines blurred together on CPU (their inputs, up to a few hundred KiB, stay in cache)
 
 
 def _band(n: int, k: np.ndarray, out_lo: int, out_hi: int, in_lo: int, in_hi: int, mode: str) -> np.ndarray:
@@ -257,16 +258,26 @@ def _blur_pass(x: torch.Tensor, n: int, first: int, k: np.ndarray, mode: str,
     rows = x.reshape(m, -1)  # (inputs, rest): a block's inputs are consecutive rows
     cols = out.view(-1, n)  # (rest, outputs)
     step = n if n <= 2 * BLUR_BLOCK else BLUR_BLOCK
+    blocks = []  # (outputs lo:hi, band matrix or None for all zeros, its inputs' rows in x)
     for lo in range(0, n, step):
         hi = min(n, lo + step)
         a, b = max(0, lo - r), min(n, hi + r)  # the inputs this block reaches
         a2, b2 = max(a, first), min(b, first + m)  # of those, the ones that can be non-zero
         if b2 <= a2:
-            cols[:, lo:hi].zero_()
+            blocks.append((lo, hi, None, 0, 0))
             continue
         band = _band(n, k, lo, hi, a, b, mode)[a2 - a : b2 - a]
-        band = torch.as_tensor(band, dtype=x.dtype, device=x.device)
-        torch.mm(rows[a2 - first : b2 - first].t(), band, out=cols[:, lo:hi])
+        blocks.append((lo, hi, torch.as_tensor(band, dtype=x.dtype, device=x.device), a2 - first, b2 - first))
+    # on CPU the columns of ``rows`` go in chunks that stay in cache while every block reads them
+    # (the same products: a chunk is a set of whole output rows)
+    chunk = rows.shape[1] if x.device.type != "cpu" else BLUR_CHUNK
+    for c0 in range(0, rows.shape[1], chunk):
+        c1 = min(rows.shape[1], c0 + chunk)
+        for lo, hi, band, i0, i1 in blocks:
+            if band is None:
+                cols[c0:c1, lo:hi].zero_()
+            else:
+                torch.mm(rows[i0:i1, c0:c1].t(), band, out=cols[c0:c1, lo:hi])
     return out
 
 
