@@ -240,3 +240,125 @@ def test_index_planes_builds_every_plane_lookup_and_planes_stay_the_frames(sampl
     for axis in range(3):
         for index in (0, frame.shape[axis] // 2, frame.shape[axis] - 1):
             assert torch.equal(w.image_plane(z, axis, index), frame.select(axis, index))
+
+
+# --------------------------------------------------------------------------------------------
+# unit_field's set-up (one projection pass, the box blurred in one buffer, gradient and
+# normalisation fused over Z slabs) gives the numbers of the plain steps
+
+
+def _plain_unit_field(mask: np.ndarray, spacing, sigma_mm: float):
+    """The unit field by the plain steps: the ROI (the structure's box grown by the blur's radius +
+    2), continued across the volume's edge where the structure is cut (np.pad "edge"), blurred
+    (gaussian_blur, reading the structure's box), differentiated (torch.gradient), the continuation
+    cut off again, normalised (UnitField.normalised)."""
+    from laugen_napari.core.field import TRUNCATE, UnitField, gaussian_blur
+
+    sigma_vox = [sigma_mm / s for s in spacing]
+    radius = [int(TRUNCATE * s + 0.5) for s in sigma_vox]
+    idx = np.argwhere(mask)
+    lo, hi = idx.min(0), idx.max(0) + 1
+    roi = tuple(slice(max(0, a - r - 2), min(n, b + r + 2)) for a, b, r, n in zip(lo, hi, radius, mask.shape))
+    crop = mask[roi]
+    ext = []
+    for axis, n in enumerate(mask.shape):
+        ext.append((int(n > 1 and np.take(crop, 0, axis=axis).any() and roi[axis].start == 0),
+                    int(n > 1 and np.take(crop, -1, axis=axis).any() and roi[axis].stop == n)))
+    crop = np.pad(crop, ext, mode="edge")
+    sidx = np.argwhere(crop)
+    support = [slice(a, b + 1) for a, b in zip(sidx.min(0), sidx.max(0))]
+    blurred = gaussian_blur(torch.from_numpy(crop.astype(np.float32)), sigma_vox, support=support)
+    grad = torch.stack([torch.gradient(blurred, spacing=h, dim=a)[0] if blurred.shape[a] > 1
+                        else torch.zeros_like(blurred) for a, h in enumerate(spacing)])
+    grad = grad[(slice(None),) + tuple(slice(a, m - b) for (a, b), m in zip(ext, crop.shape))].contiguous()
+    return UnitField(mask.shape, tuple(float(s) for s in spacing), roi, grad).normalised()
+
+
+def _cases(sample_arrays):
+    """(name, mask, spacing, sigma_mm): anisotropic, cut by every face, tiny, one-voxel axes."""
+    _, labels, _ = sample_arrays
+    ventricles = labels > 0
+    box = (slice(60, 130), slice(70, 180), slice(50, 150))
+    yield "anisotropic", ventricles[box], (1.0, 0.8, 1.3), 4.0
+    yield "thick slices", ventricles[::3], (3.0, 1.0, 1.0), 5.0
+    sub = ventricles[box]
+    zs, ys, xs = (np.flatnonzero(sub.any(axis=tuple(a for a in range(3) if a != k))) for k in range(3))
+    # the structure cut by each face: the volume starts or ends inside it
+    mid = [int(v[len(v) // 2]) for v in (zs, ys, xs)]
+    for axis in range(3):
+        lo_cut = tuple(slice(mid[a], None) if a == axis else slice(None) for a in range(3))
+        hi_cut = tuple(slice(None, mid[a] + 1) if a == axis else slice(None) for a in range(3))
+        yield f"cut low {axis}", sub[lo_cut], (1.0, 0.8, 1.3), 3.0
+        yield f"cut high {axis}", sub[hi_cut], (0.9, 1.1, 0.7), 3.0
+    z, y, _ = np.argwhere(sub)[np.count_nonzero(sub) // 2]
+    both = sub[z - 3 : z + 3, y - 4 : y + 5]  # cut on both Z faces and both Y faces
+    assert all(both[i].any() and both[:, i].any() for i in (0, -1))
+    yield "cut both", both, (1.0, 1.0, 1.0), 2.5
+    tiny = np.zeros((6, 7, 5), bool)
+    tiny[2:4, 3, 1:4] = True
+    yield "tiny", tiny, (1.0, 1.0, 1.0), 0.8
+    long_axis = np.zeros((12, 9, 320), bool)  # X has several blur blocks, the far ones all zero
+    long_axis[4:8, 3:6, 10:30] = True
+    yield "long axis", long_axis, (1.0, 1.0, 0.5), 2.0
+    flat = ventricles[90:91, 70:180, 50:150]  # a 2D image as Z = 1
+    yield "one plane", flat, (3.0, 1.0, 1.0), 3.0
+    line = np.zeros((1, 1, 40), bool)
+    line[0, 0, 15:22] = True
+    yield "one line", line, (1.0, 1.0, 1.0), 2.0
+    yield "full height", np.broadcast_to(sub.any(0, keepdims=True), sub.shape), (1.0, 0.8, 1.3), 3.0
+
+
+def test_unit_field_is_the_plain_steps_bit_for_bit(sample_arrays):
+    from laugen_napari.core import unit_field
+
+    seen = 0
+    for name, mask, spacing, sigma in _cases(sample_arrays):
+        ours = unit_field(mask, spacing, sigma, "cpu")
+        ref = _plain_unit_field(np.asarray(mask), spacing, sigma)
+        assert ours.roi == ref.roi, name
+        assert torch.equal(ours.mm, ref.mm), (name, float((ours.mm - ref.mm).abs().max()))
+        assert torch.equal(ours.support, (ref.mm != 0).any(0)), name
+        assert ours.mm.is_contiguous() and abs(ours.max_mm - 1.0) < 1e-6, name
+        seen += 1
+    assert seen == 14
+
+
+def test_blur_chunks_do_not_change_the_numbers(monkeypatch):
+    """The blur's lines go in chunks on CPU: chunks of any size give the numbers of one product
+    over all lines, within float32 round-off (BLAS may sum a handful of rows in another order),
+    and the blur equals scipy's."""
+    from scipy import ndimage as ndi
+
+    import laugen_napari.core.field as F
+
+    g = torch.Generator().manual_seed(5)
+    vol = (torch.rand((23, 110, 130), generator=g) > 0.7).float()
+    box = (slice(3, 20), slice(10, 60), slice(100, 130))
+    vol[:, :, :100] = 0
+    vol[:3] = vol[20:] = 0
+    vol[:, :10] = vol[:, 60:] = 0
+    sigma = [1.5, 4.0, 6.0]
+    whole = F.gaussian_blur(vol, sigma, support=box)
+    for chunk in (1, 7, 1000, 10**7):
+        monkeypatch.setattr(F, "BLUR_CHUNK", chunk)
+        np.testing.assert_allclose(F.gaussian_blur(vol, sigma, support=box).numpy(), whole.numpy(), rtol=0, atol=2e-7)
+    np.testing.assert_allclose(whole.numpy(), ndi.gaussian_filter(vol.numpy(), sigma, mode="nearest", truncate=4.0),
+                               atol=2e-6)
+
+
+def test_projections_are_the_planes_holding_a_voxel():
+    from laugen_napari.core.field import _bounding_box, _projections
+
+    rng = np.random.default_rng(3)
+    for shape in [(5, 6, 7), (1, 9, 4), (8, 1, 1), (3, 4, 0)]:
+        mask = rng.random(shape) > 0.97
+        if mask.size:
+            mask[tuple(s // 2 for s in shape)] = True
+        for m in (mask, mask[:, ::-1], np.asfortranarray(mask)):
+            hits = _projections(m)
+            for axis, hit in enumerate(hits):
+                others = tuple(a for a in range(3) if a != axis)
+                assert np.array_equal(hit, np.count_nonzero(m, axis=others) > 0)
+    mask = np.zeros((7, 8, 9), bool)
+    mask[2, 5, 1] = mask[4, 0, 6] = True
+    assert _bounding_box(torch.from_numpy(mask)) == ([2, 0, 1], [5, 6, 7])

@@ -164,7 +164,7 @@ def gaussian_kernel(sigma_vox: float, truncate: float = TRUNCATE) -> np.ndarray:
 
 
 BLUR_BLOCK = 48  # output voxels per block of the blur's band matrices (cost per voxel: block + kernel)
-BLUR_CHUNK = 2048  # lines blurred together on CPU (their inputs, up to a few hundred KiB, stay in cache)
+BLUR_CHUNK = 2048  # least lines blurred together on CPU (their inputs, a few hundred KiB, stay in cache)
 
 
 def _band(n: int, k: np.ndarray, out_lo: int, out_hi: int, in_lo: int, in_hi: int, mode: str) -> np.ndarray:
@@ -268,11 +268,13 @@ def _blur_pass(x: torch.Tensor, n: int, first: int, k: np.ndarray, mode: str,
             continue
         band = _band(n, k, lo, hi, a, b, mode)[a2 - a : b2 - a]
         blocks.append((lo, hi, torch.as_tensor(band, dtype=x.dtype, device=x.device), a2 - first, b2 - first))
-    # on CPU the columns of ``rows`` go in chunks that stay in cache while every block reads them
-    # (the same products: a chunk is a set of whole output rows)
-    chunk = rows.shape[1] if x.device.type != "cpu" else BLUR_CHUNK
-    for c0 in range(0, rows.shape[1], chunk):
-        c1 = min(rows.shape[1], c0 + chunk)
+    # on CPU the columns of ``rows`` go in chunks that stay in cache while every block reads them;
+    # a chunk is a set of whole output rows, and every chunk has at least BLUR_CHUNK of them (BLAS
+    # may sum in another order for a handful of rows)
+    lines = rows.shape[1]
+    parts = max(1, lines // BLUR_CHUNK) if x.device.type == "cpu" else 1
+    for part in range(parts):
+        c0, c1 = part * lines // parts, (part + 1) * lines // parts
         for lo, hi, band, i0, i1 in blocks:
             if band is None:
                 cols[c0:c1, lo:hi].zero_()
@@ -502,7 +504,7 @@ def _slab_gradient(blurred: torch.Tensor, z0: int, z1: int, spacing: Spacing, ex
 
 def _unit_from_blurred(blurred: torch.Tensor, full: tuple[int, int, int], spacing: Spacing,
                        roi: tuple[slice, slice, slice], ext: Sequence[tuple[int, int]],
-                       arena: torch.Tensor | None = None) -> UnitField:
+                       arena: torch.Tensor) -> UnitField:
     """The unit field from the blurred mask over ``roi`` (extended by the ``ext`` planes, which the
     field does not hold): ``UnitField(full, spacing, roi, G).normalised()`` for ``G`` the gradient
     of ``blurred`` without the ``ext`` planes, the same numbers without ``G`` in memory.
@@ -511,14 +513,14 @@ def _unit_from_blurred(blurred: torch.Tensor, full: tuple[int, int, int], spacin
     (for the largest one and the support), the second computes the gradient again and writes it,
     scaled, straight into the field of the support's box. ``arena``: a flat tensor of at least
     three times the ROI's voxels, not ``blurred``'s memory, that holds the lengths and then the
-    field (fresh memory otherwise)."""
+    field."""
     (z_lo, z_hi) = ext[0]
     depth = blurred.shape[0] - z_lo - z_hi
     plane = int(blurred.shape[1] * blurred.shape[2])
     slab = max(1, (1 << 17) // max(1, plane))
     buf = blurred.new_empty(3 * min(slab, depth) * plane)
     dims = (depth,) + tuple(s.stop - s.start for s in roi[1:])
-    norm = _empty(dims, blurred.dtype, blurred.device) if arena is None else arena[: math.prod(dims)].view(dims)
+    norm = arena[: math.prod(dims)].view(dims)
     peak = 0.0
     for z0 in range(0, depth, slab):
         z1 = min(depth, z0 + slab)
@@ -539,7 +541,7 @@ def _unit_from_blurred(blurred: torch.Tensor, full: tuple[int, int, int], spacin
     box = tuple(slice(r.start + s.start, r.start + s.stop) for r, s in zip(roi, inner))
     keep = keep[inner]
     dims = (3,) + tuple(keep.shape)
-    mm = _empty(dims, blurred.dtype, blurred.device) if arena is None else arena[: math.prod(dims)].view(dims)
+    mm = arena[: math.prod(dims)].view(dims)
     for z0 in range(lo[0], hi[0], slab):
         z1 = min(hi[0], z0 + slab)
         g = _slab_gradient(blurred, z0 + z_lo, z1 + z_lo, spacing, ext, buf)[:, :, inner[1], inner[2]]
