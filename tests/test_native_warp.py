@@ -205,8 +205,9 @@ def test_three_labels_in_one_cell_vote_as_the_torch_code(crop, crop_field, spy, 
 
 
 def test_random_label_maps_and_exact_ties(spy, monkeypatch):
-    """Every cell mixed (random labels, 3-6 per cell), random fields; then a field of exactly half
-    a voxel on every axis (every corner weighs 1/8: exact ties, the first corner wins)."""
+    """Every cell mixed (random labels, 3-6 per cell), random fields; big-endian arrays; then a
+    field of exactly half a voxel on every axis (every corner weighs 1/8: exact ties, the first
+    corner wins)."""
     rng = np.random.default_rng(7)
     for shape, labels_count, dtype in (((13, 11, 7), 6, np.int8), ((9, 2, 17), 4, np.uint8), ((5, 6, 7), 5, np.int64)):
         lab = rng.integers(-2 if dtype != np.uint8 else 0, labels_count, shape).astype(dtype)
@@ -216,6 +217,15 @@ def test_random_label_maps_and_exact_ties(spy, monkeypatch):
             assert int((_labels_per_cell(_corner_labels(w, z)) >= 3).sum()) > w.n_moving // 4
             got, ref = _native_and_torch(monkeypatch, spy, lambda: w.warp(z))
             _assert_frames_equal(got, ref)
+    # arrays in the other byte order (a big-endian file): taken in native order, the same frames
+    shape = (13, 11, 7)
+    lab = rng.integers(0, 5, shape).astype(">i4")
+    img = rng.normal(0, 1000, shape).astype(">f8")
+    w = Warper(_random_field(shape, 4, 2.0), img, lab)
+    got, ref = _native_and_torch(monkeypatch, spy, lambda: w.warp(1.7))
+    _assert_frames_equal(got, ref)
+    native_order = Warper(w.field, img.astype("<f8"), lab.astype("<i4")).warp(1.7)
+    _assert_frames_equal(got, native_order)
     shape = (8, 9, 10)
     half = UnitField(shape, (1.0, 1.0, 1.0), tuple(slice(0, n) for n in shape), torch.full((3,) + shape, 0.5))
     lab = rng.integers(0, 4, shape).astype(np.uint8)
@@ -779,6 +789,10 @@ def test_the_compiled_jacobian_summary_equals_torch(crop, crop_field, monkeypatc
         d = torch.mul(c3, z).add_(c2).mul_(z).add_(c1).mul_(z)
         assert got == (float(d.min()), int(torch.count_nonzero(d <= -1.0)))
     assert native.det_summary(c1, c2, c3, 40.0)[1] > 0  # folds counted at a large magnitude
+    # d = -1 exactly (det = 0) is folded; d just above -1 is not
+    c = torch.tensor([-0.5, -0.4999999, 0.25, -0.75])
+    zero = torch.zeros(4)
+    assert native.det_summary(c, zero, zero, 2.0) == (-1.5, 2)
     empty = torch.zeros(0)
     assert native.det_summary(empty, empty, empty, 2.0) == (float("inf"), 0)
     assert native.det_summary(c1.double(), c2.double(), c3.double(), 2.0) is None
