@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -85,12 +85,12 @@ class UnitField:
         out[(slice(None),) + self.roi] = self.mm.cpu().numpy()
         return out
 
-    def normalised(self) -> "UnitField":
+    def normalised(self) -> UnitField:
         """This field scaled so that its largest displacement is 1 mm, with displacements below
         :data:`NEGLIGIBLE` mm set to zero and the ROI shrunk to the support."""
         return self._normalise(in_place=False)
 
-    def _normalise(self, in_place: bool) -> "UnitField":
+    def _normalise(self, in_place: bool) -> UnitField:
         """:meth:`normalised`; ``in_place``: the caller gives up ``self.mm``, whose memory then
         holds the result (no fresh (3, d, h, w) volume to fault in)."""
         norm = _length(self.mm)
@@ -517,7 +517,7 @@ def _unit_from_blurred(blurred: torch.Tensor, full: tuple[int, int, int], spacin
     (z_lo, z_hi) = ext[0]
     depth = blurred.shape[0] - z_lo - z_hi
     plane = int(blurred.shape[1] * blurred.shape[2])
-    slab = max(1, (1 << 17) // max(1, plane))
+    slab = max(1, (1 << 19) // max(1, plane))  # 2 MiB a component: fewer calls, measured fastest
     buf = blurred.new_empty(3 * min(slab, depth) * plane)
     dims = (depth,) + tuple(s.stop - s.start for s in roi[1:])
     norm = arena[: math.prod(dims)].view(dims)
