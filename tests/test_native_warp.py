@@ -56,14 +56,23 @@ def inner_field(crop_field):
     return UnitField(crop_field.shape, crop_field.spacing, roi, crop_field.mm[:, m:-m, m:-m, m:-m].contiguous())
 
 
+class _Calls(list):
+    """The voxel count of every call of the compiled loop; ``pointers``: its (image_out, labels_out)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pointers: list[tuple[int | None, int | None]] = []
+
+
 @pytest.fixture
 def spy(monkeypatch):
-    """The number of voxels of every call of the compiled loop (a list, appended to per call)."""
-    calls: list[int] = []
+    """The calls of the compiled loop (a list of voxel counts, appended to per call)."""
+    calls = _Calls()
     real = warp_mod._run_native
 
     def counting(lib, args, n):
         calls.append(n)
+        calls.pointers.append((args.image_out, args.labels_out))
         return real(lib, args, n)
 
     monkeypatch.setattr(warp_mod, "_run_native", counting)
@@ -662,32 +671,46 @@ def test_dataloader_workers_warp_with_two_threads(crop, crop_field, monkeypatch)
 
 
 # -- 7. buffers the compiled loop does not take ----------------------------------------------------
-def test_strided_out_buffers_use_the_torch_code(crop, crop_field, spy, monkeypatch):
+def test_strided_out_buffers_are_never_handed_to_the_compiled_loop(crop, crop_field, spy, monkeypatch):
+    """Buffers with a step (a flat view exists, but not contiguous) get the right frame; the
+    compiled loop, which writes contiguous memory, never receives them (today the torch code fills
+    them; a warp into fresh memory then copied would do as well). Contiguous buffers take it."""
     image, labels, _ = crop
     lab = _split_labels(labels)
     w = Warper(crop_field, image, lab)
     monkeypatch.setenv("LAUGEN_NATIVE", "1")
     ref = w.warp(2.5)
-    calls = len(spy)
-    img_out = torch.full(image.shape[:2] + (2 * image.shape[2],), -1.0)[..., ::2]
-    lab_out = torch.zeros(lab.shape[:2] + (2 * lab.shape[2],), dtype=torch.uint8)[..., ::2]
-    assert not img_out.is_contiguous() and not lab_out.is_contiguous()
+    strided = []
+
+    def buffers(dtype, start):
+        shape = image.shape[:2] + (2 * image.shape[2],)
+        out = torch.full(shape, -1, dtype=dtype)[..., start::2]
+        assert not out.is_contiguous()
+        strided.append(out.data_ptr())
+        return out
+
+    img_out, lab_out = buffers(torch.float32, 0), buffers(torch.uint8, 0)
     got = w.warp(2.5, img_out, lab_out)
-    assert len(spy) == calls  # not the compiled loop: it writes contiguous memory only
     _assert_frames_equal(got, ref)
     _assert_image_equal(img_out, ref[0])
     _assert_labels_equal(lab_out, ref[1])
-    # a contiguous image buffer with a strided label buffer: the whole frame stays on the torch code
-    img_out = torch.empty(image.shape)
-    got = w.warp(2.5, img_out, torch.zeros(lab.shape[:2] + (2 * lab.shape[2],), dtype=torch.uint8)[..., 1::2])
-    assert len(spy) == calls
+    # a contiguous image buffer with a strided label buffer
+    img_out, lab_out = torch.empty(image.shape), buffers(torch.uint8, 1)
+    got = w.warp(2.5, img_out, lab_out)
     _assert_frames_equal(got, ref)
-    out = torch.full(image.shape[:2] + (2 * image.shape[2],), -1.0)[..., 1::2]
+    _assert_labels_equal(lab_out, ref[1])
+    out = buffers(torch.float32, 1)
     _assert_image_equal(w.image_frame(2.5, out=out), ref[0])
     _assert_image_equal(out, ref[0])
-    assert len(spy) == calls
-    assert torch.equal(w.image_frame(-1.0, out=torch.empty(image.shape)), w.image_frame(-1.0))
-    assert len(spy) == calls + 2  # contiguous buffers do take it
+    lab_out = buffers(torch.uint8, 1)
+    _assert_labels_equal(w.label_frame(2.5, out=lab_out), ref[1])
+    _assert_labels_equal(lab_out, ref[1])
+    assert not {p for pair in spy.pointers for p in pair} & set(strided)
+    # contiguous buffers are written by the compiled loop itself
+    before = len(spy)
+    out = torch.empty(image.shape)
+    assert torch.equal(w.image_frame(-1.0, out=out), w.image_frame(-1.0))
+    assert len(spy) == before + 2 and spy.pointers[before][0] == out.data_ptr()
 
 
 # -- review: flat indices beyond 2^31, cell codes, the Jacobian summary ---------------------------
@@ -796,3 +819,4 @@ def test_the_compiled_jacobian_summary_equals_torch(crop, crop_field, monkeypatc
     empty = torch.zeros(0)
     assert native.det_summary(empty, empty, empty, 2.0) == (float("inf"), 0)
     assert native.det_summary(c1.double(), c2.double(), c3.double(), 2.0) is None
+
