@@ -20,8 +20,9 @@ per axis.
 from __future__ import annotations
 
 import math
+import mmap
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -212,28 +213,45 @@ def gaussian_blur(volume: torch.Tensor, sigma_vox: Sequence[float], truncate: fl
 
 
 def _blur_box(values: torch.Tensor, shape: Sequence[int], first: Sequence[int], sigma_vox: Sequence[float],
-              truncate: float, mode: str, scratch: torch.Tensor | None = None) -> torch.Tensor:
+              truncate: float, mode: str, into: Sequence[torch.Tensor | None] = (None, None, None)) -> torch.Tensor:
     """:func:`gaussian_blur` of a volume of ``shape`` that is zero outside the box holding ``values``
     (its first voxel at index ``first``): a contiguous (Z, Y, X) tensor of ``shape``.
 
     Pass 1 reads the box only, pass 2 the box's X columns (all else is zero after pass 1); the
-    passes' outputs are (Y, X of the box, Z), (X of the box, Z, Y) and (Z, Y, X). ``scratch``: a
-    flat tensor of at least :func:`_blur_scratch` elements that holds the first two passes' outputs
-    (fresh memory otherwise); ``values`` may lie in it after those."""
+    passes' outputs are (Y, X of the box, Z), (X of the box, Z, Y) and (Z, Y, X) (sizes:
+    :func:`_blur_sizes`), each in the memory of the flat tensor ``into[pass]`` when given (fresh
+    memory otherwise), which must not overlap the pass's input."""
     out = values.contiguous()  # one copy of a strided box, rather than one per block
-    offset = 0
     for axis, s in enumerate(sigma_vox):
-        size = int(np.prod(out.shape[1:])) * int(shape[axis])
-        into = scratch[offset : offset + size] if scratch is not None and axis < 2 else None
-        out = _blur_pass(out, int(shape[axis]), int(first[axis]), gaussian_kernel(float(s), truncate), mode, into)
-        offset = size if offset == 0 else 0  # pass 2 writes after pass 1's output, pass 3 elsewhere
+        size = math.prod(out.shape[1:]) * int(shape[axis])
+        where = None if into[axis] is None else into[axis][:size]
+        out = _blur_pass(out, int(shape[axis]), int(first[axis]), gaussian_kernel(float(s), truncate), mode, where)
     return out
 
 
-def _blur_sizes(box: Sequence[int], shape: Sequence[int]) -> tuple[int, int]:
-    """The element counts of the first two passes' outputs in :func:`_blur_box` for a box of
-    ``box`` voxels in a volume of ``shape``."""
-    return box[1] * box[2] * shape[0], box[2] * shape[0] * shape[1]
+def _blur_sizes(box: Sequence[int], shape: Sequence[int]) -> tuple[int, int, int]:
+    """The element counts of the three passes' outputs in :func:`_blur_box` for a box of ``box``
+    voxels in a volume of ``shape``."""
+    return box[1] * box[2] * shape[0], box[2] * shape[0] * shape[1], math.prod(shape)
+
+
+def _arena(n: int, device: torch.device) -> tuple[torch.Tensor, Callable[[int], None]]:
+    """A flat uninitialised float32 tensor of ``n`` elements, and a function ``release(k)`` that
+    gives the memory after its first ``k`` elements back to the system (on CPU where the platform
+    allows it, in an anonymous map with transparent huge pages as numpy's large arrays; a no-op
+    elsewhere). Nothing may read the released part again."""
+    if device.type != "cpu" or not hasattr(mmap, "MADV_DONTNEED") or n <= 0:
+        return _empty((n,), torch.float32, device), lambda k: None
+    block = mmap.mmap(-1, n * 4, flags=mmap.MAP_PRIVATE)  # anonymous, private to this process (copied on fork)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        block.madvise(mmap.MADV_HUGEPAGE)
+
+    def release(k: int) -> None:
+        start = -(-4 * k // mmap.PAGESIZE) * mmap.PAGESIZE
+        if start < len(block):
+            block.madvise(mmap.MADV_DONTNEED, start, len(block) - start)
+
+    return torch.from_numpy(np.frombuffer(block, np.float32, count=n)), release
 
 
 def _empty(shape: Sequence[int], dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -242,7 +260,11 @@ def _empty(shape: Sequence[int], dtype: torch.dtype = torch.float32, device: tor
     allocation (a page fault per 4 KiB), and it is the set-up's largest cost."""
     if torch.device(device).type != "cpu":
         return torch.empty(tuple(shape), dtype=dtype, device=device)
-    return torch.from_numpy(np.empty(tuple(shape), torch.empty(0, dtype=dtype).numpy().dtype))
+    kind = torch.empty(0, dtype=dtype).numpy().dtype
+    n = math.prod(shape)
+    raw = np.empty(n + 64 // kind.itemsize, kind)  # 64-byte aligned as torch's own (BLAS may sum by alignment)
+    skip = (-raw.ctypes.data % 64) // kind.itemsize
+    return torch.from_numpy(raw[skip : skip + n].reshape(tuple(shape)))
 
 
 def _blur_pass(x: torch.Tensor, n: int, first: int, k: np.ndarray, mode: str,
@@ -274,7 +296,7 @@ def _blur_pass(x: torch.Tensor, n: int, first: int, k: np.ndarray, mode: str,
     lines = rows.shape[1]
     parts = max(1, lines // BLUR_CHUNK) if x.device.type == "cpu" else 1
     for part in range(parts):
-        c0, c1 = part * lines // parts, (part + 1) * lines // parts
+        c0, c1 = (part * lines // parts) // 16 * 16, ((part + 1) * lines // parts) // 16 * 16 if part + 1 < parts else lines
         for lo, hi, band, i0, i1 in blocks:
             if band is None:
                 cols[c0:c1, lo:hi].zero_()
@@ -471,13 +493,16 @@ def unit_field(
     shape = tuple(r.stop - r.start + e0 + e1 for r, (e0, e1) in zip(roi, ext))  # the ROI with the continuation
     box = tuple(b - a + e0 + e1 for a, b, (e0, e1) in zip(lo, hi, ext))  # the structure's box, continued
     first = [a - r.start for a, r in zip(lo, roi)]  # the box in the extended ROI (a cut box starts at 0)
-    # one buffer holds, in turn, the box as float and the blur's first two passes, the lengths of
-    # the gradient, then the field: fresh memory is touched once (its first touch is the set-up's
-    # largest cost), not once per intermediate
+    # one buffer holds every step, so that fresh memory is touched once (its first touch is the
+    # set-up's largest cost), not once per intermediate: the box as float and pass 2 at its front,
+    # pass 1 and then the blurred ROI from ``at``; then the gradient's lengths and the field at its
+    # front, which, written plane by plane, stays behind the blurred planes still to be read (see
+    # _unit_from_blurred); what the field does not cover is given back
     volume = math.prod(r.stop - r.start for r in roi)
-    pass1, pass2 = _blur_sizes(box, shape)
-    arena = _empty((max(3 * volume, pass1 + max(pass2, math.prod(box))),), torch.float32, dev)
-    values = arena[pass1 : pass1 + math.prod(box)].view(box)  # after pass 1's output: read while it is written
+    pass1, pass2, padded = _blur_sizes(box, shape)
+    at = -(-max(2 * volume + shape[1] * shape[2], pass2, math.prod(box)) // 1024) * 1024  # 4 KiB-aligned
+    arena, release = _arena(at + max(pass1, padded), dev)
+    values = arena[: math.prod(box)].view(box)
     inner = tuple(slice(e0, n - e1) for n, (e0, e1) in zip(box, ext))
     values[inner].copy_(shared_tensor(mask[tuple(slice(a, b) for a, b in zip(lo, hi))]))  # 0 and 1
     for axis, (e0, e1) in enumerate(ext):  # the continuation: the edge plane repeated (np.pad's "edge")
@@ -486,8 +511,10 @@ def unit_field(
             values.narrow(axis, 0, 1).copy_(values.narrow(axis, 1, 1))
         if e1:
             values.narrow(axis, n - 1, 1).copy_(values.narrow(axis, n - 2, 1))
-    blurred = _blur_box(values, shape, first, sigma_vox, TRUNCATE, "nearest", scratch=arena)
-    return _unit_from_blurred(blurred, tuple(mask.shape), spacing, roi, ext, arena)
+    blurred = _blur_box(values, shape, first, sigma_vox, TRUNCATE, "nearest", into=(arena[at:], arena, arena[at:]))
+    field = _unit_from_blurred(blurred, tuple(mask.shape), spacing, roi, ext, arena)
+    release(field.mm.numel())
+    return field
 
 
 def _slab_gradient(blurred: torch.Tensor, z0: int, z1: int, spacing: Spacing, ext: Sequence[tuple[int, int]],
@@ -511,9 +538,10 @@ def _unit_from_blurred(blurred: torch.Tensor, full: tuple[int, int, int], spacin
 
     Two passes over slabs of Z planes whose gradient stays in cache: the first keeps the lengths
     (for the largest one and the support), the second computes the gradient again and writes it,
-    scaled, straight into the field of the support's box. ``arena``: a flat tensor of at least
-    three times the ROI's voxels, not ``blurred``'s memory, that holds the lengths and then the
-    field."""
+    scaled, straight into the field of the support's box. ``arena``: a flat tensor whose front
+    holds the lengths and then the field; ``blurred`` may lie in it from element ``2 * V + H * W``
+    on (V: the ROI's voxels, H * W: a plane of ``blurred``): the field's planes are written behind
+    the last one read."""
     (z_lo, z_hi) = ext[0]
     depth = blurred.shape[0] - z_lo - z_hi
     plane = int(blurred.shape[1] * blurred.shape[2])
