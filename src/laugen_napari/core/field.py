@@ -19,6 +19,7 @@ per axis.
 
 from __future__ import annotations
 
+import itertools
 import math
 import mmap
 import warnings
@@ -295,8 +296,8 @@ def _blur_pass(x: torch.Tensor, n: int, first: int, k: np.ndarray, mode: str,
     # may sum in another order for a handful of rows)
     lines = rows.shape[1]
     parts = max(1, lines // BLUR_CHUNK) if x.device.type == "cpu" else 1
-    for part in range(parts):
-        c0, c1 = (part * lines // parts) // 16 * 16, ((part + 1) * lines // parts) // 16 * 16 if part + 1 < parts else lines
+    cuts = [part * lines // parts // 16 * 16 for part in range(parts)] + [lines]  # chunks start 64-byte aligned
+    for c0, c1 in itertools.pairwise(cuts):
         for lo, hi, band, i0, i1 in blocks:
             if band is None:
                 cols[c0:c1, lo:hi].zero_()
