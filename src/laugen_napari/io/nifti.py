@@ -175,18 +175,18 @@ def load_volume(path: str | os.PathLike, ndim: int | None = None) -> Volume:
         img = nib.load(str(p))
     except Exception as exc:  # nibabel raises many kinds for unreadable files
         raise ValueError(f"{p}: cannot be read as NIfTI ({exc})") from exc
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise ValueError(f"{p}: not a NIfTI image")
+    if not isinstance(img, nib.Nifti1Pair):  # NIfTI-1/-2, one file (.nii) or a .hdr/.img pair
+        what = ("an Analyze 7.5 image, which stores no orientation (left and right are a guess); convert it to NIfTI "
+                "with its true orientation first") if isinstance(img, nib.AnalyzeImage) else \
+            f"not a NIfTI image ({type(img).__name__.replace('Image', '')} format); convert it to NIfTI (.nii.gz) first"
+        raise ValueError(f"{p}: {what}")
     shape = img.shape
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
     if len(shape) < 3:
         shape = tuple(shape) + (1,) * (3 - len(shape))
-    if ndim == 3 and len(shape) != 3:
-        raise ValueError(f"{p}: a {len(shape)}D image of shape {tuple(img.shape)} where a 3D volume is expected; "
-                         "extract one volume first (e.g. the first time point)")
-    if len(shape) > 4:
-        raise ValueError(f"{p}: {len(shape)}D images are not supported (3D or 4D only)")
+    if len(shape) > 3 and (ndim == 3 or len(shape) > 4):
+        raise ValueError(f"{p}: {_extra_dims_text(img, shape)}")
     stored = np.dtype(img.get_data_dtype())
     if stored.fields is not None or stored.kind not in "biuf":
         colour = stored.fields is not None
@@ -203,8 +203,43 @@ def load_volume(path: str | os.PathLike, ndim: int | None = None) -> Volume:
                          ) from exc
     if data.dtype.byteorder not in "=|":  # a big-endian file: torch takes native byte order only
         data = data.astype(data.dtype.newbyteorder("="))
-    arr, affine = _reorient(data, _affine_in_mm(img))
+    affine = _affine_in_mm(img)
+    _check_affine(p, affine)
+    arr, affine = _reorient(data, affine)
     return Volume(arr, affine, img.affine.copy(), img.header.copy(), p)
+
+
+VECTOR_INTENTS = (1004, 1005, 1006, 1007, 1008, 1009, 1010, 2003, 2004)
+"""NIfTI intent codes whose 5th dimension holds several values per voxel (matrices, vectors such
+as a displacement field, points, quaternions, colours): never a scan or a label map."""
+
+
+def _extra_dims_text(img, shape: tuple[int, ...]) -> str:
+    """Why a file with more than 3 (non-singleton) dimensions is not one 3D volume."""
+    code = int(img.header["intent_code"])
+    where = f"shape {tuple(int(n) for n in img.shape)}"
+    if code in VECTOR_INTENTS:
+        name = nib.nifti1.intent_codes.label[code]
+        return (f"holds a {name} per voxel ({where}, NIfTI intent {nib.nifti1.intent_codes.niistring[code]}; e.g. a "
+                "displacement field), not a scan or label map")
+    if len(img.shape) >= 5 and img.shape[3] == 1:
+        return (f"holds {int(np.prod(img.shape[4:]))} values per voxel along NIfTI's 5th dimension ({where}: a vector "
+                "or matrix field), not a scan or label map")
+    if len(shape) > 4:
+        return f"a {len(shape)}D image ({where}); 3D or 4D images only"
+    return f"a 4D image of {where} where a 3D volume is expected; extract one volume first (e.g. the first time point)"
+
+
+def _check_affine(p: Path, affine: np.ndarray) -> None:
+    """Refuse a voxel-to-world affine that places no usable grid: NaN or infinite entries (e.g.
+    a NaN pixdim), or a zero-length or collapsed voxel axis."""
+    if not np.all(np.isfinite(affine)):
+        raise ValueError(f"{p}: the header's voxel-to-world geometry is not finite (NaN or infinite voxel size or "
+                         "position in pixdim, qform or sform); fix the header first")
+    zooms = np.linalg.norm(affine[:3, :3], axis=0)
+    if not np.all(zooms > 0) or abs(np.linalg.det(affine[:3, :3])) <= 1e-6 * float(np.prod(zooms)):
+        raise ValueError(f"{p}: the header's voxel-to-world geometry collapses a voxel axis (voxel size "
+                         f"{', '.join(f'{z:g}' for z in zooms)} mm, or two axes parallel); fix the header first")
 
 
 MM_PER_UNIT = {"meter": 1000.0, "mm": 1.0, "micron": 0.001, "unknown": 1.0}
@@ -231,8 +266,29 @@ def check_same_grid(image: Volume, labels: Volume) -> None:
     name_l = labels.path.name if labels.path else "labels"
     if image.spatial_shape != labels.spatial_shape:
         raise ValueError(f"{name_i} and {name_l} differ in shape: {image.file_shape} vs {labels.file_shape}")
-    if not np.allclose(image.affine, labels.affine, atol=AFFINE_ATOL_MM):
-        raise ValueError(f"{name_i} and {name_l} differ in affine (voxel-to-world geometry); resample the mask first")
+    apart, tolerance = grid_offset_mm(image, labels)
+    if not apart <= tolerance:
+        raise ValueError(f"{name_i} and {name_l} differ in affine (voxel-to-world geometry: voxels up to {apart:.3g} mm "
+                         "apart); resample the mask first")
+
+
+def grid_offset_mm(a: Volume, b: Volume) -> tuple[float, float]:
+    """How far apart (mm) the affines of ``a`` and ``b`` put the same voxel of their (equal)
+    array shape, at worst (a grid corner), and how far counts as the same place: round-off, i.e.
+    :data:`AFFINE_ATOL_MM` (at most 1% of the smallest voxel) plus float32 round-off of the
+    coordinates (headers store them in float32; it grows with the distance from the origin).
+
+    Every voxel is compared, not the affine's entries with a relative tolerance, so a grid far
+    from the origin or long along an axis is refused when shifted by a fraction of a voxel."""
+    shape = a.spatial_shape
+    corners = np.array([[z, y, x, 1.0] for z in (0, shape[0] - 1) for y in (0, shape[1] - 1)
+                        for x in (0, shape[2] - 1)]).T
+    apart = float(np.max(np.linalg.norm(((a.affine - b.affine) @ corners)[:3], axis=0)))
+    world = np.abs(a.affine @ corners)[:3]
+    extent = float(np.max(np.linalg.norm(a.affine[:3, :3] @ (corners[:3] - corners[:3, :1]), axis=0)))
+    roundoff = 8 * float(np.finfo(np.float32).eps) * (float(world.max()) + extent)
+    smallest = float(min(min(a.spacing), min(b.spacing)))
+    return apart, min(AFFINE_ATOL_MM, 0.01 * smallest) + roundoff
 
 
 def _atomic_save(img: nib.Nifti1Image, path: Path) -> None:
@@ -250,20 +306,38 @@ def _output_dtype(dtype: np.dtype | type) -> np.dtype:
     return dtype
 
 
+def _output_class(reference: Volume) -> type:
+    """NIfTI-2 for a NIfTI-2 reference (dimensions beyond NIfTI-1's 32767 stay writable), else
+    NIfTI-1; always one file (a .hdr/.img pair is written as .nii[.gz])."""
+    return nib.Nifti2Image if isinstance(reference.header, nib.Nifti2Header) else nib.Nifti1Image
+
+
 def _output_image(dataobj, reference: Volume, dtype: np.dtype, time_step: float | None) -> nib.Nifti1Image:
     """The NIfTI image of ``dataobj`` (already in the file's layout, I·J·K[·T]) with the reference's
-    affine and header: the one place that decides what a written header holds."""
-    header = reference.header.copy()
+    affine and header: the one place that decides what a written header holds.
+
+    Kept from the reference: geometry (affine, qform/sform codes: a file with both codes 0 stays
+    so, so that every tool reads the output as it reads the input), units, description, intent of
+    a scalar volume. Dropped: scaling, header extensions (they describe the input file, e.g. its
+    DICOM header or AFNI attributes), and an intent of several values per voxel (a vector)."""
+    cls = _output_class(reference)
+    header = cls.header_class.from_header(reference.header)
     header.set_data_dtype(dtype)
     header.set_slope_inter(None, None)
-    img = nib.Nifti1Image(dataobj, reference.file_affine, header)
+    del header.extensions[:]
+    if int(header["intent_code"]) in VECTOR_INTENTS:
+        header.set_intent("none")
+    img = cls(dataobj, reference.file_affine, header)
     if len(dataobj.shape) >= 4:
         spatial = tuple(header.get_zooms()[:3])
         spatial = spatial + (1.0,) * (3 - len(spatial))  # a 2D file's header has two zooms
         zooms = spatial + (float(time_step) if time_step else 1.0,) + (1.0,) * (len(dataobj.shape) - 4)
         img.header.set_zooms(zooms)
-    img.set_qform(reference.file_affine, code=int(header["qform_code"]) or 1)
-    img.set_sform(reference.file_affine, code=int(header["sform_code"]) or 1)
+    codes = int(header["qform_code"]), int(header["sform_code"])
+    if codes == (0, 0) and np.allclose(reference.header.get_base_affine(), reference.file_affine):
+        return img  # a file without qform/sform: its affine comes from pixdim, as the output's will
+    img.set_qform(reference.file_affine, code=codes[0] or 1)
+    img.set_sform(reference.file_affine, code=codes[1] or 1)
     return img
 
 
@@ -370,7 +444,8 @@ def series_nbytes(reference: Volume, frames: int, dtype: np.dtype | type,
                   frame_shape: Sequence[int] | None = None) -> int:
     """Uncompressed size in bytes of a (T, …, Z, Y, X) series file (header included)."""
     shape = tuple(frame_shape or reference.spatial_shape)
-    return 352 + int(np.prod(shape, dtype=np.int64)) * int(frames) * _output_dtype(dtype).itemsize
+    header = int(_output_class(reference).header_class.single_vox_offset)
+    return header + int(np.prod(shape, dtype=np.int64)) * int(frames) * _output_dtype(dtype).itemsize
 
 
 def geometry_from_affine(shape: Sequence[int], affine: np.ndarray) -> Volume:

@@ -6,7 +6,8 @@ A *manifest* is either
 - a folder of pairs, in one of these layouts:
 
   * ``NAME.nii[.gz]`` + ``NAME_seg`` / ``_segmentation`` / ``_mask`` / ``_label`` / ``_labels``
-    ``.nii[.gz]`` (``-`` works as the separator too; case does not matter);
+    ``.nii[.gz]`` (``-`` works as the separator too; case does not matter; a NIfTI ``.hdr``/``.img``
+    pair is found by its ``.hdr``);
   * nnU-Net: ``imagesTr/NAME_0000.nii.gz`` + ``labelsTr/NAME.nii.gz``;
   * exactly two NIfTI files, one of whose names contains seg, mask or label.
 
@@ -23,7 +24,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
+NIFTI_SUFFIXES = (".nii.gz", ".nii", ".hdr")  # .hdr: the header of a NIfTI .hdr/.img pair
 _MASK_SUFFIX = re.compile(r"^(?P<stem>.+?)[_-](seg|segmentation|mask|label|labels)$", re.IGNORECASE)
 _MASK_WORD = re.compile(r"(seg|mask|label)", re.IGNORECASE)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -39,7 +40,7 @@ class Pair:
 
 
 def nifti_stem(name: str) -> str | None:
-    """``name`` without its ``.nii``/``.nii.gz`` suffix (any case), or None if it is not NIfTI."""
+    """``name`` without its ``.nii``/``.nii.gz``/``.hdr`` suffix (any case), or None if it is not NIfTI."""
     low = name.lower()
     for suffix in NIFTI_SUFFIXES:
         if low.endswith(suffix):
@@ -85,7 +86,10 @@ def read_csv_manifest(path: str | os.PathLike) -> list[Pair]:
                 if not row.get("image") or not row.get("mask"):
                     raise ValueError(f"{path}:{line}: empty image or mask")
                 image, mask = (str(base / row[k]) for k in ("image", "mask"))  # absolute paths stay as they are
-                pid = row.get("id") or nifti_stem(Path(image).name) or Path(image).name
+                name = Path(image).name
+                if name.lower().endswith(".img"):  # the data file of a .hdr/.img pair
+                    name = name[:-4] + ".hdr"
+                pid = row.get("id") or nifti_stem(name) or Path(image).name
                 pairs.append(Pair(pid, image, mask))
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a text (CSV) manifest") from None
@@ -161,8 +165,6 @@ def read_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike, chann
     modalities (NIfTI's 4th axis, returned as (C, Z, Y, X)); both share the spatial shape and the
     voxel-to-world affine. Every failure is one ``ValueError`` naming the file(s).
     """
-    import numpy as np
-
     from ..core.field import integer_labels
     from .nifti import check_same_grid, load_volume
 
