@@ -307,7 +307,8 @@ def _blur_pass(x: torch.Tensor, n: int, first: int, k: np.ndarray, mode: str,
 
 
 def derivative(volume: torch.Tensor, axis: int, h: float, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Derivative of a (Z, Y, X) tensor along ``axis`` with voxel size ``h`` mm, in units per mm.
+    """Derivative of a (Z, Y, X) tensor (or any tensor, e.g. (3, Z, Y, X) components) along ``axis``
+    with voxel size ``h`` mm, in units per mm.
 
     Central differences inside, one-sided at the edges, the same numbers as
     ``torch.gradient(volume, spacing=h, dim=axis, edge_order=1)`` (``(f[i+1] - f[i-1]) / h / 2``)
