@@ -233,3 +233,28 @@ def test_header_extensions_of_the_input_are_not_copied(tmp_path, crop):
                    *ARGS]) == 0
     for written in _check_series(tmp_path / "out", data, labels, affine):
         assert len(written.header.extensions) == 0
+
+
+def test_one_slice_files_with_their_single_axis_flipped(tmp_path, crop):
+    """A single sagittal slice stored LAS (FSL's radiological order): its one-voxel axis is flipped,
+    which numpy leaves as a negative stride on a 'contiguous' array, refused by torch (a one-line
+    torch error). A 2D file whose third axis points down, with a Gaussian centre: the centre
+    check read a third dimension the header does not have (IndexError traceback)."""
+    data, labels, affine = crop
+    las = affine.copy()
+    las[:, 0] *= -1  # I points left, on its one voxel
+    las[:3, 3] = (affine @ [20, 0, 0, 1])[:3]
+    data1, labels1 = data[20:21], labels[20:21]
+    nib.Nifti1Image(data1, las).to_filename(str(tmp_path / "sag.nii.gz"))
+    nib.Nifti1Image(labels1, las).to_filename(str(tmp_path / "sag_seg.nii.gz"))
+    assert min(load_volume(tmp_path / "sag.nii.gz").data.strides) >= 0
+    assert laugen(["generate", str(tmp_path / "sag.nii.gz"), str(tmp_path / "sag_seg.nii.gz"), "-o",
+                   str(tmp_path / "sag"), *ARGS]) == 0
+    _check_series(tmp_path / "sag", data1, labels1, las)
+    down = affine.copy()
+    down[:, 2] *= -1
+    nib.Nifti1Image(data[:, :, 18], down).to_filename(str(tmp_path / "flat.nii.gz"))
+    nib.Nifti1Image(labels[:, :, 18], down).to_filename(str(tmp_path / "flat_seg.nii.gz"))
+    assert laugen(["generate", str(tmp_path / "flat.nii.gz"), str(tmp_path / "flat_seg.nii.gz"), "-o",
+                   str(tmp_path / "flat"), "--kind", "gaussian", "--center", "20", "24", "0", *ARGS]) == 0
+    _check_series(tmp_path / "flat", data[:, :, 18:19], labels[:, :, 18:19], down)

@@ -94,8 +94,9 @@ class Volume:
 
     @property
     def file_shape(self) -> tuple[int, int, int]:
-        """Spatial shape in the file's own voxel order (I, J, K)."""
-        return tuple(int(n) for n in self.header.get_data_shape()[:3])
+        """Spatial shape in the file's own voxel order (I, J, K); a 2D or 1D file has K (and J) 1."""
+        shape = tuple(int(n) for n in self.header.get_data_shape()[:3])
+        return shape + (1,) * (3 - len(shape))
 
     def world_to_array_direction(self, xyz: Sequence[float]) -> tuple[float, float, float]:
         """A world direction (RAS+ x, y, z) expressed in the array's mm frame (z, y, x)."""
@@ -124,6 +125,8 @@ def _reorient(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndar
     ras = ornt.apply_orientation(data, tr)
     ras_affine = affine @ ornt.inv_ornt_aff(tr, data.shape[:3])
     arr = np.ascontiguousarray(np.moveaxis(ras, list(range(ras.ndim)), list(range(ras.ndim))[::-1]))
+    if any(s < 0 for s in arr.strides):  # a flipped axis of length 1 (numpy calls that contiguous): torch
+        arr = arr.copy()  # refuses negative strides
     zyx_affine = ras_affine.copy()
     zyx_affine[:, :3] = ras_affine[:, [2, 1, 0]]
     return arr, zyx_affine
