@@ -386,7 +386,7 @@ def test_two_threads_give_the_frames_of_one(crop, crop_field, spy, monkeypatch):
         torch.set_num_threads(1)
         one = [w.warp(z) for z in (2.5, -1.7, 12.0)]
         torch.set_num_threads(2)
-        monkeypatch.setattr(warp_mod, "NATIVE_SPLIT", 4099)  # 149290 voxels: 36 per thread, 2 threads
+        monkeypatch.setattr(warp_mod, "NATIVE_SPLIT", 4099)  # 149290 // 4099 = 36 >= 2: two threads
         monkeypatch.setattr(warp_mod, "_pool", None)
         assert w.n_moving % 2 == 0 and warp_mod._threads_for(w.n_moving) == 2
         two = [w.warp(z) for z in (2.5, -1.7, 12.0)]
