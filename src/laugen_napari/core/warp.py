@@ -154,6 +154,8 @@ def _run_native(lib, args: _WarpArgs, n: int) -> None:
             raise RuntimeError("the compiled warp refused its arguments")
         return
     if _pool is None or _pool[0] != os.getpid() or _pool[1]._max_workers < threads:
+        if _pool is not None and _pool[0] == os.getpid():
+            _pool[1].shutdown(wait=False)  # a smaller pool of this process: its threads end once idle
         _pool = (os.getpid(), ThreadPoolExecutor(max_workers=threads, thread_name_prefix="laugen-warp"))
     bounds = [n * k // threads for k in range(threads + 1)]
     results = list(_pool[1].map(lambda k: lib.laugen_warp(ref, bounds[k], bounds[k + 1]), range(threads)))
@@ -564,6 +566,15 @@ class Warper:
         shape) are filled if given. Returns (image frame, label frame or None, the warped labels at
         the moving voxels (P,) or None).
         """
+        if not all(t is None or t.is_contiguous() for t in (image_out, labels_out)):
+            # a buffer with no flat view (e.g. transposed): warp into fresh memory, then copy
+            img, lab, moving = self.warp(z_mm)
+            if image_out is not None:
+                image_out.copy_(img.view(image_out.shape))
+                img = image_out[0] if self.single_channel and image_out.ndim == 4 else image_out
+            if labels_out is not None:
+                lab = labels_out.copy_(lab)
+            return img, lab, moving
         img = self._float_out(image_out)
         lab = moving = None
         if self.labels is not None:
@@ -597,6 +608,8 @@ class Warper:
 
         ``out``, if given, is a float32 tensor of that shape on the warper's device to fill.
         """
+        if out is not None and not out.is_contiguous():  # no flat view: warp into fresh memory, then copy
+            return out.copy_(self.image_frame(z_mm).view(out.shape))
         img = self._float_out(out)
         lib = self._native() if z_mm != 0.0 else None
         if lib is not None and self._native_target(img, torch.float32):
@@ -613,6 +626,8 @@ class Warper:
         """The label map warped by ``z_mm * F``, (Z, Y, X); ``out`` as in :meth:`image_frame`."""
         if self.labels is None:
             raise ValueError("this warper was built without a label map")
+        if out is not None and not out.is_contiguous():  # no flat view: warp into fresh memory, then copy
+            return out.copy_(self.label_frame(z_mm))
         out = self.labels.clone() if out is None else out.copy_(self.labels)
         if z_mm != 0.0:
             out.view(-1).scatter_(0, self.flat_index, self.moving_labels(z_mm))

@@ -36,6 +36,15 @@ _lock = threading.Lock()
 _state: dict = {}
 
 
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # a fork while another thread held it (building) leaves it locked forever
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def enabled() -> bool:
     """False when ``LAUGEN_NATIVE`` is set to 0, no or off (the torch code is used)."""
     return os.environ.get("LAUGEN_NATIVE", "1").strip().lower() not in ("0", "no", "off", "false")
@@ -121,15 +130,23 @@ def _open() -> tuple[ctypes.CDLL | None, str]:
                       "the engine uses its torch code, several times slower per moving voxel")
     target = _cache_dir() / f"laugen_native_{_key(cc)}.so"
     try:
-        if not target.exists():
-            _build(cc, target)
+        if target.exists():
+            try:
+                return _load(target), f"compiled kernels loaded from {target}"
+            except (OSError, RuntimeError):
+                pass  # a damaged file (truncated, half-copied): built again in its place below
+        _build(cc, target)
         return _load(target), f"compiled kernels loaded from {target}"
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-        # an unwritable cache (or a library that does not load): build privately for this process
+        # an unwritable cache: build privately for this process
         try:
-            private = Path(tempfile.mkdtemp(prefix="laugen-native-")) / target.name
-            _build(cc, private)
-            return _load(private), f"compiled kernels built in {private.parent} ({type(exc).__name__} with the cache)"
+            folder = Path(tempfile.mkdtemp(prefix="laugen-native-"))
+            try:
+                _build(cc, folder / target.name)
+                lib = _load(folder / target.name)  # a loaded library stays mapped once its file is gone
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+            return lib, f"compiled kernels built for this process only ({type(exc).__name__} with the cache {target.parent})"
         except (OSError, RuntimeError, subprocess.SubprocessError) as again:
             return None, f"compiled kernels not available ({again}); the engine uses its torch code"
 

@@ -373,7 +373,7 @@ void laugen_det_summary(const float *c1, const float *c2, const float *c3, int64
         d = d * z;
         d = d + c1[i];
         d = d * z;
-        m = d < m ? d : m;
+        m = (d < m || d != d) ? d : m; /* a NaN stays, as torch's min */
         count += d <= -1.0f;
     }
     *low = m;
