@@ -6,7 +6,10 @@ one clear error line with nothing written."""
 
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -258,3 +261,34 @@ def test_one_slice_files_with_their_single_axis_flipped(tmp_path, crop):
     assert laugen(["generate", str(tmp_path / "flat.nii.gz"), str(tmp_path / "flat_seg.nii.gz"), "-o",
                    str(tmp_path / "flat"), "--kind", "gaussian", "--center", "20", "24", "0", *ARGS]) == 0
     _check_series(tmp_path / "flat", data[:, :, 18:19], labels[:, :, 18:19], down)
+
+
+def _patched(path, data, affine, offset, fmt, value):
+    nib.Nifti1Image(data, affine).to_filename(str(path))
+    raw = bytearray(path.read_bytes())
+    raw[offset:offset + struct.calcsize(fmt)] = struct.pack(fmt, value)
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_damaged_headers_give_one_line_and_nothing_of_nibabel(tmp_path, crop, capsys):
+    """A header whose vox_offset lies inside the header: nibabel logged its own two lines before the
+    error line (a fresh process, as a user sees it); now the error is the one line. A header with a
+    zero dimension declared no voxels and ended in 'the label map is empty'."""
+    data, labels, affine = crop
+    nib.Nifti1Image(labels, affine).to_filename(str(tmp_path / "seg.nii.gz"))
+    bad = _patched(tmp_path / "offset.nii", data, affine, 108, "<f", 100.0)
+    run = subprocess.run([sys.executable, "-m", "laugen_napari", "generate", str(bad), str(tmp_path / "seg.nii.gz"),
+                          "-o", str(tmp_path / "out"), *ARGS], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
+    assert run.returncode == 2
+    line = f"laugen generate: error: {bad}: cannot be read as NIfTI (vox offset 100 too low for single file nifti1)"
+    assert run.stderr.strip().splitlines() == [line]
+    assert not (tmp_path / "out").exists()
+    for name, offset in (("dim0", 40), ("dim1", 42)):
+        empty = _patched(tmp_path / f"{name}.nii", data, affine, offset, "<h", 0)
+        seg = _patched(tmp_path / f"{name}_seg.nii", labels, affine, offset, "<h", 0)
+        with pytest.raises(ValueError, match="declares no voxels"):
+            load_volume(empty)
+        assert laugen(["generate", str(empty), str(seg), "-o", str(tmp_path / name), *ARGS]) == 2
+        _refused(capsys, tmp_path / name, f"{name}.nii", "declares no voxels")

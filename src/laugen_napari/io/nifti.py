@@ -9,6 +9,7 @@ tools overlay it on the original scan.
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -167,9 +168,39 @@ def load_volume(path: str | os.PathLike, ndim: int | None = None) -> Volume:
         path: a .nii or .nii.gz file.
         ndim: 3 to require a 3D volume (a 4D file is then refused with a clear message).
 
-    Integer data keep their dtype; scaled data become float.
+    Integer data keep their dtype; scaled data become float. The header problems nibabel logs
+    while reading (e.g. a negative pixdim it repairs) are shown once each when the file is read,
+    and not at all when it cannot be: the ``ValueError`` is then the one message.
     """
-    p = Path(path)
+    with _nibabel_messages_held():
+        return _load_volume(Path(path), ndim)
+
+
+@contextmanager
+def _nibabel_messages_held() -> Iterator[None]:
+    """Hold what nibabel logs (its ``nibabel.global`` logger) inside the block: replayed once per
+    message when the block succeeds, dropped when it raises."""
+    logger = logging.getLogger("nibabel.global")
+    held: list[logging.LogRecord] = []
+
+    class _Hold(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            held.append(record)
+
+    handlers, propagate = logger.handlers[:], logger.propagate
+    logger.handlers, logger.propagate = [_Hold()], False
+    try:
+        yield
+    finally:
+        logger.handlers, logger.propagate = handlers, propagate
+    seen = set()
+    for record in held:
+        if record.getMessage() not in seen:
+            seen.add(record.getMessage())
+            logger.handle(record)
+
+
+def _load_volume(p: Path, ndim: int | None) -> Volume:
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file")
     if not p.is_file():
@@ -184,6 +215,8 @@ def load_volume(path: str | os.PathLike, ndim: int | None = None) -> Volume:
             f"not a NIfTI image ({type(img).__name__.replace('Image', '')} format); convert it to NIfTI (.nii.gz) first"
         raise ValueError(f"{p}: {what}")
     shape = img.shape
+    if len(shape) == 0 or 0 in shape:
+        raise ValueError(f"{p}: the header declares no voxels (shape {tuple(int(n) for n in shape)}); damaged header")
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
     if len(shape) < 3:
