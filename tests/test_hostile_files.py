@@ -167,7 +167,7 @@ def test_a_file_without_qform_and_sform_is_written_back_without_them(tmp_path, c
 def test_a_mask_shifted_by_part_of_a_voxel_is_refused_far_from_the_origin_and_on_fine_grids(tmp_path, crop, capsys):
     """The grids are compared voxel by voxel: half a voxel off 100 m from the origin, or two
     0.5-micron voxels off, is refused (both passed the affines' relative/1e-3 mm tolerance), while
-    float32 round-off of the same grid passes."""
+    float32 round-off of the same grid, or a tilt moving no voxel by 1% of its size, passes."""
     data, labels, affine = crop
     far = affine.copy()
     far[:3, 3] += 1e5
@@ -179,8 +179,10 @@ def test_a_mask_shifted_by_part_of_a_voxel_is_refused_far_from_the_origin_and_on
     fine[:3, 3] = (2.0, 3.0, 1.0)
     fine_shifted = fine.copy()
     fine_shifted[1, 3] += 1e-3  # two voxels
+    c, sn = np.cos(2e-4), np.sin(2e-4)
+    tilted = affine @ np.array([[c, -sn, 0, 0], [sn, c, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])  # < 0.01 mm at 48 mm
     pairs = {"rounded": (far, rounded, True), "shifted": (far, shifted, False), "fine": (fine, fine, True),
-             "fine_shifted": (fine, fine_shifted, False)}
+             "fine_shifted": (fine, fine_shifted, False), "tilted": (affine, tilted, True)}
     for name, (a_img, a_seg, same) in pairs.items():
         nib.Nifti1Image(data, a_img).to_filename(str(tmp_path / f"{name}.nii.gz"))
         nib.Nifti1Image(labels, a_seg).to_filename(str(tmp_path / f"{name}_seg.nii.gz"))

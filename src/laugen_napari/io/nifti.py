@@ -23,7 +23,10 @@ from nibabel import orientations as ornt
 from .atomic import atomic_path
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-AFFINE_ATOL_MM = 1e-3  # affines of an image and its mask may differ by float32 round-off
+GRID_TOLERANCE_VOXELS = 0.05
+"""How far (in voxels of the smallest size) an image's and its mask's affines may place the same
+voxel apart and still be one grid, beyond float32 round-off: what tools that rewrite a header (e.g.
+orthonormalising a slightly sheared one) change, far below what moves a label."""
 
 
 def is_nifti(path: str | os.PathLike) -> bool:
@@ -310,9 +313,9 @@ def check_same_grid(image: Volume, labels: Volume) -> None:
 
 def grid_offset_mm(a: Volume, b: Volume) -> tuple[float, float]:
     """How far apart (mm) the affines of ``a`` and ``b`` put the same voxel of their (equal)
-    array shape, at worst (a grid corner), and how far counts as the same place: round-off, i.e.
-    :data:`AFFINE_ATOL_MM` (at most 1% of the smallest voxel) plus float32 round-off of the
-    coordinates (headers store them in float32; it grows with the distance from the origin).
+    array shape, at worst (a grid corner), and how far counts as the same place:
+    :data:`GRID_TOLERANCE_VOXELS` of the smallest voxel plus float32 round-off of the coordinates
+    (headers store them in float32; it grows with the distance from the origin).
 
     Every voxel is compared, not the affine's entries with a relative tolerance, so a grid far
     from the origin or long along an axis is refused when shifted by a fraction of a voxel."""
@@ -324,7 +327,7 @@ def grid_offset_mm(a: Volume, b: Volume) -> tuple[float, float]:
     extent = float(np.max(np.linalg.norm(a.affine[:3, :3] @ (corners[:3] - corners[:3, :1]), axis=0)))
     roundoff = 8 * float(np.finfo(np.float32).eps) * (float(world.max()) + extent)
     smallest = float(min(min(a.spacing), min(b.spacing)))
-    return apart, min(AFFINE_ATOL_MM, 0.01 * smallest) + roundoff
+    return apart, GRID_TOLERANCE_VOXELS * smallest + roundoff
 
 
 def _atomic_save(img: nib.Nifti1Image, path: Path) -> None:
