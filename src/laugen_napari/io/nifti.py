@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,23 +180,43 @@ def load_volume(path: str | os.PathLike, ndim: int | None = None) -> Volume:
         return _load_volume(Path(path), ndim)
 
 
+class _HeldInThread(logging.Filter):
+    """A filter on nibabel's logger: records logged by a thread that holds its messages are kept
+    in that thread's list instead of being shown; other threads' records pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: dict[int, list[logging.LogRecord]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        held = self.held.get(record.thread)
+        if held is None:
+            return True
+        held.append(record)
+        return False
+
+
+_NIBABEL_HOLD = _HeldInThread()
+
+
 @contextmanager
 def _nibabel_messages_held() -> Iterator[None]:
-    """Hold what nibabel logs (its ``nibabel.global`` logger) inside the block: replayed once per
-    message when the block succeeds, dropped when it raises."""
+    """Hold what nibabel logs (its ``nibabel.global`` logger) in this thread inside the block:
+    replayed once per message when the block succeeds, dropped when it raises. Other threads'
+    messages are not touched (the napari dock and Dask read files in threads)."""
     logger = logging.getLogger("nibabel.global")
-    held: list[logging.LogRecord] = []
-
-    class _Hold(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            held.append(record)
-
-    handlers, propagate = logger.handlers[:], logger.propagate
-    logger.handlers, logger.propagate = [_Hold()], False
+    if _NIBABEL_HOLD not in logger.filters:
+        logger.addFilter(_NIBABEL_HOLD)
+    me = threading.get_ident()
+    outer = _NIBABEL_HOLD.held.get(me)
+    held = _NIBABEL_HOLD.held[me] = []
     try:
         yield
     finally:
-        logger.handlers, logger.propagate = handlers, propagate
+        if outer is None:
+            del _NIBABEL_HOLD.held[me]
+        else:
+            _NIBABEL_HOLD.held[me] = outer
     seen = set()
     for record in held:
         if record.getMessage() not in seen:
