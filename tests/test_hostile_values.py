@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
+import pytest
+import torch
 
 from laugen_napari.cli import main as laugen
 from laugen_napari.core import Augmenter
@@ -239,3 +241,35 @@ def test_a_header_in_microns_or_metres_gives_spacing_in_mm(tmp_path):
         series[unit] = np.asarray(written.dataobj)
     assert np.array_equal(series["mm"], series["micron"])
     assert not np.array_equal(series["mm"][..., 0], series["mm"][..., 2])
+
+
+def test_flipped_views_absurd_sigma_and_values_beyond_float32(sample_arrays, tmp_path):
+    """Arrays flipped with a negative stride (``a[::-1]``, which torch refuses to share) give the
+    flipped series; a sigma of impossibly many voxels (a voxel size in the wrong unit) and finite
+    values that float32 frames cannot hold are one clear error, never numpy's size error, a
+    MemoryError or frames full of inf."""
+    image, labels, spacing = sample_arrays
+    box = (slice(40, 120), slice(60, 160), slice(50, 140))
+    image, labels = image[box], labels[box]
+    forward = Augmenter(image, labels, spacing, sigma_mm=4.0, device="cpu").warper.warp(1.5)
+    flipped = Augmenter(image[::-1, :, ::-1], labels[::-1, :, ::-1], spacing, sigma_mm=4.0, device="cpu").warper.warp(1.5)
+    assert np.array_equal(flipped[1].numpy()[::-1, :, ::-1], forward[1].numpy())
+    np.testing.assert_allclose(flipped[0].numpy()[::-1, :, ::-1], forward[0].numpy(), atol=2e-3)  # float32 round-off
+    z = int(np.argmax(np.count_nonzero(labels, axis=(1, 2))))
+    one = np.ascontiguousarray(labels[z : z + 1])  # a flipped axis of one voxel keeps its negative stride in numpy
+    assert Augmenter(image[z : z + 1][::-1], one[::-1], spacing, sigma_mm=4.0, device="cpu").warper.n_moving > 0
+    mask = np.zeros((8, 8, 8), np.uint8)
+    mask[3:5, 3:5, 3:5] = 1
+    for args, kwargs, words in (
+        ((mask.astype(np.float32), mask, (1e-30, 1, 1)), {}, "voxels of 1e-30 mm"),
+        ((mask.astype(np.float32), mask, (1, 1, 1)), {"sigma_mm": 1e9}, "100x the image's extent"),
+        ((mask * 1e39, mask, (1, 1, 1)), {}, "beyond float32's range"),
+    ):
+        with pytest.raises(ValueError, match=words):
+            Augmenter(*args, device="cpu", **kwargs)
+    big = mask * 1e38  # within float32's range: accepted and finite in every frame
+    frame = Augmenter(big, mask, (1, 1, 1), sigma_mm=2.0, device="cpu").warper.warp(0.8)[0]
+    assert bool(torch.isfinite(frame).all())
+    assert laugen(["generate", str(SAMPLE_IMAGE), str(SAMPLE_MASK), "-o", str(tmp_path / "o"), "--sigma-mm", "1e9",
+                   "-q"]) == 2
+    assert not (tmp_path / "o").exists()

@@ -26,7 +26,7 @@ from .device import resolve_device
 from .field import Kind, Uniform, UnitField, integer_labels, label_counts, selection_mask, unit_field
 from .quality import JacobianStats
 from .trajectory import CustomTrajectory, Trajectory, TrajectoryDraw
-from .warp import Warper, all_finite, native_byte_order
+from .warp import Warper, all_finite, fits_float32, torch_compatible
 
 
 @dataclass
@@ -84,6 +84,9 @@ class Frame:
     folded_fraction: float
 
 
+MAX_SIGMA_VOXELS = 1e4  # the blur's kernel is 8 sigma wide: beyond this a voxel size is surely wrong
+
+
 def _validate_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
     sp = tuple(float(s) for s in spacing)
     if len(sp) != 3 or not all(math.isfinite(s) and s > 0 for s in sp):
@@ -116,8 +119,8 @@ class Augmenter:
         device: str | torch.device | None = "auto",
         label_interpolation: str = "linear",
     ):
-        image = native_byte_order(np.asarray(image))
-        labels = native_byte_order(np.asarray(labels))
+        image = torch_compatible(np.asarray(image))
+        labels = torch_compatible(np.asarray(labels))
         if labels.ndim != 3:
             raise ValueError(f"the label map must be 3D (Z, Y, X), got shape {labels.shape}")
         if image.ndim not in (3, 4) or image.shape[-3:] != labels.shape:
@@ -126,7 +129,19 @@ class Augmenter:
         if not np.issubdtype(image.dtype, np.number) or np.iscomplexobj(image):
             raise ValueError(f"the image must hold real numbers, got dtype {image.dtype}")
         finite = not np.issubdtype(image.dtype, np.floating) or all_finite(image)
+        if not fits_float32(image):
+            raise ValueError(f"the image holds values beyond float32's range (|x| > {np.finfo(np.float32).max:.3g}); "
+                             "frames are float32: rescale the image first")
         self.spacing = _validate_spacing(spacing)
+        extent = max(n * s for n, s in zip(labels.shape, self.spacing))
+        if not (math.isfinite(sigma_mm) and 0 < sigma_mm <= 100 * extent):
+            raise ValueError(f"sigma_mm = {sigma_mm:g} mm against an image {extent:.3g} mm across: sigma must be "
+                             "positive and at most 100x the image's extent; check sigma_mm and the voxel size "
+                             "(a header in the wrong unit?)")
+        if sigma_mm / min(self.spacing) > MAX_SIGMA_VOXELS:
+            raise ValueError(f"sigma_mm = {sigma_mm:g} mm is {sigma_mm / min(self.spacing):.3g} voxels of "
+                             f"{min(self.spacing):.3g} mm (at most {MAX_SIGMA_VOXELS:g}); check the voxel size "
+                             "(a header in the wrong unit?)")
         self.sigma_mm = float(sigma_mm)
         self.kind = kind or Uniform()
         self.device = resolve_device(device)

@@ -68,10 +68,27 @@ def all_finite(image: np.ndarray | torch.Tensor, block: int = 1 << 22) -> bool:
                for a in range(0, flat.size, block))
 
 
-def native_byte_order(array: np.ndarray) -> np.ndarray:
-    """``array`` itself, or a copy in this machine's byte order when it is stored in the other one
-    (a big-endian file read on a little-endian machine): torch takes native byte order only."""
-    return array if array.dtype.byteorder in "=|" else array.astype(array.dtype.newbyteorder("="))
+def torch_compatible(array: np.ndarray) -> np.ndarray:
+    """``array`` itself, or a copy that torch can share: torch takes neither the other byte order
+    (a big-endian file read on a little-endian machine) nor negative strides (a flipped view,
+    ``a[::-1]``; ``np.ascontiguousarray`` keeps those on an axis of one voxel, so a copy is made)."""
+    if array.dtype.byteorder not in "=|":
+        return array.astype(array.dtype.newbyteorder("="))
+    return array.copy() if any(s < 0 for s in array.strides) else array
+
+
+def fits_float32(image: np.ndarray, block: int = 1 << 22) -> bool:
+    """Whether every finite value of ``image`` lies in float32's range, so that the float32 frames
+    hold it (always true for float32 and integer arrays up to 64 bits); in blocks."""
+    if not np.issubdtype(image.dtype, np.floating) or np.finfo(image.dtype).max <= np.finfo(np.float32).max:
+        return True
+    top = float(np.finfo(np.float32).max)
+    flat = image.reshape(-1)
+    for a in range(0, flat.size, block):
+        size = np.abs(flat[a : a + block])
+        if np.any((size > top) & (size != np.inf)):
+            return False
+    return True
 
 
 def _corner_weights(frac: torch.Tensor) -> torch.Tensor:
@@ -83,7 +100,7 @@ def _corner_weights(frac: torch.Tensor) -> torch.Tensor:
 
 def _as_channels(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     if isinstance(image, np.ndarray):
-        image = native_byte_order(image)
+        image = torch_compatible(image)
     t = _shared(image) if not isinstance(image, np.ndarray) or image.dtype.type not in _WIDEN else \
         torch.as_tensor(image.astype(np.float32))
     if t.dtype not in _KEPT_DTYPES:
@@ -202,7 +219,7 @@ class Warper:
         self._flat_image = self.image.view(self.image.shape[0], -1)
         self.labels = None
         if labels is not None:
-            lab = _shared(native_byte_order(np.asarray(labels)) if not isinstance(labels, torch.Tensor) else labels)
+            lab = _shared(torch_compatible(np.asarray(labels)) if not isinstance(labels, torch.Tensor) else labels)
             if tuple(lab.shape) != tuple(field.shape):
                 raise ValueError(f"label map shape {tuple(lab.shape)} differs from the field's {field.shape}")
             self.labels = lab.to(dev).contiguous()
