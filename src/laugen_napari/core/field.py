@@ -514,26 +514,58 @@ def unit_field(
         if e1:
             values.narrow(axis, n - 1, 1).copy_(values.narrow(axis, n - 2, 1))
     blurred = _blur_box(values, shape, first, sigma_vox, TRUNCATE, "nearest", into=(arena[at:], arena, arena[at:]))
-    field = _unit_from_blurred(blurred, tuple(mask.shape), spacing, roi, ext, arena)
+    # the blurred mask is exactly 0 farther than the blur's radius from the structure along an
+    # axis, so its gradient is exactly 0 farther than radius + 1: per Z plane of the structure's
+    # box, its rows and columns (the continuation included) bound where the gradient can be non-zero
+    piece = mask[tuple(slice(a, b) for a, b in zip(lo, hi))]
+    reach = _Reach(first, [r + 1 for r in radius], np.pad(piece.any(axis=2), ext[:2], mode="edge"),
+                   np.pad(piece.any(axis=1), (ext[0], ext[2]), mode="edge"))
+    field = _unit_from_blurred(blurred, tuple(mask.shape), spacing, roi, ext, arena, reach)
     release(field.mm.numel())
     return field
 
 
-def _slab_gradient(blurred: torch.Tensor, z0: int, z1: int, spacing: Spacing, ext: Sequence[tuple[int, int]],
+@dataclass(frozen=True)
+class _Reach:
+    """Where the gradient of a blurred box can be non-zero: ``first``, the box's first voxel in the
+    blurred volume; ``step``, the blur's radius + 1 per axis; ``rows`` (box Z, box Y) and ``cols``
+    (box Z, box X), whether the box holds a voxel of the structure there."""
+
+    first: Sequence[int]
+    step: Sequence[int]
+    rows: np.ndarray
+    cols: np.ndarray
+
+    def window(self, z0: int, z1: int, ys: slice, xs: slice) -> tuple[slice, slice] | None:
+        """The rows and columns, within ``ys`` and ``xs``, of planes ``z0:z1`` of the blurred
+        volume outside which the gradient is 0 (None: 0 on all of them)."""
+        a, b = max(0, z0 - self.step[0] - self.first[0]), max(0, z1 + self.step[0] - self.first[0])
+        y, x = np.flatnonzero(self.rows[a:b].any(0)), np.flatnonzero(self.cols[a:b].any(0))
+        if not y.size:
+            return None
+        y0, y1 = max(ys.start, int(y[0]) + self.first[1] - self.step[1]), min(ys.stop, int(y[-1]) + 1 + self.first[1] + self.step[1])
+        x0, x1 = max(xs.start, int(x[0]) + self.first[2] - self.step[2]), min(xs.stop, int(x[-1]) + 1 + self.first[2] + self.step[2])
+        return (slice(y0, y1), slice(x0, x1)) if y1 > y0 and x1 > x0 else None
+
+
+def _slab_gradient(blurred: torch.Tensor, z0: int, z1: int, spacing: Spacing, ys: slice, xs: slice,
                    buf: torch.Tensor) -> torch.Tensor:
-    """Planes ``z0:z1`` of ``spatial_gradient(blurred, spacing)`` (the same numbers), computed into
-    the front of ``buf`` and returned as a view without the ``ext`` planes of Y and X."""
-    g = buf.view(-1)[: 3 * (z1 - z0) * blurred.shape[1] * blurred.shape[2]].view((3, z1 - z0) + tuple(blurred.shape[1:]))
-    z_derivative(blurred, z0, z1, spacing[0], out=g[0])
-    derivative(blurred[z0:z1], 1, spacing[1], out=g[1])
-    derivative(blurred[z0:z1], 2, spacing[2], out=g[2])
-    (_, _), (y0, y1), (x0, x1) = ext
-    return g[:, :, y0 : g.shape[2] - y1, x0 : g.shape[3] - x1]
+    """Planes ``z0:z1``, rows ``ys`` and columns ``xs`` of ``spatial_gradient(blurred, spacing)``
+    (the same numbers: the differences read one voxel beyond the window where there is one),
+    computed into the front of ``buf``: (3, z1 - z0, rows, columns)."""
+    height, width = blurred.shape[1:]
+    ya, yb, xa, xb = max(0, ys.start - 1), min(height, ys.stop + 1), max(0, xs.start - 1), min(width, xs.stop + 1)
+    around = blurred[:, ya:yb, xa:xb]
+    g = buf[: 3 * (z1 - z0) * (yb - ya) * (xb - xa)].view(3, z1 - z0, yb - ya, xb - xa)
+    z_derivative(around, z0, z1, spacing[0], out=g[0])
+    derivative(around[z0:z1], 1, spacing[1], out=g[1])
+    derivative(around[z0:z1], 2, spacing[2], out=g[2])
+    return g[:, :, ys.start - ya : ys.stop - ya, xs.start - xa : xs.stop - xa]
 
 
 def _unit_from_blurred(blurred: torch.Tensor, full: tuple[int, int, int], spacing: Spacing,
                        roi: tuple[slice, slice, slice], ext: Sequence[tuple[int, int]],
-                       arena: torch.Tensor) -> UnitField:
+                       arena: torch.Tensor, reach: _Reach) -> UnitField:
     """The unit field from the blurred mask over ``roi`` (extended by the ``ext`` planes, which the
     field does not hold): ``UnitField(full, spacing, roi, G).normalised()`` for ``G`` the gradient
     of ``blurred`` without the ``ext`` planes, the same numbers without ``G`` in memory.
@@ -543,21 +575,32 @@ def _unit_from_blurred(blurred: torch.Tensor, full: tuple[int, int, int], spacin
     scaled, straight into the field of the support's box. ``arena``: a flat tensor whose front
     holds the lengths and then the field; ``blurred`` may lie in it from element ``2 * V + H * W``
     on (V: the ROI's voxels, H * W: a plane of ``blurred``): the field's planes are written behind
-    the last one read."""
-    (z_lo, z_hi) = ext[0]
+    the last one read. ``reach`` bounds, per slab, the rows and columns computed (0 elsewhere)."""
+    (z_lo, z_hi), (y_lo, y_hi), (x_lo, x_hi) = ext
     depth = blurred.shape[0] - z_lo - z_hi
     plane = int(blurred.shape[1] * blurred.shape[2])
     slab = max(1, (1 << 19) // max(1, plane))  # 2 MiB a component: fewer calls, measured fastest
     buf = blurred.new_empty(3 * min(slab, depth) * plane)
+    squares = blurred.new_empty(min(slab, depth) * plane)
     dims = (depth,) + tuple(s.stop - s.start for s in roi[1:])
     norm = arena[: math.prod(dims)].view(dims)
+    rows, cols = slice(y_lo, blurred.shape[1] - y_hi), slice(x_lo, blurred.shape[2] - x_hi)  # the ROI's
     peak = 0.0
     for z0 in range(0, depth, slab):
         z1 = min(depth, z0 + slab)
-        g = _slab_gradient(blurred, z0 + z_lo, z1 + z_lo, spacing, ext, buf)
         n = norm[z0:z1]
-        torch.mul(g[0], g[0], out=n).addcmul_(g[1], g[1]).addcmul_(g[2], g[2]).sqrt_()  # _length
-        peak = max(peak, float(n.max()))  # NaN-free: the mask is 0/1
+        window = reach.window(z0 + z_lo, z1 + z_lo, rows, cols)
+        if window is None:
+            n.zero_()
+            continue
+        g = _slab_gradient(blurred, z0 + z_lo, z1 + z_lo, spacing, *window, buf)
+        # _length, on contiguous memory as before (torch's sqrt may round otherwise elsewhere)
+        sq = squares[: g[0].numel()].view(g.shape[1:])
+        torch.mul(g[0], g[0], out=sq).addcmul_(g[1], g[1]).addcmul_(g[2], g[2]).sqrt_()
+        peak = max(peak, float(sq.max()))  # NaN-free: the mask is 0/1
+        if sq.shape != n.shape:
+            n.zero_()
+        n[:, window[0].start - y_lo : window[0].stop - y_lo, window[1].start - x_lo : window[1].stop - x_lo] = sq
     if not math.isfinite(peak) or peak <= 0.0:
         raise ValueError("the displacement field is zero everywhere: nothing would move")
     keep = _empty(norm.shape, torch.bool, norm.device)
@@ -572,12 +615,22 @@ def _unit_from_blurred(blurred: torch.Tensor, full: tuple[int, int, int], spacin
     keep = keep[inner]
     dims = (3,) + tuple(keep.shape)
     mm = arena[: math.prod(dims)].view(dims)
+    rows, cols = (slice(s.start + e, s.stop + e) for s, e in zip(inner[1:], (y_lo, x_lo)))  # in ``blurred``
     for z0 in range(lo[0], hi[0], slab):
         z1 = min(hi[0], z0 + slab)
-        g = _slab_gradient(blurred, z0 + z_lo, z1 + z_lo, spacing, ext, buf)[:, :, inner[1], inner[2]]
-        scale = keep[z0 - lo[0] : z1 - lo[0]] / peak
+        out = mm[:, z0 - lo[0] : z1 - lo[0]]
+        window = reach.window(z0 + z_lo, z1 + z_lo, rows, cols)
+        if window is None:
+            out.zero_()
+            continue
+        g = _slab_gradient(blurred, z0 + z_lo, z1 + z_lo, spacing, *window, buf)
+        part = (slice(z0 - lo[0], z1 - lo[0]),) + tuple(slice(w.start - r.start, w.stop - r.start)
+                                                         for w, r in zip(window, (rows, cols)))
+        scale = keep[part] / peak
+        if scale.shape != out.shape[1:]:
+            out.zero_()
         for c in range(3):
-            torch.mul(g[c], scale, out=mm[c, z0 - lo[0] : z1 - lo[0]])
+            torch.mul(g[c], scale, out=out[(c,) + (slice(None),) + part[1:]])
     # a kept voxel's length is >= NEGLIGIBLE: no component of it underflows to all zeros
     return UnitField(full, spacing, box, mm, support=keep.contiguous())
 
