@@ -275,7 +275,8 @@ def _plain_unit_field(mask: np.ndarray, spacing, sigma_mm: float):
 
 
 def _cases(sample_arrays):
-    """(name, mask, spacing, sigma_mm): anisotropic, cut by every face, tiny, one-voxel axes."""
+    """(name, mask, spacing, sigma_mm): anisotropic, cut by every face, tiny, far-apart parts,
+    one-voxel axes."""
     _, labels, _ = sample_arrays
     ventricles = labels > 0
     box = (slice(60, 130), slice(70, 180), slice(50, 150))
@@ -300,6 +301,10 @@ def _cases(sample_arrays):
     long_axis = np.zeros((12, 9, 320), bool)  # X has several blur blocks, the far ones all zero
     long_axis[4:8, 3:6, 10:30] = True
     yield "long axis", long_axis, (1.0, 1.0, 0.5), 2.0
+    blobs = np.zeros((70, 30, 40), bool)  # far apart: slabs between them and windows beside them are all 0
+    blobs[2:6, 2:7, 3:9] = True
+    blobs[60:65, 20:28, 30:37] = True
+    yield "two blobs", blobs, (1.0, 1.0, 1.0), 1.0
     flat = ventricles[90:91, 70:180, 50:150]  # a 2D image as Z = 1
     yield "one plane", flat, (3.0, 1.0, 1.0), 3.0
     line = np.zeros((1, 1, 40), bool)
@@ -308,9 +313,15 @@ def _cases(sample_arrays):
     yield "full height", np.broadcast_to(sub.any(0, keepdims=True), sub.shape), (1.0, 0.8, 1.3), 3.0
 
 
-def test_unit_field_is_the_plain_steps_bit_for_bit(sample_arrays):
+@pytest.mark.parametrize("slab", [None, 1])
+def test_unit_field_is_the_plain_steps_bit_for_bit(sample_arrays, monkeypatch, slab):
+    """Whatever the slabs (one plane each: the rows and columns computed change from slab to slab,
+    and slabs between far-apart parts compute nothing)."""
+    import laugen_napari.core.field as F
     from laugen_napari.core import unit_field
 
+    if slab is not None:
+        monkeypatch.setattr(F, "GRADIENT_SLAB", slab)
     seen = 0
     for name, mask, spacing, sigma in _cases(sample_arrays):
         ours = unit_field(mask, spacing, sigma, "cpu")
@@ -320,7 +331,7 @@ def test_unit_field_is_the_plain_steps_bit_for_bit(sample_arrays):
         assert torch.equal(ours.support, (ref.mm != 0).any(0)), name
         assert ours.mm.is_contiguous() and abs(ours.max_mm - 1.0) < 1e-6, name
         seen += 1
-    assert seen == 14
+    assert seen == 15
 
 
 def test_blur_chunks_do_not_change_the_numbers(monkeypatch):
