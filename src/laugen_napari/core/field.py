@@ -256,7 +256,8 @@ def _arena(n: int, device: torch.device) -> tuple[torch.Tensor, Callable[[int], 
     return torch.from_numpy(np.frombuffer(block, np.float32, count=n)), release
 
 
-def _empty(shape: Sequence[int], dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> torch.Tensor:
+def _empty(shape: Sequence[int], dtype: torch.dtype = torch.float32,
+           device: torch.device | str = "cpu") -> torch.Tensor:
     """An uninitialised tensor; on CPU in numpy's memory, which numpy gives transparent huge pages:
     the first touch of a large fresh buffer costs several times less than in torch's own
     allocation (a page fault per 4 KiB), and it is the set-up's largest cost."""
@@ -544,8 +545,10 @@ class _Reach:
         y, x = np.flatnonzero(self.rows[a:b].any(0)), np.flatnonzero(self.cols[a:b].any(0))
         if not y.size:
             return None
-        y0, y1 = max(ys.start, int(y[0]) + self.first[1] - self.step[1]), min(ys.stop, int(y[-1]) + 1 + self.first[1] + self.step[1])
-        x0, x1 = max(xs.start, int(x[0]) + self.first[2] - self.step[2]), min(xs.stop, int(x[-1]) + 1 + self.first[2] + self.step[2])
+        y0 = max(ys.start, int(y[0]) + self.first[1] - self.step[1])
+        y1 = min(ys.stop, int(y[-1]) + 1 + self.first[1] + self.step[1])
+        x0 = max(xs.start, int(x[0]) + self.first[2] - self.step[2])
+        x1 = min(xs.stop, int(x[-1]) + 1 + self.first[2] + self.step[2])
         return (slice(y0, y1), slice(x0, x1)) if y1 > y0 and x1 > x0 else None
 
 
