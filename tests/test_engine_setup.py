@@ -373,3 +373,19 @@ def test_projections_are_the_planes_holding_a_voxel():
     mask = np.zeros((7, 8, 9), bool)
     mask[2, 5, 1] = mask[4, 0, 6] = True
     assert _bounding_box(torch.from_numpy(mask)) == ([2, 0, 1], [5, 6, 7])
+
+
+def test_set_up_without_huge_pages_gives_the_same_numbers(engine, sample_arrays, monkeypatch):
+    """HUGE_PAGES only chooses where the set-up's buffers live."""
+    import laugen_napari.core.field as F
+
+    _, labels, _ = sample_arrays
+    mask = labels[60:130, 70:180, 50:150] > 0
+    with_huge = F.unit_field(mask, (1.0, 0.8, 1.3), 4.0, "cpu")
+    jac = JacobianStats(with_huge)
+    monkeypatch.setattr(F, "HUGE_PAGES", False)
+    plain = F.unit_field(mask, (1.0, 0.8, 1.3), 4.0, "cpu")
+    assert plain.roi == with_huge.roi and torch.equal(plain.mm, with_huge.mm)
+    assert torch.equal(plain.mm, engine.field.mm)
+    again = JacobianStats(plain)
+    assert all(torch.equal(a, b) for a, b in zip((jac.c1, jac.c2, jac.c3), (again.c1, again.c2, again.c3)))

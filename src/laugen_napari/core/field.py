@@ -168,6 +168,12 @@ def gaussian_kernel(sigma_vox: float, truncate: float = TRUNCATE) -> np.ndarray:
 BLUR_BLOCK = 48  # output voxels per block of the blur's band matrices (cost per voxel: block + kernel)
 BLUR_CHUNK = 2048  # least lines blurred together on CPU (their inputs, a few hundred KiB, stay in cache)
 GRADIENT_SLAB = 1 << 19  # voxels per slab of the unit field's gradient passes (2 MiB a component: measured fastest)
+HUGE_PAGES = True
+"""Large set-up buffers on CPU in transparent huge pages (as numpy's large arrays): their first touch
+costs about a sixth of 4 KiB pages' (92 MB: 5 vs 30 ms). On a virtual machine whose host takes
+back freed memory, huge pages never touched before cost more, once: on this project's 2-core VM
+the CT set-up measured 0.65-0.72 s per Augmenter after the first in a process, the first ~1.0 s,
+against a steady ~0.77 s with 4 KiB pages."""
 
 
 def _band(n: int, k: np.ndarray, out_lo: int, out_hi: int, in_lo: int, in_hi: int, mode: str) -> np.ndarray:
@@ -240,12 +246,12 @@ def _blur_sizes(box: Sequence[int], shape: Sequence[int]) -> tuple[int, int, int
 def _arena(n: int, device: torch.device) -> tuple[torch.Tensor, Callable[[int], None]]:
     """A flat uninitialised float32 tensor of ``n`` elements, and a function ``release(k)`` that
     gives the memory after its first ``k`` elements back to the system (on CPU where the platform
-    allows it, in an anonymous map with transparent huge pages as numpy's large arrays; a no-op
+    allows it, in an anonymous map, with transparent huge pages if :data:`HUGE_PAGES`; a no-op
     elsewhere). Nothing may read the released part again."""
     if device.type != "cpu" or not hasattr(mmap, "MADV_DONTNEED") or n <= 0:
         return _empty((n,), torch.float32, device), lambda k: None
     block = mmap.mmap(-1, n * 4, flags=mmap.MAP_PRIVATE)  # anonymous, private to this process (copied on fork)
-    if hasattr(mmap, "MADV_HUGEPAGE"):
+    if HUGE_PAGES and hasattr(mmap, "MADV_HUGEPAGE"):
         block.madvise(mmap.MADV_HUGEPAGE)
 
     def release(k: int) -> None:
@@ -258,10 +264,10 @@ def _arena(n: int, device: torch.device) -> tuple[torch.Tensor, Callable[[int], 
 
 def _empty(shape: Sequence[int], dtype: torch.dtype = torch.float32,
            device: torch.device | str = "cpu") -> torch.Tensor:
-    """An uninitialised tensor; on CPU in numpy's memory, which numpy gives transparent huge pages:
-    the first touch of a large fresh buffer costs several times less than in torch's own
-    allocation (a page fault per 4 KiB), and it is the set-up's largest cost."""
-    if torch.device(device).type != "cpu":
+    """An uninitialised tensor; on CPU, if :data:`HUGE_PAGES`, in numpy's memory, which numpy gives
+    transparent huge pages: the first touch of a large fresh buffer costs several times less than
+    in torch's own allocation (a page fault per 4 KiB), and it is the set-up's largest cost."""
+    if torch.device(device).type != "cpu" or not HUGE_PAGES:
         return torch.empty(tuple(shape), dtype=dtype, device=device)
     kind = torch.empty(0, dtype=dtype).numpy().dtype
     n = math.prod(shape)
