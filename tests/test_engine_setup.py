@@ -389,3 +389,32 @@ def test_set_up_without_huge_pages_gives_the_same_numbers(engine, sample_arrays,
     assert torch.equal(plain.mm, engine.field.mm)
     again = JacobianStats(plain)
     assert all(torch.equal(a, b) for a, b in zip((jac.c1, jac.c2, jac.c3), (again.c1, again.c2, again.c3)))
+
+
+def test_label_counts_read_by_words_are_numpys_counts():
+    """label_counts reads only the 8-byte words holding a label in mostly-background maps: the
+    counts equal numpy's for every dtype, tails shorter than a word, negative and large values,
+    dense maps, strided and unaligned views, all-zero maps."""
+    from laugen_napari.core.field import _sparse_counts, label_counts
+
+    rng = np.random.default_rng(7)
+    sparse = np.zeros(100_003, np.uint8)  # not a whole number of words: a tail
+    sparse[rng.integers(0, sparse.size, 900)] = rng.integers(1, 6, 900)
+    sparse[-1] = 3
+    cases = {"uint8": sparse, "all zero": np.zeros(64, np.uint8), "one voxel": np.array([4], np.uint8)}
+    for dtype in (np.int8, np.int16, np.int32, np.int64):
+        cases[np.dtype(dtype).name] = sparse.astype(dtype) * (3 if dtype != np.int8 else 1)
+    cases["negative"] = cases["int16"] - 10 * (cases["int16"] == 6)  # some -4
+    cases["large"] = cases["int32"] * 400_000
+    cases["dense"] = rng.integers(0, 4, 50_001).astype(np.uint8)
+    cases["strided"] = sparse.reshape(-1, 1)[::2, 0]
+    cases["unaligned"] = sparse[3:]
+    cases["3D"] = np.zeros((6, 7, 9), np.int16)
+    cases["3D"][2, 3, 4] = 1000
+    for name, labels in cases.items():
+        values, counts = np.unique(labels, return_counts=True)
+        assert label_counts(labels) == dict(zip(values.tolist(), counts.tolist())), name
+    # the word reading is the one taken for the sparse maps, and refuses what it cannot count
+    assert _sparse_counts(sparse) is not None and _sparse_counts(cases["int64"]) is not None
+    for name in ("negative", "large", "dense", "strided", "unaligned"):
+        assert _sparse_counts(cases[name].reshape(-1)) is None, name
