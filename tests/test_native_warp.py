@@ -842,3 +842,34 @@ def test_transposed_out_buffers_are_filled(crop, crop_field, monkeypatch):
     _assert_image_equal(w.image_frame(2.5, out=out), ref[0])
     lab_out = torch.empty(lab.shape[::-1], dtype=torch.uint8).permute(2, 1, 0)
     _assert_labels_equal(w.label_frame(2.5, out=lab_out), ref[1])
+
+
+@pytest.mark.parametrize("case", ["sample", "edge", "one plane", "one voxel", "full width"])
+def test_the_compiled_moving_voxels_equal_the_numpy_ones(crop, crop_field, monkeypatch, case):
+    """Warper.__init__ finds the moving voxels, their positions, displacements, runs and reach in
+    one compiled pass; every array equals what the numpy/torch code makes, bit for bit."""
+    image, labels, _ = crop
+    if case == "sample":
+        field = crop_field
+    elif case == "edge":  # a ROI touching the volume's first and last voxel on two axes
+        field = _random_field(image.shape, 5, roi=(slice(0, 12), slice(3, 40), slice(image.shape[2] - 9, image.shape[2])))
+    elif case == "one plane":
+        image, labels = image[20:21], labels[20:21]
+        field = _random_field(image.shape, 6)
+    elif case == "one voxel":
+        mm = torch.zeros((3, 1, 1, 1))
+        mm[1] = 0.5
+        field = UnitField(tuple(image.shape), (1.0, 1.0, 1.0), (slice(7, 8), slice(9, 10), slice(11, 12)), mm)
+    else:  # rows that span the whole X axis: consecutive flat indices across rows are still new runs
+        field = _random_field(image.shape, 7, roi=(slice(4, 9), slice(2, 30), slice(0, image.shape[2])))
+    made = {}
+    for env in ("1", "0"):
+        monkeypatch.setenv("LAUGEN_NATIVE", env)
+        w = Warper(field, image, labels)
+        made[env] = (w.flat_index, w._positions_rows, w._disp_rows, w._reach, w._runs())
+    assert made["1"][0].numel() > 0
+    for a, b in zip(made["1"][:3], made["0"][:3]):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    assert made["1"][3] == made["0"][3]
+    for a, b in zip(made["1"][4], made["0"][4]):
+        assert a.dtype == b.dtype and np.array_equal(a, b)

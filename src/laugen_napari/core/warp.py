@@ -244,18 +244,24 @@ class Warper:
         # moving voxels, in raster order (cache-friendly gathers and scatters): flat index in the
         # volume (P,), position (3, P) and displacement in voxels (3, P) as rows (every row
         # contiguous, so the sampling is vectorised)
-        mm = field.mm
-        local, zl, yl, xl = _moving_voxels(field.moving())  # inside the ROI
-        r0, r1, r2 = (r.start for r in field.roi)
-        sz, sy, _ = (int(st) for st in strides.tolist())
-        self.flat_index = torch.add(xl, zl, alpha=sz).add_(yl, alpha=sy).add_(r0 * sz + r1 * sy + r2)
-        rows = torch.empty((3, local.shape[0]), dtype=torch.float32, device=dev)  # (3, P), exact below 2^24
-        for r, v, o in zip(rows, (zl, yl, xl), (r0, r1, r2)):
-            r.copy_(v).add_(o)
-        self._positions_rows = rows
-        del zl, yl, xl
-        spacing = torch.tensor(field.spacing, dtype=mm.dtype, device=dev).view(3, 1)
-        self._disp_rows = mm.reshape(3, -1).index_select(1, local).div_(spacing)  # (3, P) voxels
+        self._run_arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # see _runs
+        if not self._moving_compiled(field):
+            mm = field.mm
+            local, zl, yl, xl = _moving_voxels(field.moving())  # inside the ROI
+            r0, r1, r2 = (r.start for r in field.roi)
+            sz, sy, _ = (int(st) for st in strides.tolist())
+            self.flat_index = torch.add(xl, zl, alpha=sz).add_(yl, alpha=sy).add_(r0 * sz + r1 * sy + r2)
+            rows = torch.empty((3, local.shape[0]), dtype=torch.float32, device=dev)  # (3, P), exact below 2^24
+            for r, v, o in zip(rows, (zl, yl, xl), (r0, r1, r2)):
+                r.copy_(v).add_(o)
+            self._positions_rows = rows
+            del zl, yl, xl
+            spacing = torch.tensor(field.spacing, dtype=mm.dtype, device=dev).view(3, 1)
+            self._disp_rows = mm.reshape(3, -1).index_select(1, local).div_(spacing)  # (3, P) voxels
+            if self.n_moving:
+                self._reach = [max(-float(lo), float(hi)) for lo, hi in map(torch.aminmax, self._disp_rows)]
+            else:
+                self._reach = [0.0, 0.0, 0.0]
         self.displacement = self._disp_rows.T  # (P, 3) view
         self._positions: torch.Tensor | None = None
         self._block = CPU_BLOCK if dev.type == "cpu" else max(1, self.n_moving)
@@ -263,17 +269,43 @@ class Warper:
         self._codes: torch.Tensor | None = None
         self._codes_box: tuple[list[int], list[int]] | None = None
         self._codes_ok: bool | None = None if self.labels is not None else False
-        if self.n_moving:
-            self._reach = [max(-float(lo), float(hi)) for lo, hi in map(torch.aminmax, self._disp_rows)]
-        else:
-            self._reach = [0.0, 0.0, 0.0]
         self._plane_order: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         # the compiled loop (core/native) applies to a finite CPU image of a dtype it knows and
         # integer labels; everything else runs the torch code below
         self._native_ok = (dev.type == "cpu" and self._finite and self.image.dtype in _NATIVE_IMAGE
                            and (self.labels is None or self.labels.dtype in _NATIVE_LABELS)
                            and self._disp_rows.dtype == torch.float32 and self.n_moving > 0)
-        self._run_arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # see _runs
+
+    def _moving_compiled(self, field: UnitField) -> bool:
+        """Set the moving voxels' flat indices, positions, displacements (voxels), runs and reach
+        in one compiled pass over the field's support, without the volume-sized temporaries of
+        :func:`_moving_voxels` (the same numbers); False when that does not apply (not on CPU, no
+        compiled library, a field not float32 and contiguous, nothing moves)."""
+        mm = field.mm
+        if mm.device.type != "cpu" or mm.dtype != torch.float32 or not mm.is_contiguous():
+            return False
+        lib = native.library()
+        if lib is None:
+            return False
+        mask = np.ascontiguousarray(field.moving().numpy()).view(np.uint8)
+        n = int(np.count_nonzero(mask))
+        if n == 0:
+            return False
+        roi_shape = np.array(mask.shape, np.int64)
+        n_runs = int(lib.laugen_count_runs(mask.ctypes.data, roi_shape.ctypes.data))
+        flat, pos, disp = np.empty(n, np.int64), np.empty((3, n), np.float32), np.empty((3, n), np.float32)
+        runs = (np.empty(n_runs + 1, np.int64), np.empty(n_runs, np.int64), np.empty((n_runs, 3), np.int32))
+        reach = np.zeros(3, np.float32)
+        start, shape = np.array([r.start for r in field.roi], np.int64), np.array(field.shape, np.int64)
+        spacing = np.array(field.spacing, np.float32)  # as torch's float32 spacing tensor
+        if lib.laugen_moving_voxels(mask.ctypes.data, roi_shape.ctypes.data, start.ctypes.data, shape.ctypes.data,
+                                    mm.data_ptr(), spacing.ctypes.data, n, n_runs, flat.ctypes.data, pos.ctypes.data,
+                                    disp.ctypes.data, *(r.ctypes.data for r in runs), reach.ctypes.data) != 0:
+            raise RuntimeError("the compiled moving-voxel pass disagrees with the field's support")
+        self.flat_index, self._positions_rows, self._disp_rows = (torch.from_numpy(a) for a in (flat, pos, disp))
+        self._run_arrays = runs
+        self._reach = [float(r) for r in reach]
+        return True
 
     @property
     def n_moving(self) -> int:

@@ -380,5 +380,74 @@ void laugen_det_summary(const float *c1, const float *c2, const float *c3, int64
     *folded = count;
 }
 
+/* The number of runs along X of the non-zero voxels of a (d, h, w) uint8 mask (row by row). */
+int64_t laugen_count_runs(const uint8_t *mask, const int64_t *roi_shape) {
+    const int64_t rows = roi_shape[0] * roi_shape[1], w = roi_shape[2];
+    int64_t n = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *restrict p = mask + r * w;
+        int prev = 0;
+        for (int64_t x = 0; x < w; x++) {
+            const int on = p[x] != 0;
+            n += on & !prev;
+            prev = on;
+        }
+    }
+    return n;
+}
+
+/* The moving voxels of a field in one pass, in raster order, without temporaries: ``mask`` (d, h,
+ * w) uint8 marks them in the field's ROI, which starts at ``roi_start`` in a volume of ``shape``;
+ * ``mm`` is the field (3, d, h, w) float32 in mm. Writes, for the P voxels and the runs counted by
+ * laugen_count_runs: ``flat`` (P) their flat index in the volume, ``pos`` (3, P) their (z, y, x)
+ * index as float32, ``disp`` (3, P) the field there in voxels (mm / spacing, one float32 division
+ * as torch's div_), the runs (as WarpArgs), and ``reach`` (3) the largest |disp| per axis.
+ * Returns 0, or -1 when the counts differ from the mask's. */
+int laugen_moving_voxels(const uint8_t *mask, const int64_t *roi_shape, const int64_t *roi_start, const int64_t *shape,
+                         const float *mm, const float *spacing, int64_t P, int64_t n_runs, int64_t *flat, float *pos,
+                         float *disp, int64_t *run_start, int64_t *run_flat, int32_t *run_zyx, float *reach) {
+    const int64_t d = roi_shape[0], h = roi_shape[1], w = roi_shape[2], n = d * h * w;
+    const int64_t sz = shape[1] * shape[2], sy = shape[2];
+    float lo[3] = {0.0f, 0.0f, 0.0f}, hi[3] = {0.0f, 0.0f, 0.0f};
+    int64_t i = 0, r = 0;
+    for (int64_t z = 0; z < d; z++)
+        for (int64_t y = 0; y < h; y++) {
+            const int64_t row = (z * h + y) * w;
+            const uint8_t *restrict p = mask + row;
+            const int64_t Z = z + roi_start[0], Y = y + roi_start[1];
+            int prev = 0;
+            for (int64_t x = 0; x < w; x++) {
+                if (!p[x]) { prev = 0; continue; }
+                if (i >= P) return -1;
+                const int64_t X = x + roi_start[2];
+                if (!prev) {
+                    if (r >= n_runs) return -1;
+                    run_start[r] = i;
+                    run_flat[r] = Z * sz + Y * sy + X;
+                    run_zyx[3 * r] = (int32_t)Z;
+                    run_zyx[3 * r + 1] = (int32_t)Y;
+                    run_zyx[3 * r + 2] = (int32_t)X;
+                    r++;
+                }
+                prev = 1;
+                flat[i] = Z * sz + Y * sy + X;
+                pos[i] = (float)Z;
+                pos[P + i] = (float)Y;
+                pos[2 * P + i] = (float)X;
+                for (int c = 0; c < 3; c++) {
+                    const float v = mm[c * n + row + x] / spacing[c];
+                    disp[c * P + i] = v;
+                    lo[c] = v < lo[c] ? v : lo[c];
+                    hi[c] = v > hi[c] ? v : hi[c];
+                }
+                i++;
+            }
+        }
+    if (i != P || r != n_runs) return -1;
+    run_start[n_runs] = P;
+    for (int c = 0; c < 3; c++) reach[c] = -lo[c] > hi[c] ? -lo[c] : hi[c];
+    return 0;
+}
+
 /* The version of this interface (the Python side checks it). */
-int laugen_warp_abi(void) { return 4; }
+int laugen_warp_abi(void) { return 5; }
