@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from laugen_napari.cli import main as laugen
-from laugen_napari.core import Augmenter
+from laugen_napari.core import Augmenter, CustomTrajectory
 from laugen_napari.io.nifti import load_volume
 
 from .conftest import SAMPLE_IMAGE, SAMPLE_MASK
@@ -273,3 +273,23 @@ def test_flipped_views_absurd_sigma_and_values_beyond_float32(sample_arrays, tmp
     assert laugen(["generate", str(SAMPLE_IMAGE), str(SAMPLE_MASK), "-o", str(tmp_path / "o"), "--sigma-mm", "1e9",
                    "-q"]) == 2
     assert not (tmp_path / "o").exists()
+
+
+def test_float_labels_beyond_int32_keep_their_values():
+    """A float label map holding 2^40 (a hashed or encoded label) used to wrap to -2^31 in int32;
+    it stays 2^40 (int64), and beyond 2^53, where a float holds no longer every whole number, it
+    is refused."""
+    from laugen_napari.core.field import integer_labels
+
+    mask = np.zeros((10, 12, 14), np.float64)
+    mask[3:7, 4:8, 5:9] = 2.0**40
+    mask[4:6, 5:7, 6:8] = 3.0
+    out = integer_labels(mask)
+    assert out.dtype == np.int64 and np.array_equal(out, mask.astype(np.int64))
+    assert integer_labels(np.array([0.0, 7.0])).dtype == np.int32
+    aug = Augmenter(mask.astype(np.float32), mask, (1, 1, 1), sigma_mm=2.0, device="cpu")
+    assert aug.label_values == [3, 2**40]
+    series = aug.series_from_values(CustomTrajectory([0.0, 1.0]).sample(2))
+    assert np.array_equal(series.labels[0], mask.astype(np.int64))
+    with pytest.raises(ValueError, match="beyond 2"):
+        integer_labels(np.array([0.0, 2.0**60]))

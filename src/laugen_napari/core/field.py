@@ -428,8 +428,9 @@ slope); anything farther is not a label (e.g. a map resampled with linear interp
 
 def integer_labels(labels: np.ndarray, name: str = "the label map") -> np.ndarray:
     """``labels`` as an integer array: integer maps as they are, float maps whose values are whole
-    numbers within :data:`LABEL_ROUNDING` rounded to int32. Raises ``ValueError`` (naming ``name``)
-    for NaN/inf or values between labels, with how many voxels and what to do."""
+    numbers within :data:`LABEL_ROUNDING` rounded to int32 (int64 for values beyond its range).
+    Raises ``ValueError`` (naming ``name``) for NaN/inf, values between labels (with how many
+    voxels and what to do) and values beyond 2^53, where a float no longer holds every whole number."""
     if np.issubdtype(labels.dtype, np.integer):
         return labels
     if labels.dtype == np.bool_:
@@ -443,7 +444,14 @@ def integer_labels(labels: np.ndarray, name: str = "the label map") -> np.ndarra
         example = labels[off].flat[0]
         raise ValueError(f"{name} must hold integer values: {bad:,} voxels are not whole numbers (e.g. {example:g}); "
                          "resample label maps with nearest-neighbour interpolation, or round them first")
-    return rounded.astype(np.int32)
+    if not rounded.size:
+        return rounded.astype(np.int32)
+    low, high = float(rounded.min()), float(rounded.max())
+    if max(-low, high) > 2.0**53:
+        raise ValueError(f"{name} holds values up to {max(-low, high):g}, beyond 2^53: as floats they are no longer "
+                         "exact labels; store label maps as integers")
+    fits = np.iinfo(np.int32).min <= low and high <= np.iinfo(np.int32).max
+    return rounded.astype(np.int32 if fits else np.int64)
 
 
 def label_values(labels: np.ndarray) -> list[int]:
