@@ -873,3 +873,36 @@ def test_the_compiled_moving_voxels_equal_the_numpy_ones(crop, crop_field, monke
     assert made["1"][3] == made["0"][3]
     for a, b in zip(made["1"][4], made["0"][4]):
         assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("case", ["sample", "directional", "3 mm slices", "cut", "one plane", "two planes"])
+def test_the_compiled_jacobian_coefficients_equal_torch(sample_arrays, monkeypatch, case):
+    """JacobianStats' coefficients (c1, c2, c3 where dF/dx is not zero) from one compiled pass over
+    the boxes equal the torch code's bit for bit, and so do the per-frame summaries."""
+    from laugen_napari.core import Directional, JacobianStats
+
+    _, labels, spacing = sample_arrays
+    mask = labels != 0
+    if case == "3 mm slices":
+        mask, spacing = mask[::3], (3.0, 1.0, 1.0)
+    elif case == "cut":
+        mask = mask[:, :105, 70:]
+    elif case == "one plane":
+        z = int(np.argmax(np.count_nonzero(mask, axis=(1, 2))))
+        mask = mask[z : z + 1]
+    elif case == "two planes":
+        z = int(np.argmax(np.count_nonzero(mask, axis=(1, 2))))
+        mask = mask[z : z + 2]
+    field = unit_field(mask, spacing, 4.0, "cpu")
+    if case == "directional":
+        field = Directional((0.2, 1.0, -0.4)).apply(field)
+    made = {}
+    for env in ("1", "0"):
+        monkeypatch.setenv("LAUGEN_NATIVE", env)
+        made[env] = JacobianStats(field)
+    a, b = made["1"], made["0"]
+    assert a.c1.numel() > 100
+    for x, y in ((a.c1, b.c1), (a.c2, b.c2), (a.c3, b.c3)):
+        assert torch.equal(x, y)
+    for z in (0.5, -3.0, 14.0):
+        assert a.summary(z) == b.summary(z)

@@ -56,6 +56,21 @@ class JacobianStats:
         # the kept coefficients go straight into one buffer, at most every voxel of the boxes (the
         # part never written is never touched, so it takes no memory)
         coef = _empty((3, sum(sizes)), mm.dtype, mm.device)
+        self.n_total = int(np.prod(field.shape))
+        self.n_roi = int(mm[0].numel())
+        lib = native.library() if mm.device.type == "cpu" and mm.dtype == torch.float32 and mm.is_contiguous() \
+            and boxes else None
+        if lib is not None:  # one compiled pass over the boxes: the same numbers, no temporaries
+            table = np.array([(z0, z1, y.start, y.stop, x.start, x.stop) for z0, z1, y, x in boxes], np.int64)
+            shape = np.array(mm.shape[1:], np.int64)
+            h = np.array([hz, hy, hx], np.float32)  # torch rounds a Python float divisor to float32
+            h2 = np.array([2.0 * hz, 2.0 * hy, 2.0 * hx], np.float32)
+            at = int(lib.laugen_jacobian(mm.data_ptr(), shape.ctypes.data, table.ctypes.data, len(boxes),
+                                         h.ctypes.data, h2.ctypes.data, coef.data_ptr(), coef.shape[1]))
+            if at < 0:
+                raise RuntimeError("the compiled Jacobian pass overran its buffer")
+            self.c1, self.c2, self.c3 = coef[0, :at], coef[1, :at], coef[2, :at]
+            return
         grads = mm.new_empty(9 * max(sizes, default=0))
         at = 0
         for (z0, z1, ys, xs), n in zip(boxes, sizes):
@@ -81,8 +96,6 @@ class JacobianStats:
             for row, c in zip(coef, (c1, c2, c3)):
                 torch.index_select(c.view(-1), 0, idx, out=row[at : at + k])
             at += k
-        self.n_total = int(np.prod(field.shape))
-        self.n_roi = int(mm[0].numel())
         self.c1, self.c2, self.c3 = coef[0, :at], coef[1, :at], coef[2, :at]
 
     def determinant(self, z_mm: float) -> torch.Tensor:

@@ -25,7 +25,7 @@ import threading
 from pathlib import Path
 
 SOURCES = ("warp.c",)
-ABI = 5  # laugen_warp_abi() of the sources in this folder
+ABI = 6  # laugen_warp_abi() of the sources in this folder
 _FLAG_SETS = (
     ["-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-ffp-contract=off"],
     ["-O3", "-fPIC", "-shared", "-std=c11", "-ffp-contract=off"],
@@ -119,6 +119,8 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.laugen_count_runs.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
     lib.laugen_moving_voxels.restype = ctypes.c_int
     lib.laugen_moving_voxels.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 7
+    lib.laugen_jacobian.restype = ctypes.c_int64
+    lib.laugen_jacobian.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_void_p] * 3 + [ctypes.c_int64]
     lib.laugen_det_summary.restype = None
     lib.laugen_det_summary.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_float, ctypes.c_void_p,
                                                                ctypes.c_void_p]

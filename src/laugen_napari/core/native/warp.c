@@ -17,6 +17,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 enum { DT_U8 = 0, DT_I8 = 1, DT_I16 = 2, DT_I32 = 3, DT_I64 = 4, DT_F32 = 5, DT_F64 = 6 };
 #define MIXED 255
@@ -449,5 +450,106 @@ int laugen_moving_voxels(const uint8_t *mask, const int64_t *roi_shape, const in
     return 0;
 }
 
+/* out[x] = (a[x] - b[x]) / div for x < n (vectorises; a true division, as torch's div_) */
+static void diff_row(const float *restrict a, const float *restrict b, float div, float *restrict out, int64_t n) {
+    for (int64_t x = 0; x < n; x++) out[x] = (a[x] - b[x]) / div;
+}
+
+/* The derivative of one row along an axis at index j of n (stride st): central inside, one-sided
+ * at the ends, 0 on an axis of one voxel (as core.field.derivative), for nx voxels from p. */
+static void deriv_row(const float *p, int64_t j, int64_t n, int64_t st, float h, float h2, float *out, int64_t nx) {
+    if (n < 2) {
+        for (int64_t x = 0; x < nx; x++) out[x] = 0.0f;
+    } else if (j == 0) {
+        diff_row(p + st, p, h, out, nx);
+    } else if (j == n - 1) {
+        diff_row(p, p - st, h, out, nx);
+    } else {
+        diff_row(p + st, p - st, h2, out, nx);
+    }
+}
+
+/* The Jacobian coefficients of JacobianStats (c1 = tr G, c2 = sum of G's principal 2x2 minors,
+ * c3 = det G, G = dF/dx per mm) over boxes of the field ``mm`` (3, d, h, w) float32: box b covers
+ * planes boxes[6b]..boxes[6b+1]-1, rows boxes[6b+2]..boxes[6b+3]-1 and columns
+ * boxes[6b+4]..boxes[6b+5]-1. Z derivatives are taken over the field's whole depth; Y and X
+ * derivatives within the box, one-sided at its edges (as the torch code). Voxels whose three
+ * coefficients are all 0 are skipped; the others are written in raster order to c (3 rows of
+ * ``cap``). ``h`` and ``h2`` hold the voxel sizes (z, y, x) and twice them, as float32. Row by row,
+ * so that the arithmetic vectorises; every product and sum is rounded as torch's, in its order.
+ * Returns the number written, -1 past ``cap``, -2 out of memory. */
+int64_t laugen_jacobian(const float *mm, const int64_t *shape, const int64_t *boxes, int64_t n_boxes, const float *h,
+                        const float *h2, float *c, int64_t cap) {
+    const int64_t d = shape[0], H = shape[1], W = shape[2], plane = H * W, n = d * plane;
+    float *buf = (float *)malloc(sizeof(float) * 12 * (size_t)(W > 0 ? W : 1));
+    if (!buf) return -2;
+    float *g[3][3], *c1 = buf + 9 * W, *c2 = buf + 10 * W, *c3 = buf + 11 * W;
+    for (int i = 0; i < 3; i++)
+        for (int a = 0; a < 3; a++) g[i][a] = buf + (3 * i + a) * W;
+    int64_t at = 0;
+    for (int64_t b = 0; b < n_boxes; b++) {
+        const int64_t *bx = boxes + 6 * b;
+        const int64_t ny = bx[3] - bx[2], nx = bx[5] - bx[4];
+        for (int64_t z = bx[0]; z < bx[1]; z++)
+            for (int64_t y = bx[2]; y < bx[3]; y++) {
+                const int64_t v = z * plane + y * W + bx[4];
+                for (int i = 0; i < 3; i++) {
+                    const float *p = mm + i * n + v;
+                    deriv_row(p, z, d, plane, h[0], h2[0], g[i][0], nx);
+                    deriv_row(p, y - bx[2], ny, W, h[1], h2[1], g[i][1], nx);
+                    float *gx = g[i][2];
+                    if (nx < 2) {
+                        for (int64_t x = 0; x < nx; x++) gx[x] = 0.0f;
+                    } else {
+                        gx[0] = (p[1] - p[0]) / h[2];
+                        diff_row(p + 2, p, h2[2], gx + 1, nx - 2);
+                        gx[nx - 1] = (p[nx - 1] - p[nx - 2]) / h[2];
+                    }
+                }
+                const float *restrict g00 = g[0][0], *restrict g01 = g[0][1], *restrict g02 = g[0][2];
+                const float *restrict g10 = g[1][0], *restrict g11 = g[1][1], *restrict g12 = g[1][2];
+                const float *restrict g20 = g[2][0], *restrict g21 = g[2][1], *restrict g22 = g[2][2];
+                float *restrict o1 = c1, *restrict o2 = c2, *restrict o3 = c3;
+                for (int64_t x = 0; x < nx; x++) {
+                    float s1 = g00[x] + g11[x];
+                    s1 = s1 + g22[x];
+                    float pa = g11[x] * g22[x], pb = g12[x] * g21[x];
+                    const float m0 = pa - pb;
+                    pa = g00[x] * g22[x];
+                    pb = g02[x] * g20[x];
+                    const float m1 = pa - pb;
+                    pa = g00[x] * g11[x];
+                    pb = g01[x] * g10[x];
+                    float s2 = pa - pb;
+                    s2 = s2 + m1;
+                    s2 = s2 + m0;
+                    pa = g10[x] * g22[x];
+                    pb = g12[x] * g20[x];
+                    const float t1 = pa - pb;
+                    pa = g10[x] * g21[x];
+                    pb = g11[x] * g20[x];
+                    const float t2 = pa - pb;
+                    const float p0 = g00[x] * m0, p1 = g01[x] * t1, p2 = g02[x] * t2;
+                    float s3 = p0 - p1;
+                    s3 = s3 + p2;
+                    o1[x] = s1;
+                    o2[x] = s2;
+                    o3[x] = s3;
+                }
+                for (int64_t x = 0; x < nx; x++) {
+                    if (c1[x] != 0.0f || c2[x] != 0.0f || c3[x] != 0.0f) {
+                        if (at >= cap) { free(buf); return -1; }
+                        c[at] = c1[x];
+                        c[cap + at] = c2[x];
+                        c[2 * cap + at] = c3[x];
+                        at++;
+                    }
+                }
+            }
+    }
+    free(buf);
+    return at;
+}
+
 /* The version of this interface (the Python side checks it). */
-int laugen_warp_abi(void) { return 5; }
+int laugen_warp_abi(void) { return 6; }
