@@ -209,7 +209,7 @@ typedef void (*Gather)(const void *, const Grid *, const Chunk *, int, float[8][
 static const Gather GATHERS[] = {gather_u8, gather_i8, gather_i16, gather_i32, gather_i64, gather_f32, gather_f64};
 static const int64_t ITEMSIZE[] = {1, 1, 2, 4, 8, 4, 8};
 
-static void chunk_image(const WarpArgs *a, const Grid *g, Chunk *c, int64_t s, int m) {
+static void chunk_image(const WarpArgs *a, const Grid *g, Chunk *c, int m) {
     const int64_t *restrict at = c->at;
     for (int ch = 0; ch < a->channels; ch++) {
         const char *image = (const char *)a->image + ch * g->n * ITEMSIZE[a->image_dtype];
@@ -329,7 +329,7 @@ int laugen_warp(const WarpArgs *a, int64_t start, int64_t stop) {
     for (int64_t s = start; s < stop; s += CHUNK) {
         int m = (int)(s + CHUNK < stop ? CHUNK : stop - s);
         chunk_cells(a, &g, s, m, &run, &c);
-        if (a->image) chunk_image(a, &g, &c, s, m);
+        if (a->image) chunk_image(a, &g, &c, m);
         if (a->labels) LABELS[a->label_dtype](a, &g, &c, s, m);
     }
     return 0;
