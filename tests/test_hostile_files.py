@@ -6,17 +6,20 @@ one clear error line with nothing written."""
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
 from laugen_napari.cli import main as laugen
-from laugen_napari.io.nifti import load_volume
+from laugen_napari.io.export import sha256
+from laugen_napari.io.nifti import load_volume, stored_files
 from laugen_napari.io.pairs import read_manifest, read_pair
 
 from .conftest import SAMPLE_IMAGE, SAMPLE_MASK
@@ -105,6 +108,14 @@ def test_nifti_hdr_img_pairs_are_read_and_analyze_files_refused(tmp_path, crop, 
     assert laugen(["generate", str(tmp_path / "t1.hdr"), str(tmp_path / "t1_seg.hdr"), "-o", str(tmp_path / "out"),
                    *ARGS]) == 0
     _check_series(tmp_path / "out", data, labels, affine)
+    # provenance covers the voxel data: both files of each pair, header first, with their hashes
+    record = json.loads((tmp_path / "out" / "series.json").read_text())
+    for role, stem in (("image", "t1"), ("mask", "t1_seg")):
+        files = record["inputs"][role]["files"]
+        assert [Path(f["path"]).name for f in files] == [f"{stem}.hdr", f"{stem}.img"]
+        assert [f["sha256"] for f in files] == [sha256(tmp_path / f"{stem}{s}") for s in (".hdr", ".img")]
+    assert stored_files(tmp_path / "t1.img") == [tmp_path / "t1.hdr", tmp_path / "t1.img"]
+    assert stored_files(tmp_path / "t1.nii.gz") == [tmp_path / "t1.nii.gz"]
     assert [p.id for p in read_manifest(tmp_path)] == ["t1"]  # the folder of pairs
     (tmp_path / "m.csv").write_text("image,mask\nt1.img,t1_seg.hdr\n")
     assert laugen(["dataset", str(tmp_path / "m.csv"), "-o", str(tmp_path / "ds"), "--scheduler", "synchronous",

@@ -27,7 +27,7 @@ from .io.export import (
     staged_directory,
     stream_series,
 )
-from .io.nifti import Volume
+from .io.nifti import Volume, stored_files
 from .io.pairs import read_pair
 from .io.resources import available_memory, existing_ancestor, free_disk, human_bytes
 from .settings import GenerationSettings
@@ -190,6 +190,9 @@ def generate_to_directory(
     for role, vol in (("image", image), ("mask", mask)):
         if vol.path is not None:
             inputs[role] = {"path": str(vol.path), "sha256": sha256(vol.path)}
+            files = stored_files(vol.path)
+            if len(files) > 1:  # a .hdr/.img pair: the voxel data's hash too
+                inputs[role]["files"] = [{"path": str(f), "sha256": sha256(f)} for f in files]
     common = {
         "inputs": inputs,
         "seed": options.seed,

@@ -35,6 +35,27 @@ def is_nifti(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
+PAIR_SUFFIXES = ((".hdr", ".img"), (".hdr.gz", ".img.gz"))
+"""The two files of a NIfTI pair: the header and the voxel data."""
+
+
+def stored_files(path: str | os.PathLike) -> list[Path]:
+    """The files that hold the volume named by ``path``: the file itself, and for a .hdr/.img pair
+    both files, header first (when the partner exists), so that provenance covers the voxel data."""
+    p = Path(path)
+    name = p.name.lower()
+    for hdr, img in sorted(PAIR_SUFFIXES, key=lambda s: -len(s[0])):
+        for mine, other in ((hdr, img), (img, hdr)):
+            if name.endswith(mine):
+                stem = p.name[: len(p.name) - len(mine)]
+                tail = p.name[len(stem):]
+                partner = p.with_name(stem + (other.upper() if tail.isupper() else other))
+                if not partner.exists():
+                    return [p]
+                return [p, partner] if mine == hdr else [partner, p]
+    return [p]
+
+
 @dataclass
 class Volume:
     """A NIfTI volume as an array in (Z, Y, X) order (time or channels first for 4D files).
