@@ -293,3 +293,23 @@ def test_float_labels_beyond_int32_keep_their_values():
     assert np.array_equal(series.labels[0], mask.astype(np.int64))
     with pytest.raises(ValueError, match="beyond 2"):
         integer_labels(np.array([0.0, 2.0**60]))
+
+
+def test_a_structure_filling_the_whole_image_is_refused(tmp_path):
+    """A label map with no background (all voxels labelled, e.g. an offset of 1 in the header) has
+    no boundary: its blur is constant and its gradient float round-off, which normalising turned
+    into a random field that folded. Refused in one line, from the library and the CLI."""
+    rng = np.random.default_rng(0)
+    labels = np.ones((30, 30, 30), np.uint8)
+    labels[:, :, 15:] = 2
+    image = rng.random(labels.shape).astype(np.float32)
+    with pytest.raises(ValueError, match="fills the whole image"):
+        Augmenter(image, labels, (1, 1, 1), sigma_mm=3.0, device="cpu")
+    aug = Augmenter(image, labels, (1, 1, 1), selected=[2], sigma_mm=3.0, device="cpu")  # one label: a boundary
+    assert aug.warper.n_moving > 0 and aug.jacobian.minimum(1.0) > 0
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    nib.Nifti1Image(image, affine).to_filename(str(tmp_path / "img.nii.gz"))
+    nib.Nifti1Image(labels, affine).to_filename(str(tmp_path / "seg.nii.gz"))
+    assert laugen(["generate", str(tmp_path / "img.nii.gz"), str(tmp_path / "seg.nii.gz"), "-o", str(tmp_path / "o"),
+                   "-q"]) == 2
+    assert not (tmp_path / "o").exists()

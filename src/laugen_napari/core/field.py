@@ -524,6 +524,10 @@ def unit_field(
     hits = _projections(mask) if mask.size else None
     if hits is None or not hits[0].any():
         raise ValueError("the selected structure is empty: no voxel to deform")
+    if all(h.all() for h in hits) and mask.all():  # (the full test only when every plane holds some)
+        # its blur is constant: the gradient is float round-off, which normalising would blow up
+        raise ValueError("the selected structure fills the whole image: it has no boundary to move (is 0 the "
+                         "background of this label map? select fewer labels)")
     dev = resolve_device(device)
     sigma_vox = [sigma_mm / s for s in spacing]
     radius = [int(TRUNCATE * s + 0.5) for s in sigma_vox]
