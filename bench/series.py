@@ -42,7 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from laugen_napari.core import Augmenter, CustomTrajectory, resolve_device  # noqa: E402
-from laugen_napari.core.field import NEGLIGIBLE, TRUNCATE, selection_mask, unit_field  # noqa: E402
+from laugen_napari.core.field import NEGLIGIBLE, TRUNCATE, unit_field  # noqa: E402
+from laugen_napari.core.labels import selection_mask  # noqa: E402
 from laugen_napari.core.quality import JacobianStats  # noqa: E402
 from laugen_napari.core.warp import Warper  # noqa: E402
 from laugen_napari.pipeline import load_pair  # noqa: E402

@@ -19,7 +19,8 @@ from scipy import ndimage as ndi
 
 from laugen_napari.core import Augmenter, CustomTrajectory
 from laugen_napari.core import warp as warp_module
-from laugen_napari.core.field import BLUR_BLOCK, gaussian_blur, label_counts
+from laugen_napari.core.field import BLUR_BLOCK, gaussian_blur
+from laugen_napari.core.labels import label_counts
 
 Z = [0.0, 1.2, -2.0, 4.5]
 

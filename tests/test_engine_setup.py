@@ -395,7 +395,7 @@ def test_label_counts_read_by_words_are_numpys_counts():
     """label_counts reads only the 8-byte words holding a label in mostly-background maps: the
     counts equal numpy's for every dtype, tails shorter than a word, negative and large values,
     dense maps, strided and unaligned views, all-zero maps."""
-    from laugen_napari.core.field import _sparse_counts, label_counts
+    from laugen_napari.core.labels import _sparse_counts, label_counts
 
     rng = np.random.default_rng(7)
     sparse = np.zeros(100_003, np.uint8)  # not a whole number of words: a tail

@@ -112,7 +112,7 @@ def test_float_labels_within_rounding_of_whole_numbers_are_labels(tmp_path, samp
     """A mask stored as float with 0.9999 / 2.0001 (float32 storage, a scaling slope) is the label
     map it means; values between labels (a linear resampling) are refused, saying how many and
     what to do."""
-    from laugen_napari.core.field import integer_labels
+    from laugen_napari.core.labels import integer_labels
 
     img = nib.load(str(SAMPLE_MASK))
     labels = np.asarray(img.dataobj)
@@ -279,7 +279,7 @@ def test_float_labels_beyond_int32_keep_their_values():
     """A float label map holding 2^40 (a hashed or encoded label) used to wrap to -2^31 in int32;
     it stays 2^40 (int64), and beyond 2^53, where a float holds no longer every whole number, it
     is refused."""
-    from laugen_napari.core.field import integer_labels
+    from laugen_napari.core.labels import integer_labels
 
     mask = np.zeros((10, 12, 14), np.float64)
     mask[3:7, 4:8, 5:9] = 2.0**40

@@ -104,7 +104,7 @@ def test_the_augment_dock_reads_lazy_layers_only_on_workers(make_napari_viewer, 
 
 
 def test_centroid_equals_the_mean_voxel_index(sample_arrays):
-    from laugen_napari.core.field import centroid
+    from laugen_napari.core.labels import centroid
 
     _, labels, _ = sample_arrays
     for mask in (labels > 0, labels == 1, labels[:, :, :60] > 0, np.zeros((3, 4, 5), bool)):

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from .device import resolve_device
-from .field import Kind, Uniform, UnitField, integer_labels, label_counts, selection_mask, unit_field
+from .field import Kind, Uniform, UnitField, unit_field
+from .labels import integer_labels, label_counts, selection_mask
 from .quality import JacobianStats
 from .trajectory import CustomTrajectory, Trajectory, TrajectoryDraw
 from .warp import Warper, all_finite, fits_float32, torch_compatible

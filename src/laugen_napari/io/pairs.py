@@ -165,7 +165,7 @@ def read_pair(image_path: str | os.PathLike, mask_path: str | os.PathLike, chann
     modalities (NIfTI's 4th axis, returned as (C, Z, Y, X)); both share the spatial shape and the
     voxel-to-world affine. Every failure is one ``ValueError`` naming the file(s).
     """
-    from ..core.field import integer_labels
+    from ..core.labels import integer_labels
     from .nifti import check_same_grid, load_volume
 
     image = load_volume(image_path, ndim=None if channels else 3)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..core import Augmenter, Series, TrajectoryDraw, make_kind
-from ..core.field import integer_labels
+from ..core.labels import integer_labels
 from ..settings import GenerationSettings, SettingsError, settings_from_args
 
 try:  # MONAI is an optional extra (`laugen-napari[transforms]`)

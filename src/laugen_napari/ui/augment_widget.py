@@ -30,7 +30,7 @@ from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import QFileDialog, QFrame, QProgressBar, QScrollArea, QVBoxLayout, QWidget
 
 from ..core import Augmenter, series_seed  # noqa: F401 (Augmenter: scripts used to time the field here)
-from ..core.field import centroid, label_values
+from ..core.labels import centroid, label_values
 from ..core.preview import LazyDifference, PreviewModel, prepare_planes, preview_arrays
 from ..pipeline import build_augmenter
 from ..settings import GenerationSettings, SettingsError

@@ -26,7 +26,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import QFrame, QMessageBox, QProgressBar, QScrollArea, QVBoxLayout, QWidget
 
-from ..core.field import label_values
+from ..core.labels import label_values
 from ..io.movie import movie_format, series_movie, write_movie
 from ..pipeline import generate_to_directory
 from ..settings import GenerationSettings, setting_fields

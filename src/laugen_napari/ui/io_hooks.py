@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..core.field import integer_labels
+from ..core.labels import integer_labels
 from ..io.nifti import Volume, is_nifti, load_volume, save_volume
 from .layers import LayerDataTuple, volume_from_layer_data, volume_layer_data
 
