@@ -35,3 +35,18 @@ def sample_arrays(sample_pair):
 def _settings_in_tmp(tmp_path, monkeypatch):
     """Docks remember settings in $LAUGEN_SETTINGS_DIR: a fresh folder per test, never the user's."""
     monkeypatch.setenv("LAUGEN_SETTINGS_DIR", str(tmp_path / "laugen-settings"))
+
+
+def tiny_sam_as_vit_b(monkeypatch, path: Path, model_seed: int, weights_seed: int) -> Path:
+    """Make SAM's 'vit_b' mean a tiny random architecture (built with ``model_seed``) and save a
+    checkpoint of it (weights from ``weights_seed``) at ``path``: the checkpoint path runs without
+    real weights."""
+    import segment_anything
+
+    from laugen_napari.segment import sam as sam_mod
+
+    monkeypatch.setitem(sam_mod.ARCHITECTURES, "vit_b", (32, 2))
+    monkeypatch.setitem(segment_anything.sam_model_registry, "vit_b",
+                        lambda checkpoint=None: sam_mod.build_tiny_sam(seed=model_seed))
+    torch.save(sam_mod.build_tiny_sam(seed=weights_seed).state_dict(), path)
+    return path

@@ -18,7 +18,7 @@ from laugen_napari.segment import (Prompts, PropagationReport, RegionGrowingBack
 from laugen_napari.segment import sam as sam_mod
 from laugen_napari.segment.sam import SamBackend, build_tiny_sam, load_sam, read_checkpoint
 
-from .conftest import SAMPLE_IMAGE, SAMPLE_MASK
+from .conftest import SAMPLE_IMAGE, SAMPLE_MASK, tiny_sam_as_vit_b
 
 torch.set_num_threads(1)
 
@@ -225,13 +225,7 @@ def test_missing_corrupt_and_wrong_architecture_checkpoints(tmp_path):
 @pytest.fixture()
 def tiny_as_vit_b(monkeypatch, tmp_path):
     """Make 'vit_b' mean the tiny architecture, so the checkpoint path runs without real weights."""
-    import segment_anything
-
-    monkeypatch.setitem(sam_mod.ARCHITECTURES, "vit_b", (32, 2))
-    monkeypatch.setitem(segment_anything.sam_model_registry, "vit_b", lambda checkpoint=None: build_tiny_sam(seed=9))
-    path = tmp_path / "medsam_tiny.pth"
-    torch.save(build_tiny_sam(seed=0).state_dict(), path)
-    return path
+    return tiny_sam_as_vit_b(monkeypatch, tmp_path / "medsam_tiny.pth", model_seed=9, weights_seed=0)
 
 
 def test_checkpoint_loads_into_the_registry_model(tiny_as_vit_b):

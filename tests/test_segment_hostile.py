@@ -23,11 +23,10 @@ from laugen_napari.cli import main as cli_main
 from laugen_napari.io.nifti import load_volume
 from laugen_napari.segment import (Prompts, RegionGrowing, RegionGrowingBackend, default_window, segment,
                                    window_to_uint8)
-from laugen_napari.segment import sam as sam_mod
 from laugen_napari.segment.fallback import _ball_offsets
 from laugen_napari.segment.sam import SamBackend, build_tiny_sam
 
-from .conftest import SAMPLE_IMAGE, SAMPLE_MASK
+from .conftest import SAMPLE_IMAGE, SAMPLE_MASK, tiny_sam_as_vit_b
 
 torch.set_num_threads(1)
 
@@ -218,13 +217,7 @@ def test_the_same_voxel_as_positive_and_negative_click_is_refused(crop, tmp_path
 @pytest.fixture()
 def empty_sam(monkeypatch, tmp_path):
     """A 'vit_b' checkpoint holding a tiny random SAM whose mask is empty for the click used below."""
-    import segment_anything
-
-    monkeypatch.setitem(sam_mod.ARCHITECTURES, "vit_b", (32, 2))
-    monkeypatch.setitem(segment_anything.sam_model_registry, "vit_b", lambda checkpoint=None: build_tiny_sam(seed=1))
-    path = tmp_path / "tiny.pth"
-    torch.save(build_tiny_sam(seed=47).state_dict(), path)
-    return path
+    return tiny_sam_as_vit_b(monkeypatch, tmp_path / "tiny.pth", model_seed=1, weights_seed=47)
 
 
 def test_cli_an_empty_result_is_one_error_line_and_no_file(tmp_path, capsys, empty_sam):

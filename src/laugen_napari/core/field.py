@@ -33,6 +33,7 @@ from .device import resolve_device
 
 Spacing = tuple[float, float, float]
 TRUNCATE = 4.0  # Gaussian support in sigmas, as scipy.ndimage.gaussian_filter
+MAX_SIGMA_VOXELS = 1e4  # the blur's kernel is 8 sigma wide: beyond this a voxel size is surely wrong
 NEGLIGIBLE = 1e-3  # displacements below this fraction of the largest one (1 um per mm of z) are set to 0
 
 
@@ -412,6 +413,15 @@ def unit_field(
     hits = _projections(mask) if mask.size else None
     if hits is None or not hits[0].any():
         raise ValueError("the selected structure is empty: no voxel to deform")
+    extent = max(n * s for n, s in zip(mask.shape, spacing))
+    if sigma_mm > 100 * extent:
+        raise ValueError(f"sigma_mm = {sigma_mm:g} mm against an image {extent:.3g} mm across: sigma must be "
+                         "at most 100x the image's extent; check sigma_mm and the voxel size "
+                         "(a header in the wrong unit?)")
+    if sigma_mm / min(spacing) > MAX_SIGMA_VOXELS:  # the blur's kernel would not fit in memory
+        raise ValueError(f"sigma_mm = {sigma_mm:g} mm is {sigma_mm / min(spacing):.3g} voxels of "
+                         f"{min(spacing):.3g} mm (at most {MAX_SIGMA_VOXELS:g}); check the voxel size "
+                         "(a header in the wrong unit?)")
     if all(h.all() for h in hits) and mask.all():  # (the full test only when every plane holds some)
         # its blur is constant: the gradient is float round-off, which normalising would blow up
         raise ValueError("the selected structure fills the whole image: it has no boundary to move (is 0 the "

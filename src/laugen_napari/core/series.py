@@ -85,9 +85,6 @@ class Frame:
     folded_fraction: float
 
 
-MAX_SIGMA_VOXELS = 1e4  # the blur's kernel is 8 sigma wide: beyond this a voxel size is surely wrong
-
-
 def _validate_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
     sp = tuple(float(s) for s in spacing)
     if len(sp) != 3 or not all(math.isfinite(s) and s > 0 for s in sp):
@@ -134,15 +131,6 @@ class Augmenter:
             raise ValueError(f"the image holds values beyond float32's range (|x| > {np.finfo(np.float32).max:.3g}); "
                              "frames are float32: rescale the image first")
         self.spacing = _validate_spacing(spacing)
-        extent = max(n * s for n, s in zip(labels.shape, self.spacing))
-        if not (math.isfinite(sigma_mm) and 0 < sigma_mm <= 100 * extent):
-            raise ValueError(f"sigma_mm = {sigma_mm:g} mm against an image {extent:.3g} mm across: sigma must be "
-                             "positive and at most 100x the image's extent; check sigma_mm and the voxel size "
-                             "(a header in the wrong unit?)")
-        if sigma_mm / min(self.spacing) > MAX_SIGMA_VOXELS:
-            raise ValueError(f"sigma_mm = {sigma_mm:g} mm is {sigma_mm / min(self.spacing):.3g} voxels of "
-                             f"{min(self.spacing):.3g} mm (at most {MAX_SIGMA_VOXELS:g}); check the voxel size "
-                             "(a header in the wrong unit?)")
         self.sigma_mm = float(sigma_mm)
         self.kind = kind or Uniform()
         self.device = resolve_device(device)

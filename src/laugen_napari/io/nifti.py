@@ -150,9 +150,9 @@ def _reorient(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndar
     tr = ornt.ornt_transform(ornt.io_orientation(affine), ornt.axcodes2ornt("RAS"))
     ras = ornt.apply_orientation(data, tr)
     ras_affine = affine @ ornt.inv_ornt_aff(tr, data.shape[:3])
-    arr = np.ascontiguousarray(np.moveaxis(ras, list(range(ras.ndim)), list(range(ras.ndim))[::-1]))
-    if any(s < 0 for s in arr.strides):  # a flipped axis of length 1 (numpy calls that contiguous): torch
-        arr = arr.copy()  # refuses negative strides
+    from ..core.warp import torch_compatible  # native byte order, no negative strides (torch takes no other)
+
+    arr = torch_compatible(np.ascontiguousarray(np.moveaxis(ras, list(range(ras.ndim)), list(range(ras.ndim))[::-1])))
     zyx_affine = ras_affine.copy()
     zyx_affine[:, :3] = ras_affine[:, [2, 1, 0]]
     return arr, zyx_affine
@@ -282,8 +282,6 @@ def _load_volume(p: Path, ndim: int | None) -> Volume:
     except Exception as exc:
         raise ValueError(f"{p}: the voxel data cannot be read ({' '.join(str(exc).split()) or type(exc).__name__})"
                          ) from exc
-    if data.dtype.byteorder not in "=|":  # a big-endian file: torch takes native byte order only
-        data = data.astype(data.dtype.newbyteorder("="))
     affine = _affine_in_mm(img)
     _check_affine(p, affine)
     arr, affine = _reorient(data, affine)

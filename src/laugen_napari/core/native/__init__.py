@@ -134,7 +134,7 @@ def _open() -> tuple[ctypes.CDLL | None, str]:
     if cc is None:
         return None, ("compiled kernels not available: no C compiler found (install gcc or set CC); "
                       "the engine uses its torch code, several times slower per moving voxel")
-    target = _cache_dir() / f"laugen_native_{_key(cc)}.so"
+    target = _target()
     try:
         if target.exists():
             try:
